@@ -1,0 +1,1 @@
+//! Priority memory protection. Not built yet: see issue 4.

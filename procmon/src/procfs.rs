@@ -1,0 +1,307 @@
+//! /proc parsing: the one place that knows the layout of /proc/PID files.
+//!
+//! Used for the start-up scan, the reconciling scan after lost events, for
+//! enriching proc-connector events (which carry only pids), and for the
+//! PID-reuse guard (start time in /proc/PID/stat).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What we know about one process, from any source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// Absolute path of the executable where known, else the exec filename.
+    pub exe: String,
+    pub argv: Vec<String>,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22); with
+    /// the pid it identifies one process across PID reuse.
+    pub start_ticks: u64,
+    /// Kernel threads have no user space and are never placed.
+    pub kernel_thread: bool,
+}
+
+/// The fields of /proc/PID/stat we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub flags: u64,
+    pub start_ticks: u64,
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl Stat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parse /proc/PID/stat. comm is between the first '(' and the *last* ')',
+/// because comm itself may hold spaces, parens and even newlines.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    let field = |n: usize| rest.get(n - 3).copied();
+    Some(Stat {
+        pid,
+        comm,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        flags: field(9)?.parse().ok()?,
+        start_ticks: field(22)?.parse().ok()?,
+    })
+}
+
+/// Split a NUL-separated argument block (/proc/PID/cmdline, or the BPF argv
+/// copy) into arguments; a truncated last argument is kept.
+pub fn split_argv(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Real uid from the "Uid:" line of /proc/PID/status.
+pub fn parse_status_uid(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_ascii_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+/// Clock ticks per second (USER_HZ), for converting BPF nanoseconds.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}
+
+/// Convert task->start_boottime (ns) to /proc's clock ticks, the way the
+/// kernel does for /proc/PID/stat (nsec_to_clock_t: truncating division).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / clock_ticks_per_sec())
+}
+
+fn clean_exe(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
+}
+
+/// A /proc tree to read from: the real one, or a fixture in tests.
+#[derive(Debug, Clone)]
+pub struct ProcFs {
+    root: PathBuf,
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl ProcFs {
+    pub fn new(root: impl AsRef<Path>) -> Self {
+        Self {
+            root: root.as_ref().to_path_buf(),
+        }
+    }
+
+    fn path(&self, pid: u32, file: &str) -> PathBuf {
+        self.root.join(pid.to_string()).join(file)
+    }
+
+    pub fn stat(&self, pid: u32) -> io::Result<Stat> {
+        let text = fs::read_to_string(self.path(pid, "stat"))?;
+        parse_stat(&text)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
+    }
+
+    /// Start time of `pid`, or None when it is gone.
+    pub fn start_ticks(&self, pid: u32) -> Option<u64> {
+        self.stat(pid).ok().map(|s| s.start_ticks)
+    }
+
+    /// Read everything about one process. Err(NotFound) when it vanished,
+    /// which callers treat as normal.
+    pub fn read(&self, pid: u32) -> io::Result<ProcInfo> {
+        let stat = self.stat(pid)?;
+        let uid = fs::read_to_string(self.path(pid, "status"))
+            .ok()
+            .and_then(|s| parse_status_uid(&s))
+            .unwrap_or(u32::MAX);
+        let argv = fs::read(self.path(pid, "cmdline"))
+            .map(|raw| split_argv(&raw))
+            .unwrap_or_default();
+        let exe = fs::read_link(self.path(pid, "exe"))
+            .map(|p| clean_exe(&p))
+            .unwrap_or_default();
+        // The process may have been replaced between the reads: recheck.
+        let again = self.stat(pid)?;
+        if again.start_ticks != stat.start_ticks {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "pid reused"));
+        }
+        Ok(ProcInfo {
+            pid,
+            ppid: stat.ppid,
+            uid,
+            comm: again.comm,
+            exe,
+            argv,
+            start_ticks: stat.start_ticks,
+            kernel_thread: stat.is_kernel_thread(),
+        })
+    }
+
+    /// The executable of `pid`, only if it is still the process that started
+    /// at `start_ticks` (guards against PID reuse).
+    pub fn exe_if_same(&self, pid: u32, start_ticks: u64) -> Option<String> {
+        let exe = fs::read_link(self.path(pid, "exe")).ok()?;
+        (self.start_ticks(pid)? == start_ticks).then(|| clean_exe(&exe))
+    }
+
+    /// Every pid (thread-group leader) currently in /proc.
+    pub fn pids(&self) -> io::Result<Vec<u32>> {
+        let mut pids: Vec<u32> = fs::read_dir(&self.root)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Read every process, parents before children (by start time, then
+    /// pid), so that a classifier can inherit families down the tree.
+    pub fn scan(&self) -> io::Result<Vec<ProcInfo>> {
+        let mut all: Vec<ProcInfo> = self
+            .pids()?
+            .into_iter()
+            .filter_map(|pid| self.read(pid).ok())
+            .collect();
+        all.sort_by_key(|p| (p.start_ticks, p.pid));
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_line(comm: &str) -> String {
+        format!(
+            "4242 ({comm}) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 \
+             18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0"
+        )
+    }
+
+    #[test]
+    fn stat_plain() {
+        let s = parse_stat(&stat_line("bash")).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.comm, "bash");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 17);
+        assert_eq!(s.start_ticks, 987654);
+        assert!(!s.is_kernel_thread());
+    }
+
+    #[test]
+    fn stat_comm_with_spaces_parens_and_newline() {
+        for comm in ["a b", "x) S 1 2 (y", "evil)", "((", "new\nline", ") 9 9 9"] {
+            let s = parse_stat(&stat_line(comm)).unwrap();
+            assert_eq!(s.comm, comm);
+            assert_eq!(s.ppid, 17, "comm {comm:?}");
+            assert_eq!(s.start_ticks, 987654, "comm {comm:?}");
+        }
+    }
+
+    #[test]
+    fn stat_kernel_thread_flag() {
+        let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0 \
+                    18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 0 0 0 0 0";
+        let s = parse_stat(line).unwrap();
+        assert!(s.is_kernel_thread());
+        assert_eq!(s.start_ticks, 3);
+    }
+
+    #[test]
+    fn stat_malformed() {
+        assert!(parse_stat("").is_none());
+        assert!(parse_stat("12 (x").is_none());
+        assert!(parse_stat("12 (x) S 1").is_none());
+        assert!(parse_stat("abc (x) S 1 1 1 1 1 1").is_none());
+    }
+
+    #[test]
+    fn argv_split() {
+        assert_eq!(
+            split_argv(b"node\0/x/cli.js\0--foo\0"),
+            ["node", "/x/cli.js", "--foo"]
+        );
+        assert_eq!(split_argv(b"trunc\0ated"), ["trunc", "ated"]);
+        assert!(split_argv(b"").is_empty());
+        assert_eq!(split_argv(b"a\0\0b\0"), ["a", "", "b"]);
+    }
+
+    #[test]
+    fn status_uid() {
+        let text = "Name:\tbash\nUmask:\t0022\nState:\tS\nUid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(parse_status_uid(text), Some(1000));
+        assert_eq!(parse_status_uid("Name: x\n"), None);
+    }
+
+    #[test]
+    fn fixture_tree_scan_orders_parents_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |pid: u32, ppid: u32, start: u64, comm: &str, cmd: &[u8]| {
+            let d = dir.path().join(pid.to_string());
+            fs::create_dir_all(&d).unwrap();
+            let stat = format!(
+                "{pid} ({comm}) S {ppid} 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0 0"
+            );
+            fs::write(d.join("stat"), stat).unwrap();
+            fs::write(d.join("status"), "Uid:\t1000\t1000\t1000\t1000\n").unwrap();
+            fs::write(d.join("cmdline"), cmd).unwrap();
+        };
+        write(300, 200, 50, "pytest", b"python3\0-m\0pytest\0");
+        write(200, 1, 10, "claude", b"node\0/usr/lib/claude\0");
+        fs::create_dir_all(dir.path().join("self")).unwrap();
+        let procfs = ProcFs::new(dir.path());
+        let all = procfs.scan().unwrap();
+        assert_eq!(all.iter().map(|p| p.pid).collect::<Vec<_>>(), [200, 300]);
+        assert_eq!(all[1].argv, ["python3", "-m", "pytest"]);
+        assert_eq!(all[1].uid, 1000);
+        assert_eq!(all[1].ppid, 200);
+        assert!(matches!(procfs.read(999), Err(e) if e.kind() == io::ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn real_self() {
+        let me = ProcFs::default().read(std::process::id()).unwrap();
+        assert_eq!(me.pid, std::process::id());
+        assert!(!me.argv.is_empty());
+        assert!(me.exe.starts_with('/'));
+        assert!(me.start_ticks > 0);
+    }
+}
