@@ -1,0 +1,10 @@
+// Builds bpf/flatcg.bpf.c into a skeleton ($OUT_DIR/flatcg_skel.rs) and
+// bindgen's view of bpf/flatcg_intf.h ($OUT_DIR/flatcg_intf.rs).
+fn main() {
+    scx_cargo::BpfBuilder::new()
+        .unwrap()
+        .enable_intf("../bpf/flatcg_intf.h", "flatcg_intf.rs")
+        .enable_skel("../bpf/flatcg.bpf.c", "flatcg")
+        .build()
+        .unwrap();
+}

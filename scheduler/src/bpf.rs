@@ -1,0 +1,211 @@
+//! The loader: opens, loads and attaches bpf/flatcg.bpf.c through scx_utils'
+//! compat macros, reads its statistics and its exit information.
+
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use scx_utils::{scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited};
+
+use crate::stats::{GlobalCounters, RawCgroupStats};
+
+#[allow(
+    clippy::all,
+    dead_code,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unsafe_op_in_unsafe_fn
+)]
+mod intf {
+    include!(concat!(env!("OUT_DIR"), "/flatcg_intf.rs"));
+}
+#[allow(
+    clippy::all,
+    dead_code,
+    unused_imports,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/flatcg_skel.rs"));
+}
+
+use skel::{FlatcgSkel, FlatcgSkelBuilder};
+
+/// The ops name the BPF program registers (scx_utils appends a version
+/// suffix, e.g. `agentcg_1.1.4_...`; the kernel shows the full name).
+pub const OPS_NAME: &str = "agentcg";
+
+/// `AGCG_HWEIGHT_ONE`: the fixed-point 1.0 of hierarchical weights.
+pub const HWEIGHT_ONE: u32 = intf::agcg_consts_AGCG_HWEIGHT_ONE;
+
+/// Number of global counters in the BPF `gstats` array.
+const NR_GSTATS: u32 = intf::agcg_gstat_AGCG_NR_GSTATS;
+
+/// Load-time parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOpts {
+    /// Slice for tasks and for a CPU's turn on a cgroup, in microseconds.
+    pub slice_us: u64,
+}
+
+/// How the scheduler left (from the kernel's `scx_exit_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawExit {
+    /// `enum scx_exit_kind`.
+    pub kind: i32,
+    pub exit_code: i64,
+    pub reason: String,
+    pub msg: String,
+}
+
+/// A loaded and attached scheduler. Dropping it detaches it: the kernel goes
+/// back to its own scheduler.
+pub struct Scheduler<'obj> {
+    skel: FlatcgSkel<'obj>,
+    link: Option<Link>,
+}
+
+fn cstr(bytes: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl<'obj> Scheduler<'obj> {
+    /// Open, load and attach. Fails when the kernel has no sched_ext, when
+    /// another scheduler is attached, or when the verifier rejects the
+    /// program (the error carries libbpf's explanation).
+    pub fn attach(open_object: &'obj mut MaybeUninit<OpenObject>, opts: LoadOpts) -> Result<Self> {
+        let builder = FlatcgSkelBuilder::default();
+        let mut open = scx_ops_open!(
+            builder,
+            open_object,
+            agentcg_ops,
+            None::<libbpf_rs::libbpf_sys::bpf_object_open_opts>
+        )?;
+
+        // a stable ops name ("agentcg") instead of scx_utils' versioned one,
+        // so that /sys/kernel/sched_ext/root/ops is predictable
+        let name = &mut open.struct_ops.agentcg_ops_mut().name;
+        name.fill(0);
+        for (dst, src) in name.iter_mut().zip(OPS_NAME.bytes()) {
+            *dst = src as _;
+        }
+
+        let nr_cpus = libbpf_rs::num_possible_cpus().context("counting possible CPUs")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.nr_cpus = nr_cpus as u32;
+        rodata.slice_ns = opts.slice_us.saturating_mul(1000);
+
+        let mut skel = scx_ops_load!(open, agentcg_ops, uei)?;
+        let link = scx_ops_attach!(skel, agentcg_ops)?;
+        Ok(Self {
+            skel,
+            link: Some(link),
+        })
+    }
+
+    /// True once the kernel has taken the scheduler down (error, sysrq,
+    /// unregistration); [`Scheduler::exit_info`] says why.
+    pub fn exited(&self) -> bool {
+        uei_exited!(&self.skel, uei)
+    }
+
+    /// The recorded exit, if the scheduler has exited.
+    pub fn exit_info(&self) -> Option<RawExit> {
+        let data = self.skel.maps.data_data.as_ref()?;
+        // SAFETY: plain reads of the BPF .data mapping; kind is written last
+        // (with a barrier) by UEI_RECORD.
+        let kind = unsafe { std::ptr::read_volatile(&data.uei.kind as *const i32) };
+        if kind == 0 {
+            return None;
+        }
+        Some(RawExit {
+            kind,
+            exit_code: data.uei.exit_code,
+            reason: cstr(&data.uei.reason),
+            msg: cstr(&data.uei.msg),
+        })
+    }
+
+    /// Per-cgroup counters, keyed by cgroup id.
+    pub fn cgroup_stats(&self) -> Vec<RawCgroupStats> {
+        let map = &self.skel.maps.cgrp_stats;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else {
+                continue;
+            };
+            if key.len() < 8 || val.len() < std::mem::size_of::<intf::agcg_cgrp_stats>() {
+                continue;
+            }
+            let cgid = u64::from_ne_bytes(key[..8].try_into().unwrap());
+            // SAFETY: length checked; the value is a struct agcg_cgrp_stats.
+            let s: intf::agcg_cgrp_stats = unsafe { std::ptr::read_unaligned(val.as_ptr().cast()) };
+            out.push(RawCgroupStats {
+                cgid,
+                cpu_time_ns: s.cpu_time_ns,
+                dispatches: s.dispatches,
+                picks: s.picks,
+                weight: s.weight,
+                hweight: s.hweight,
+                level: s.level,
+            });
+        }
+        out
+    }
+
+    /// Global counters, summed over CPUs.
+    pub fn global_stats(&self) -> GlobalCounters {
+        let map = &self.skel.maps.gstats;
+        let mut sums = vec![0u64; NR_GSTATS as usize];
+        for (idx, sum) in sums.iter_mut().enumerate() {
+            let key = (idx as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) {
+                *sum = per_cpu
+                    .iter()
+                    .filter(|v| v.len() >= 8)
+                    .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+                    .sum();
+            }
+        }
+        let g = |i: u32| sums[i as usize];
+        GlobalCounters {
+            local: g(intf::agcg_gstat_AGCG_GS_LOCAL),
+            cgroup: g(intf::agcg_gstat_AGCG_GS_CGROUP),
+            pinned: g(intf::agcg_gstat_AGCG_GS_PINNED),
+            fallback: g(intf::agcg_gstat_AGCG_GS_FALLBACK),
+            activations: g(intf::agcg_gstat_AGCG_GS_ACT),
+            deactivations: g(intf::agcg_gstat_AGCG_GS_DEACT),
+            hweight_updates: g(intf::agcg_gstat_AGCG_GS_HWT_UPDATE),
+            picks: g(intf::agcg_gstat_AGCG_GS_PICK),
+            pick_empty: g(intf::agcg_gstat_AGCG_GS_PICK_EMPTY),
+            pick_gone: g(intf::agcg_gstat_AGCG_GS_PICK_GONE),
+            keeps: g(intf::agcg_gstat_AGCG_GS_KEEP),
+            expires: g(intf::agcg_gstat_AGCG_GS_EXPIRE),
+            budget_caps: g(intf::agcg_gstat_AGCG_GS_BUDGET_CAP),
+            idle_kicks: g(intf::agcg_gstat_AGCG_GS_KICK),
+        }
+    }
+
+    /// Detach now (also done on drop).
+    pub fn detach(&mut self) {
+        self.link.take();
+    }
+}
+
+impl Drop for Scheduler<'_> {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
