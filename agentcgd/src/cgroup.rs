@@ -1,0 +1,271 @@
+//! Typed access to the agentcg cgroup v2 tree: ROOT/{session_high,session_low}.
+//!
+//! Every failure is an explicit `CgroupError` naming the file; a missing
+//! controller is reported, not fatal, because placement works without it.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::policy::Priority;
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// Controllers agentcgd wants for its sessions.
+pub const WANTED: [&str; 2] = ["cpu", "memory"];
+
+#[derive(Debug)]
+pub enum CgroupError {
+    /// ROOT is not inside a cgroup2 mount (e.g. a cgroup v1 hierarchy).
+    NotCgroup2 { path: PathBuf, detail: String },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        err: io::Error,
+    },
+}
+
+impl fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgroupError::NotCgroup2 { path, detail } => write!(
+                f,
+                "{} is not on a cgroup v2 (cgroup2) mount: {detail}; mount one \
+                 (mount -t cgroup2 none /sys/fs/cgroup) or pass a ROOT inside it",
+                path.display()
+            ),
+            CgroupError::Io { path, op, err } => {
+                write!(f, "cannot {op} {}: {err}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CgroupError {}
+
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |err| CgroupError::Io { path, op, err }
+}
+
+/// Filesystem magic of the mount holding `path`.
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64)
+        .map_err(io::Error::from)
+}
+
+/// The nearest existing ancestor of `path` (itself included).
+fn existing_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.exists())
+}
+
+/// The top of the cgroup2 mount that holds `dir`.
+fn mount_top(dir: &Path) -> PathBuf {
+    let mut top = dir.to_path_buf();
+    while let Some(parent) = top.parent() {
+        if fs_magic(parent).ok() != Some(CGROUP2_SUPER_MAGIC) {
+            break;
+        }
+        top = parent.to_path_buf();
+    }
+    top
+}
+
+/// What happened while setting up the tree; shown in `status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SetupReport {
+    pub enabled: Vec<String>,
+    /// `controller: reason` for each wanted controller that is not enabled.
+    pub missing: Vec<String>,
+    pub weights: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub root: PathBuf,
+}
+
+impl Tree {
+    /// Check that `root` is (or would be) inside a cgroup2 mount.
+    pub fn open(root: &Path) -> Result<Tree, CgroupError> {
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(io_err(root, "resolve"))?
+                .join(root)
+        };
+        let anchor = existing_ancestor(&root).ok_or_else(|| CgroupError::NotCgroup2 {
+            path: root.clone(),
+            detail: "no part of the path exists".into(),
+        })?;
+        match fs_magic(anchor) {
+            Ok(CGROUP2_SUPER_MAGIC) => Ok(Tree { root }),
+            Ok(m) => Err(CgroupError::NotCgroup2 {
+                path: root.clone(),
+                detail: format!("{} has filesystem type {m:#x}", anchor.display()),
+            }),
+            Err(e) => Err(CgroupError::NotCgroup2 {
+                path: root.clone(),
+                detail: format!("statfs {}: {e}", anchor.display()),
+            }),
+        }
+    }
+
+    pub fn session_dir(&self, p: Priority) -> PathBuf {
+        self.root.join(p.session())
+    }
+
+    /// Create ROOT and the sessions, enable the wanted controllers top-down
+    /// where each parent offers them, and set the weights.
+    pub fn setup(&self, weights: [(Priority, u32); 2]) -> Result<SetupReport, CgroupError> {
+        let mut report = SetupReport::default();
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root, "create"))?;
+        for p in [Priority::High, Priority::Low] {
+            let d = self.session_dir(p);
+            match fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&d, "create")(e)),
+            }
+        }
+        // Enable from the mount's top down to ROOT so each level offers the
+        // controller to the next: ancestors' subtree_control, then ROOT's.
+        let top = mount_top(&self.root);
+        let chain: Vec<&Path> = {
+            let mut v: Vec<&Path> = self
+                .root
+                .ancestors()
+                .take_while(|p| p.starts_with(&top))
+                .collect();
+            v.reverse();
+            v
+        };
+        for ctrl in WANTED {
+            match enable_down(&chain, ctrl) {
+                Ok(()) => report.enabled.push(ctrl.to_string()),
+                Err(why) => report.missing.push(format!("{ctrl}: {why}")),
+            }
+        }
+        if report.enabled.iter().any(|c| c == "cpu") {
+            for (p, w) in weights {
+                let f = self.session_dir(p).join("cpu.weight");
+                write_file(&f, &w.to_string())?;
+                report.weights.push(format!("{}={w}", p.session()));
+            }
+        } else {
+            report
+                .warnings
+                .push("cpu controller unavailable: cpu.weight not set".into());
+        }
+        Ok(report)
+    }
+
+    /// Move `pid` into the session. ESRCH (gone) is returned as NotFound.
+    pub fn place(&self, pid: u32, p: Priority) -> io::Result<()> {
+        let f = self.session_dir(p).join("cgroup.procs");
+        fs::write(&f, pid.to_string()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                io::Error::new(io::ErrorKind::NotFound, "process vanished")
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Pids currently in a session (for adoption and status).
+    pub fn pids(&self, p: Priority) -> Vec<u32> {
+        read_pids(&self.session_dir(p).join("cgroup.procs"))
+    }
+}
+
+pub fn read_pids(file: &Path) -> Vec<u32> {
+    fs::read_to_string(file)
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err(path, "write"))
+}
+
+fn controllers(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join("cgroup.controllers"))
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Make `ctrl` available in the last cgroup of `chain`'s children:
+/// each cgroup in `chain` must offer it and enable it in subtree_control.
+fn enable_down(chain: &[&Path], ctrl: &str) -> Result<(), String> {
+    for dir in chain {
+        if !controllers(dir).iter().any(|c| c == ctrl) {
+            return Err(format!("not offered by {}", dir.display()));
+        }
+        let sc = dir.join("cgroup.subtree_control");
+        let current = fs::read_to_string(&sc).unwrap_or_default();
+        if current.split_whitespace().any(|c| c == ctrl) {
+            continue;
+        }
+        fs::write(&sc, format!("+{ctrl}"))
+            .map_err(|e| format!("cannot enable in {}: {e}", sc.display()))?;
+    }
+    Ok(())
+}
+
+/// The cgroup path of `pid` on the cgroup2 hierarchy (the `0::` line).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_cgroup2_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Tree::open(&d.path().join("agentcg")).unwrap_err();
+        assert!(matches!(e, CgroupError::NotCgroup2 { .. }));
+        assert!(e.to_string().contains("not on a cgroup v2"), "{e}");
+    }
+
+    #[test]
+    fn rejects_cgroup_v1_hierarchy() {
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if fs_magic(v1).ok() != Some(0x0027_e0eb) {
+            eprintln!("SKIP: no cgroup v1 cpu hierarchy at {}", v1.display());
+            return;
+        }
+        let e = Tree::open(&v1.join("agentcg")).unwrap_err();
+        assert!(e.to_string().contains("0x27e0eb"), "{e}");
+    }
+
+    #[test]
+    fn enable_down_reports_unoffered() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        fs::write(d.path().join("cgroup.subtree_control"), "").unwrap();
+        assert!(enable_down(&[d.path()], "cpu").is_ok());
+        assert_eq!(
+            fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu"
+        );
+        let e = enable_down(&[d.path()], "memory").unwrap_err();
+        assert!(e.contains("not offered"), "{e}");
+    }
+
+    #[test]
+    fn pid_files() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cgroup.procs");
+        fs::write(&f, "1\n22\n\n333\n").unwrap();
+        assert_eq!(read_pids(&f), [1, 22, 333]);
+        assert!(read_pids(&d.path().join("none")).is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+//! agentcgd.yaml: daemon-wide settings. Every key is optional; a missing file
+//! means all defaults. Unknown keys are errors, reported with file and line.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// cgroup v2 cpu.weight, 1..=10000.
+    pub cpu_weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sessions {
+    pub high: SessionConfig,
+    pub low: SessionConfig,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            high: SessionConfig { cpu_weight: 150 },
+            low: SessionConfig { cpu_weight: 50 },
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { cpu_weight: 100 }
+    }
+}
+
+/// `activity:` is accepted so the documented file validates; the activity
+/// monitor itself is not part of this release and `status` says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    pub enabled: bool,
+    pub idle_threshold_ms: u64,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_threshold_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sessions: Sessions,
+    pub scheduler: scheduler::Config,
+    pub memcg: memcg::Config,
+    pub activity: ActivityConfig,
+}
+
+impl Config {
+    /// Load `path`; a missing file gives the defaults (and says so in `source`).
+    pub fn load(path: &Path) -> Result<(Config, String), String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((
+                    Config::default(),
+                    format!("defaults ({} not found)", path.display()),
+                ))
+            }
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
+        let cfg = Self::parse(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+        Ok((cfg, path.display().to_string()))
+    }
+
+    /// Parse and validate; errors are `LINE: message` or ` message`.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        // An empty file (or only comments) means defaults.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(Config::default());
+        }
+        let cfg: Config = serde_norway::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            match e.location() {
+                Some(l) => format!("{}: {msg}", l.line()),
+                None => format!(" {msg}"),
+            }
+        })?;
+        for (name, s) in [("high", &cfg.sessions.high), ("low", &cfg.sessions.low)] {
+            if !(1..=10000).contains(&s.cpu_weight) {
+                let line = key_line(text, "cpu_weight", name);
+                return Err(format!(
+                    "{}: sessions.{name}.cpu_weight {} is out of range 1..=10000",
+                    line.map(|l| l.to_string()).unwrap_or_default(),
+                    s.cpu_weight
+                ));
+            }
+        }
+        cfg.memcg.validate().map_err(|e| format!(" memcg: {e}"))?;
+        Ok(cfg)
+    }
+}
+
+/// Best-effort line of `key` after the line that mentions `section`.
+fn key_line(text: &str, key: &str, section: &str) -> Option<usize> {
+    let start = text.lines().position(|l| l.contains(section))?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| l.contains(key))
+        .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.sessions.high.cpu_weight, 150);
+        assert_eq!(c.sessions.low.cpu_weight, 50);
+        assert!(c.scheduler.enabled && c.memcg.enabled && c.activity.enabled);
+        assert_eq!(c.activity.idle_threshold_ms, 2000);
+        assert_eq!(
+            Config::parse("# only a comment\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn partial_and_shipped() {
+        let c = Config::parse("sessions:\n  low: {cpu_weight: 10}\nscheduler: {enabled: false}\n")
+            .unwrap();
+        assert_eq!(c.sessions.low.cpu_weight, 10);
+        assert_eq!(c.sessions.high.cpu_weight, 150);
+        assert!(!c.scheduler.enabled);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/agentcgd.yaml");
+        let (c, src) = Config::load(&shipped).unwrap();
+        assert_eq!(c.sessions.high.cpu_weight, 150);
+        assert!(src.ends_with("agentcgd.yaml"));
+    }
+
+    #[test]
+    fn errors_have_lines() {
+        let e = Config::parse("sessions:\n  high: {cpu_weight: 150}\n  mid: {cpu_weight: 1}\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("3: ") && e.contains("unknown field `mid`"),
+            "{e}"
+        );
+        let e = Config::parse("sessions:\n  high:\n    cpu_weight: 0\n").unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("out of range"), "{e}");
+        let e = Config::parse("scheduler: {enabled: maybe}\n").unwrap_err();
+        assert!(e.starts_with("1: "), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_defaults() {
+        let (c, src) = Config::load(Path::new("/nonexistent/agentcgd.yaml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(src.contains("not found"));
+    }
+}

@@ -1,0 +1,598 @@
+//! The daemon: wires events -> classifier -> placer -> tracker -> status.
+//!
+//! One thread owns all state and handles messages in order; sources (process
+//! events, signals, policy-directory changes) only send messages to it.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+
+use procmon::{Monitor, ProcEvent, ProcFs, ProcInfo};
+
+use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
+use crate::classify::{classify, protected, Lineage, Reason};
+use crate::config::Config;
+use crate::policy::{ParentLookup, PolicySet, Priority};
+use crate::state::{
+    now_ms, Counters, FamilyStatus, PolicyStatus, ProcmonStatus, SessionStatus, State, Tracked,
+    Tracker,
+};
+
+/// Which process-event source to use (`--events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventSource {
+    /// Best available: BPF, then the proc connector, then /proc polling.
+    Auto,
+    Bpf,
+    ProcConnector,
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub policies: PathBuf,
+    pub state: PathBuf,
+    pub no_scheduler: bool,
+    pub no_memcg: bool,
+    pub dry_run: bool,
+    pub events: EventSource,
+}
+
+enum Msg {
+    Proc(ProcEvent),
+    Signal(Signal),
+    PolicyChanged,
+}
+
+/// How often, at most, the state file is rewritten while busy.
+const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+/// Wait this long after a policy-file change before reloading (editors
+/// write files in several steps).
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
+/// Bound on the ancestor walk when looking for a tracked ancestor.
+const MAX_ANCESTRY: usize = 64;
+
+/// `parent:` match blocks read the parent from /proc.
+struct ProcParents<'a>(&'a ProcFs);
+
+impl ParentLookup for ProcParents<'_> {
+    fn parent(&self, p: &ProcInfo) -> Option<ProcInfo> {
+        if p.ppid == 0 {
+            return None;
+        }
+        self.0.read(p.ppid).ok()
+    }
+}
+
+struct Daemon {
+    opts: Options,
+    cfg: Config,
+    policies: PolicySet,
+    tree: Tree,
+    procfs: ProcFs,
+    tracker: Tracker,
+    counters: Counters,
+    placed_by_family: std::collections::BTreeMap<String, u64>,
+    /// Session cgroup paths as /proc/PID/cgroup shows them.
+    session_cg: [(Priority, String); 2],
+    self_pid: u32,
+    state: State,
+    dirty: bool,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
+    let policies = PolicySet::load_dir(&opts.policies)
+        .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
+    if policies.families.is_empty() {
+        log::warn!(
+            "no policy files in {}: nothing will be placed",
+            opts.policies.display()
+        );
+    }
+    let tree = Tree::open(&opts.root).map_err(|e: CgroupError| anyhow::anyhow!("{e}"))?;
+
+    // Block the signals we handle before any thread starts, so that every
+    // thread inherits the mask and only the signal thread receives them.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().context("block signals")?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                if let Ok(sig) = mask.wait() {
+                    if tx.send(Msg::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+    }
+
+    let setup = if opts.dry_run {
+        SetupReport {
+            warnings: vec!["dry-run: the cgroup tree is not created or changed".into()],
+            ..SetupReport::default()
+        }
+    } else {
+        tree.setup([
+            (Priority::High, cfg.sessions.high.cpu_weight),
+            (Priority::Low, cfg.sessions.low.cpu_weight),
+        ])
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    for m in &setup.missing {
+        log::warn!("controller missing: {m}");
+    }
+    for w in &setup.warnings {
+        log::warn!("{w}");
+    }
+    log::info!(
+        "cgroup tree {} ready: controllers [{}], weights [{}]",
+        tree.root.display(),
+        setup.enabled.join(" "),
+        setup.weights.join(" ")
+    );
+
+    let monitor = start_monitor(opts.events, tx.clone())?;
+    log::info!(
+        "process events from {}{}",
+        monitor.backend(),
+        if monitor.fallback_reasons().is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (not better because: {})",
+                monitor.fallback_reasons().join("; ")
+            )
+        }
+    );
+    watch_policies(&opts.policies, tx.clone());
+    drop(tx);
+
+    let session_cg =
+        [Priority::High, Priority::Low].map(|p| (p, cgroup_rel_path(&tree.session_dir(p))));
+    let mut d = Daemon {
+        state: State {
+            daemon_pid: std::process::id(),
+            running: true,
+            dry_run: opts.dry_run,
+            started_at_ms: now_ms(),
+            root: tree.root.display().to_string(),
+            cgroup: setup,
+            policy: PolicyStatus {
+                dir: opts.policies.display().to_string(),
+                config: cfg_source,
+                loaded_at_ms: now_ms(),
+                last_error: None,
+            },
+            activity: "not available: the activity monitor is not part of this release".into(),
+            scheduler: serde_json::json!({
+                "backend": "cfs: the agentcg sched_ext scheduler is not built in this release"
+            }),
+            memcg: serde_json::json!({
+                "backend": "off: priority memory protection is not built in this release"
+            }),
+            ..State::default()
+        },
+        opts,
+        cfg,
+        policies,
+        tree,
+        procfs: ProcFs::default(),
+        tracker: Tracker::default(),
+        counters: Counters::default(),
+        placed_by_family: Default::default(),
+        session_cg,
+        self_pid: std::process::id(),
+        dirty: true,
+    };
+    d.adopt_previous_state();
+    d.reconcile("start-up scan");
+    d.write_state(&monitor);
+
+    let mut last_write = Instant::now();
+    let mut reload_at: Option<Instant> = None;
+    loop {
+        let timeout = reload_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(STATE_WRITE_INTERVAL)
+            .min(STATE_WRITE_INTERVAL);
+        match rx.recv_timeout(timeout) {
+            Ok(Msg::Proc(ev)) => d.handle(ev),
+            Ok(Msg::Signal(Signal::SIGHUP)) => reload_at = Some(Instant::now()),
+            Ok(Msg::Signal(sig)) => {
+                log::info!("{sig}: stopping; placed processes stay where they are");
+                break;
+            }
+            Ok(Msg::PolicyChanged) => {
+                reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all event sources stopped"),
+        }
+        if reload_at.is_some_and(|t| Instant::now() >= t) {
+            reload_at = None;
+            d.reload();
+        }
+        if d.dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL {
+            d.write_state(&monitor);
+            last_write = Instant::now();
+        }
+    }
+    d.state.running = false;
+    d.write_state(&monitor);
+    monitor.stop();
+    Ok(())
+}
+
+fn start_monitor(source: EventSource, tx: mpsc::Sender<Msg>) -> anyhow::Result<Monitor> {
+    let opts = procmon::Options {
+        allow_bpf: matches!(source, EventSource::Auto | EventSource::Bpf),
+        allow_proc_connector: matches!(source, EventSource::Auto | EventSource::ProcConnector),
+        ..procmon::Options::default()
+    };
+    let mon = Monitor::start(
+        &opts,
+        Box::new(move |ev| {
+            let _ = tx.send(Msg::Proc(ev));
+        }),
+    )?;
+    let wanted = match source {
+        EventSource::Auto => None,
+        EventSource::Bpf => Some(procmon::Backend::Bpf),
+        EventSource::ProcConnector => Some(procmon::Backend::ProcConnector),
+        EventSource::Poll => Some(procmon::Backend::ProcPoll),
+    };
+    if let Some(w) = wanted {
+        if mon.backend() != w {
+            bail!(
+                "--events {w} is not available: {}",
+                mon.fallback_reasons().join("; ")
+            );
+        }
+    }
+    Ok(mon)
+}
+
+/// Reload the policies when a file in the directory changes.
+fn watch_policies(dir: &Path, tx: mpsc::Sender<Msg>) {
+    use inotify::{Inotify, WatchMask};
+    let setup = || -> std::io::Result<Inotify> {
+        let ino = Inotify::init()?;
+        ino.watches().add(
+            dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::DELETE
+                | WatchMask::CREATE,
+        )?;
+        Ok(ino)
+    };
+    match setup() {
+        Ok(mut ino) => {
+            let _ = std::thread::Builder::new()
+                .name("policy-watch".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while ino.read_events_blocking(&mut buf).is_ok() {
+                        if tx.send(Msg::PolicyChanged).is_err() {
+                            return;
+                        }
+                    }
+                });
+        }
+        Err(e) => log::warn!(
+            "cannot watch {} ({e}): reload policies with SIGHUP",
+            dir.display()
+        ),
+    }
+}
+
+/// `dir` as /proc/PID/cgroup shows it: relative to the cgroup2 mount.
+fn cgroup_rel_path(dir: &Path) -> String {
+    let mut top = dir;
+    for a in dir.ancestors() {
+        let is_cg2 = nix::sys::statfs::statfs(a)
+            .map(|s| s.filesystem_type().0 as i64 == 0x6367_7270)
+            .unwrap_or(false);
+        if !is_cg2 {
+            break;
+        }
+        top = a;
+    }
+    let rel = dir.strip_prefix(top).unwrap_or(dir);
+    format!("/{}", rel.display())
+}
+
+impl Daemon {
+    fn handle(&mut self, ev: ProcEvent) {
+        match ev {
+            ProcEvent::Exec(info) => self.place(info),
+            ProcEvent::Exit {
+                pid, start_ticks, ..
+            } => {
+                if self.tracker.remove(pid, start_ticks).is_some() {
+                    self.dirty = true;
+                }
+            }
+            ProcEvent::Lost(n) => {
+                log::warn!("{n} process events lost: reconciling from /proc");
+                self.reconcile("lost events");
+            }
+        }
+    }
+
+    /// The nearest tracked process among `p` (on re-exec) and its ancestors.
+    fn lineage(&self, p: &ProcInfo) -> Option<Lineage> {
+        if let Some(t) = self.tracker.get(p.pid, p.start_ticks) {
+            return Some(Lineage {
+                pid: t.pid,
+                family: t.family.clone(),
+            });
+        }
+        let mut pid = p.ppid;
+        for _ in 0..MAX_ANCESTRY {
+            if pid <= 1 {
+                return None;
+            }
+            if let Some(t) = self.tracker.get_pid(pid) {
+                // An ancestor started before its descendant; otherwise the
+                // pid was reused and the chain is broken.
+                if t.start_ticks <= p.start_ticks {
+                    return Some(Lineage {
+                        pid,
+                        family: t.family.clone(),
+                    });
+                }
+                return None;
+            }
+            let stat = self.procfs.stat(pid).ok()?;
+            if stat.start_ticks > p.start_ticks {
+                return None;
+            }
+            pid = stat.ppid;
+        }
+        None
+    }
+
+    fn place(&mut self, info: ProcInfo) {
+        let lineage = self.lineage(&info);
+        let Some(decision) = classify(
+            &self.policies,
+            &info,
+            lineage.as_ref(),
+            &ProcParents(&self.procfs),
+        ) else {
+            // Re-exec into something no rule keeps: forget it, leave it be.
+            if self
+                .tracker
+                .remove(info.pid, Some(info.start_ticks))
+                .is_some()
+            {
+                self.dirty = true;
+            }
+            return;
+        };
+        if let Some(why) = protected(&info, self.self_pid) {
+            log::debug!("not moving pid {} ({}): {why}", info.pid, info.comm);
+            self.counters.protected_skipped += 1;
+            return;
+        }
+        let tracked = Tracked {
+            pid: info.pid,
+            start_ticks: info.start_ticks,
+            family: decision.family.clone(),
+            priority: decision.priority,
+            reason: decision.reason.clone(),
+            comm: info.comm.clone(),
+            placed_at_ms: now_ms(),
+        };
+        self.dirty = true;
+        if self.opts.dry_run {
+            if self
+                .tracker
+                .get(info.pid, info.start_ticks)
+                .map(|t| t.priority)
+                != Some(decision.priority)
+            {
+                log::info!(
+                    "dry-run: would place pid {} ({}) in {} [{}: {}]",
+                    info.pid,
+                    info.comm,
+                    decision.priority.session(),
+                    decision.family,
+                    decision.reason
+                );
+            }
+            self.tracker.insert(tracked);
+            return;
+        }
+        let target = &self.session_cg[if decision.priority == Priority::High {
+            0
+        } else {
+            1
+        }]
+        .1;
+        let already = cgroup_of(info.pid).as_deref() == Some(target.as_str());
+        // PID-reuse guard: only move the process the event was about.
+        match self.procfs.start_ticks(info.pid) {
+            None => {
+                self.counters.vanished += 1;
+                return;
+            }
+            Some(s) if s != info.start_ticks => {
+                self.counters.pid_reused += 1;
+                log::debug!("pid {} was reused before placement; skipped", info.pid);
+                return;
+            }
+            Some(_) => {}
+        }
+        if already {
+            self.counters.already_placed += 1;
+            self.tracker.insert(tracked);
+            return;
+        }
+        match self.tree.place(info.pid, decision.priority) {
+            Ok(()) => {
+                self.counters.placed += 1;
+                *self
+                    .placed_by_family
+                    .entry(decision.family.to_string())
+                    .or_default() += 1;
+                let msg = format!(
+                    "placed pid {} ({}) in {} [{}: {}]",
+                    info.pid,
+                    info.comm,
+                    decision.priority.session(),
+                    decision.family,
+                    decision.reason
+                );
+                if matches!(decision.reason, Reason::Rule { .. }) {
+                    log::info!("{msg}");
+                } else {
+                    log::debug!("{msg}");
+                }
+                self.tracker.insert(tracked);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.counters.vanished += 1,
+            Err(e) => {
+                self.counters.errors += 1;
+                log::warn!(
+                    "cannot place pid {} ({}) in {}: {e}",
+                    info.pid,
+                    info.comm,
+                    decision.priority.session()
+                );
+            }
+        }
+    }
+
+    /// Bring the tracker in line with /proc: drop the dead, place the rest.
+    fn reconcile(&mut self, why: &str) {
+        let procfs = self.procfs.clone();
+        let dropped = self
+            .tracker
+            .retain(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+        let all = match self.procfs.scan() {
+            Ok(all) => all,
+            Err(e) => {
+                log::error!("/proc scan failed: {e}");
+                return;
+            }
+        };
+        let before = self.counters.placed;
+        for p in all {
+            self.place(p);
+        }
+        self.counters.reconciles += 1;
+        self.dirty = true;
+        log::info!(
+            "{why}: {} processes tracked, {} newly placed, {dropped} stale entries dropped",
+            self.tracker.len(),
+            self.counters.placed - before
+        );
+    }
+
+    /// Keep the families a previous run assigned (an orphaned descendant
+    /// cannot be traced to its ancestor any more), for processes that are
+    /// still the same ones.
+    fn adopt_previous_state(&mut self) {
+        let Ok(prev) = State::read(&self.opts.state) else {
+            return;
+        };
+        let mut adopted = 0;
+        for t in prev.processes {
+            let still_there = self.procfs.start_ticks(t.pid) == Some(t.start_ticks);
+            if still_there && self.policies.family(t.family.as_str()).is_some() {
+                self.tracker.insert(t);
+                adopted += 1;
+            }
+        }
+        log::info!("adopted {adopted} processes from the previous run's state");
+    }
+
+    fn reload(&mut self) {
+        match PolicySet::load_dir(&self.opts.policies) {
+            Ok(set) => {
+                log::info!("policies reloaded: {} families", set.families.len());
+                self.policies = set;
+                self.state.policy.last_error = None;
+                self.state.policy.loaded_at_ms = now_ms();
+                self.counters.policy_reloads += 1;
+                self.reconcile("policy reload");
+            }
+            Err(e) => {
+                log::error!("policy reload rejected, keeping the last good policy: {e}");
+                self.state.policy.last_error = Some(e.to_string());
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn write_state(&mut self, monitor: &Monitor) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &mut self.state;
+        s.updated_at_ms = now_ms();
+        let c = monitor.counters();
+        s.procmon = ProcmonStatus {
+            backend: monitor.backend().to_string(),
+            fallback_reasons: monitor.fallback_reasons().to_vec(),
+            exec_events: c.exec.load(Relaxed),
+            exit_events: c.exit.load(Relaxed),
+            lost_events: c.lost.load(Relaxed),
+        };
+        s.counters = self.counters.clone();
+        s.processes = self.tracker.iter().cloned().collect();
+        s.families = self
+            .policies
+            .families
+            .iter()
+            .map(|f| FamilyStatus {
+                name: f.family.to_string(),
+                priority: f.priority,
+                file: f.file.display().to_string(),
+                live: self.tracker.iter().filter(|t| t.family == f.family).count(),
+                placed_total: self
+                    .placed_by_family
+                    .get(f.family.as_str())
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect();
+        s.sessions = [
+            (Priority::High, self.cfg.sessions.high.cpu_weight),
+            (Priority::Low, self.cfg.sessions.low.cpu_weight),
+        ]
+        .iter()
+        .map(|&(p, w)| {
+            let dir = self.tree.session_dir(p);
+            let weight = std::fs::read_to_string(dir.join("cpu.weight"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            let _ = w;
+            SessionStatus {
+                name: p.session().into(),
+                path: dir.display().to_string(),
+                cpu_weight: weight,
+                pids: self.tree.pids(p).len(),
+                tracked: self.tracker.iter().filter(|t| t.priority == p).count(),
+            }
+        })
+        .collect();
+        if let Err(e) = s.write(&self.opts.state) {
+            log::warn!("cannot write state file {}: {e}", self.opts.state.display());
+        }
+        self.dirty = false;
+    }
+}

@@ -1,0 +1,256 @@
+//! The inspecting subcommands: check, status, explain.
+
+use std::path::Path;
+
+use procmon::ProcFs;
+
+use crate::cgroup::cgroup_of;
+use crate::classify::{classify, protected, Lineage};
+use crate::config::Config;
+use crate::policy::{NoParents, ParentLookup, PolicySet};
+use crate::state::State;
+
+pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
+    let (cfg, src) = Config::load(config)?;
+    let set = PolicySet::load_dir(policies).map_err(|e| e.to_string())?;
+    println!("config: {src}");
+    println!(
+        "  sessions: session_high cpu.weight={}, session_low cpu.weight={}",
+        cfg.sessions.high.cpu_weight, cfg.sessions.low.cpu_weight
+    );
+    println!(
+        "  scheduler.enabled={} memcg.enabled={} activity.enabled={}",
+        cfg.scheduler.enabled, cfg.memcg.enabled, cfg.activity.enabled
+    );
+    println!(
+        "policies: {} ({} families, first match wins in this order)",
+        policies.display(),
+        set.families.len()
+    );
+    for (i, f) in set.families.iter().enumerate() {
+        println!(
+            "{:>3}. {} -> {} ({}) descendants={}",
+            i + 1,
+            f.family,
+            f.priority.session(),
+            f.file.display(),
+            f.descendants
+        );
+        for (j, b) in f.matches.iter().enumerate() {
+            println!(
+                "       match {}: {}",
+                j + 1,
+                serde_json::to_string(b).unwrap_or_default()
+            );
+        }
+        for (j, t) in f.tools.iter().enumerate() {
+            println!(
+                "       tools {}: -> {} when {}",
+                j + 1,
+                t.priority.session(),
+                serde_json::to_string(&t.matches).unwrap_or_default()
+            );
+        }
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn age(ms: u64) -> String {
+    let now = crate::state::now_ms();
+    let s = now.saturating_sub(ms) / 1000;
+    format!("{s}s ago")
+}
+
+pub fn status(state: &Path, json: bool) -> Result<(), String> {
+    let s = State::read(state).map_err(|e| format!("{e}\n(is agentcgd running? see --state)"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+        return Ok(());
+    }
+    let alive = s.running && Path::new(&format!("/proc/{}", s.daemon_pid)).exists();
+    println!(
+        "agentcgd pid {} {}{} (state updated {})",
+        s.daemon_pid,
+        if alive { "running" } else { "not running" },
+        if s.dry_run { ", dry-run" } else { "" },
+        age(s.updated_at_ms)
+    );
+    println!("root: {}", s.root);
+    println!(
+        "controllers: enabled [{}]{}",
+        s.cgroup.enabled.join(" "),
+        if s.cgroup.missing.is_empty() {
+            String::new()
+        } else {
+            format!(", missing: {}", s.cgroup.missing.join("; "))
+        }
+    );
+    for w in &s.cgroup.warnings {
+        println!("  warning: {w}");
+    }
+    println!("sessions:");
+    for se in &s.sessions {
+        println!(
+            "  {:<13} cpu.weight={:<6} pids={:<5} tracked={}",
+            se.name,
+            se.cpu_weight
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into()),
+            se.pids,
+            se.tracked
+        );
+    }
+    println!("families:");
+    for f in &s.families {
+        println!(
+            "  {:<14} -> {:<13} live={:<4} placed={:<6} {}",
+            f.name,
+            f.priority.session(),
+            f.live,
+            f.placed_total,
+            f.file
+        );
+    }
+    let c = &s.counters;
+    println!(
+        "placement: placed={} already={} vanished={} pid_reused={} errors={} protected={} reconciles={}",
+        c.placed, c.already_placed, c.vanished, c.pid_reused, c.errors, c.protected_skipped, c.reconciles
+    );
+    println!(
+        "events: {} (exec={} exit={} lost={}){}",
+        s.procmon.backend,
+        s.procmon.exec_events,
+        s.procmon.exit_events,
+        s.procmon.lost_events,
+        if s.procmon.fallback_reasons.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " fallback because: {}",
+                s.procmon.fallback_reasons.join("; ")
+            )
+        }
+    );
+    println!("policy: {} (config {})", s.policy.dir, s.policy.config);
+    if let Some(e) = &s.policy.last_error {
+        println!("  last reload REJECTED (previous policy kept): {e}");
+    }
+    println!(
+        "scheduler: {}",
+        s.scheduler
+            .get("backend")
+            .and_then(|b| b.as_str())
+            .unwrap_or("-")
+    );
+    println!(
+        "memcg: {}",
+        s.memcg
+            .get("backend")
+            .and_then(|b| b.as_str())
+            .unwrap_or("-")
+    );
+    println!("activity: {}", s.activity);
+    for o in &s.oom_kills {
+        println!(
+            "oom kill {} in {}: pid {} family {} ({})",
+            age(o.at_ms),
+            o.session,
+            o.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            o.family.as_deref().unwrap_or("?"),
+            o.comm.as_deref().unwrap_or("?")
+        );
+    }
+    if !s.processes.is_empty() {
+        println!("processes:");
+        for p in &s.processes {
+            println!(
+                "  {:>7} {:<16} {:<14} {:<13} {}",
+                p.pid,
+                p.comm,
+                p.family.as_str(),
+                p.priority.session(),
+                p.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+struct ProcParents(ProcFs);
+impl ParentLookup for ProcParents {
+    fn parent(&self, p: &procmon::ProcInfo) -> Option<procmon::ProcInfo> {
+        self.0.read(p.ppid).ok()
+    }
+}
+
+pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
+    let set = PolicySet::load_dir(policies).map_err(|e| e.to_string())?;
+    let procfs = ProcFs::default();
+    let info = procfs
+        .read(pid)
+        .map_err(|e| format!("pid {pid}: no such process ({e})"))?;
+    println!(
+        "pid {} ({}) ppid {} uid {}\n  exe:  {}\n  argv: {:?}",
+        info.pid, info.comm, info.ppid, info.uid, info.exe, info.argv
+    );
+    println!(
+        "  cgroup now: {}",
+        cgroup_of(pid).unwrap_or_else(|| "unknown".into())
+    );
+    if let Some(why) = protected(&info, u32::MAX) {
+        println!("never moved: {why}");
+        return Ok(());
+    }
+    // Tracked ancestors come from the daemon's state, when it runs.
+    let st = State::read(state).ok();
+    let tracked = |p: u32, start: Option<u64>| {
+        st.as_ref().and_then(|s| {
+            s.processes
+                .iter()
+                .find(|t| t.pid == p && start.is_none_or(|st| st == t.start_ticks))
+                .cloned()
+        })
+    };
+    if let Some(t) = tracked(pid, Some(info.start_ticks)) {
+        println!(
+            "daemon: placed in {} as {} ({})",
+            t.priority.session(),
+            t.family,
+            t.reason
+        );
+    }
+    let mut lineage = tracked(pid, Some(info.start_ticks)).map(|t| Lineage {
+        pid,
+        family: t.family,
+    });
+    let mut cur = info.ppid;
+    while lineage.is_none() && cur > 1 {
+        if let Some(t) = tracked(cur, None) {
+            lineage = Some(Lineage {
+                pid: cur,
+                family: t.family,
+            });
+            break;
+        }
+        cur = procfs.stat(cur).map(|s| s.ppid).unwrap_or(0);
+    }
+    let parents: &dyn ParentLookup = if info.ppid > 0 {
+        &ProcParents(procfs.clone())
+    } else {
+        &NoParents
+    };
+    match classify(&set, &info, lineage.as_ref(), parents) {
+        Some(d) => println!(
+            "policy: family {} -> {} because {}",
+            d.family,
+            d.priority.session(),
+            d.reason
+        ),
+        None => println!(
+            "policy: no rule in {} matches and no tracked ancestor keeps it: agentcgd leaves it alone",
+            policies.display()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! The tracker (pid -> family, session, start time) and the state file that
+//! `status` and `explain` read. Written atomically (temp file + rename).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::SetupReport;
+use crate::classify::Reason;
+use crate::policy::{FamilyName, Priority};
+
+/// One placed (or, in dry-run, decided) process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub family: FamilyName,
+    pub priority: Priority,
+    pub reason: Reason,
+    pub comm: String,
+    /// Unix time in ms when it was placed.
+    pub placed_at_ms: u64,
+}
+
+/// pid -> tracked process; an entry is valid only for its start time.
+#[derive(Debug, Default, Clone)]
+pub struct Tracker {
+    procs: BTreeMap<u32, Tracked>,
+}
+
+impl Tracker {
+    pub fn insert(&mut self, t: Tracked) {
+        self.procs.insert(t.pid, t);
+    }
+
+    /// The entry for this exact process (pid and start time).
+    pub fn get(&self, pid: u32, start_ticks: u64) -> Option<&Tracked> {
+        self.procs
+            .get(&pid)
+            .filter(|t| t.start_ticks == start_ticks)
+    }
+
+    pub fn get_pid(&self, pid: u32) -> Option<&Tracked> {
+        self.procs.get(&pid)
+    }
+
+    /// Forget `pid` if it is the same process (or the start is unknown).
+    pub fn remove(&mut self, pid: u32, start_ticks: Option<u64>) -> Option<Tracked> {
+        match (self.procs.get(&pid), start_ticks) {
+            (Some(t), Some(s)) if t.start_ticks != s => None,
+            (Some(_), _) => self.procs.remove(&pid),
+            (None, _) => None,
+        }
+    }
+
+    /// Drop entries whose process is gone or was replaced.
+    pub fn retain(&mut self, mut alive: impl FnMut(&Tracked) -> bool) -> usize {
+        let before = self.procs.len();
+        self.procs.retain(|_, t| alive(t));
+        before - self.procs.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
+        self.procs.values()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub placed: u64,
+    pub already_placed: u64,
+    pub vanished: u64,
+    pub pid_reused: u64,
+    pub errors: u64,
+    pub protected_skipped: u64,
+    pub reconciles: u64,
+    pub policy_reloads: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyStatus {
+    pub name: String,
+    pub priority: Priority,
+    pub file: String,
+    pub live: usize,
+    pub placed_total: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub name: String,
+    pub path: String,
+    pub cpu_weight: Option<u32>,
+    /// Pids in the session's cgroup.procs (forked children included).
+    pub pids: usize,
+    pub tracked: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcmonStatus {
+    pub backend: String,
+    pub fallback_reasons: Vec<String>,
+    pub exec_events: u64,
+    pub exit_events: u64,
+    pub lost_events: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub dir: String,
+    pub config: String,
+    pub loaded_at_ms: u64,
+    /// The last reload error; the previous good policy stays in force.
+    pub last_error: Option<String>,
+}
+
+/// An OOM kill seen in the tree and whom it hit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomRecord {
+    pub at_ms: u64,
+    pub session: String,
+    pub pid: Option<u32>,
+    pub family: Option<String>,
+    pub comm: Option<String>,
+}
+
+/// Everything `agentcgd status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub daemon_pid: u32,
+    pub running: bool,
+    pub dry_run: bool,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub root: String,
+    pub cgroup: SetupReport,
+    pub sessions: Vec<SessionStatus>,
+    pub families: Vec<FamilyStatus>,
+    pub procmon: ProcmonStatus,
+    pub policy: PolicyStatus,
+    pub counters: Counters,
+    pub scheduler: serde_json::Value,
+    pub memcg: serde_json::Value,
+    pub activity: String,
+    pub oom_kills: Vec<OomRecord>,
+    pub processes: Vec<Tracked>,
+}
+
+impl State {
+    pub fn read(path: &Path) -> Result<State, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read state file {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("state file {} is malformed: {e}", path.display()))
+    }
+
+    /// Write atomically: readers see the old or the new file, never half.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, self)?;
+        f.write_all(b"\n")?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(pid: u32, start: u64) -> Tracked {
+        Tracked {
+            pid,
+            start_ticks: start,
+            family: FamilyName::try_from("a".to_string()).unwrap(),
+            priority: Priority::High,
+            reason: Reason::Adopted,
+            comm: "x".into(),
+            placed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn tracker_guards_pid_reuse() {
+        let mut tr = Tracker::default();
+        tr.insert(t(10, 100));
+        assert!(tr.get(10, 100).is_some());
+        assert!(
+            tr.get(10, 101).is_none(),
+            "a reused pid is a different process"
+        );
+        assert!(
+            tr.remove(10, Some(999)).is_none(),
+            "exit of another process with the same pid"
+        );
+        assert!(tr.remove(10, Some(100)).is_some());
+        tr.insert(t(11, 1));
+        assert!(tr.remove(11, None).is_some());
+        assert_eq!(tr.len(), 0);
+    }
+
+    #[test]
+    fn state_roundtrip_atomic() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("run/state.json");
+        let mut s = State {
+            daemon_pid: 7,
+            running: true,
+            ..State::default()
+        };
+        s.processes.push(t(5, 6));
+        s.write(&path).unwrap();
+        assert_eq!(State::read(&path).unwrap(), s);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(State::read(&path).unwrap_err().contains("malformed"));
+    }
+}

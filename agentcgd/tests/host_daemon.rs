@@ -1,0 +1,494 @@
+//! Host root tests: the real daemon, real BPF events, real placement on the
+//! host's cgroup2 mount. Each test gets its own ROOT and policy directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentcgd");
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+}
+
+/// Skip (with the missing thing named) unless root with a cgroup2 mount.
+fn env_or_skip() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to move processes between cgroups");
+        return None;
+    }
+    let m = cgroup2_mount();
+    if m.is_none() {
+        eprintln!("SKIP: no cgroup2 mount on this host");
+    }
+    m
+}
+
+struct Fixture {
+    tag: String,
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    mount: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Fixture {
+    fn new(name: &str, mount: PathBuf) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
+        fs::create_dir_all(dir.path().join("policies")).unwrap();
+        fs::create_dir_all(dir.path().join("bin")).unwrap();
+        Fixture {
+            tag: name.chars().take(8).collect(),
+            dir,
+            root,
+            mount,
+            children: vec![],
+        }
+    }
+
+    /// Short unique tag (comm is at most 15 bytes).
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    fn policy(&self, file: &str, text: &str) {
+        fs::write(self.policies().join(file), text).unwrap();
+    }
+
+    /// A copy of a system binary under a name of our choosing (sets comm/exe).
+    fn tool(&self, name: &str, from: &str) -> PathBuf {
+        let p = self.dir.path().join("bin").join(name);
+        fs::copy(from, &p).unwrap();
+        p
+    }
+
+    fn daemon(&self, extra: &[&str]) -> Child {
+        Command::new(BIN)
+            .arg(&self.root)
+            .arg("--policies")
+            .arg(self.policies())
+            .arg("--config")
+            .arg(self.dir.path().join("agentcgd.yaml"))
+            .arg("--state")
+            .arg(self.state())
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(self.dir.path().join("daemon.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Wait until the daemon has written its first state.
+    fn wait_ready(&self) {
+        assert!(
+            wait_for(Duration::from_secs(10), || self.state().exists()),
+            "daemon did not start; log:\n{}",
+            self.log()
+        );
+    }
+
+    fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        let c = cmd.stdout(Stdio::null()).spawn().unwrap();
+        let pid = c.id();
+        self.children.push(c);
+        pid
+    }
+
+    fn session(&self, s: &str) -> String {
+        format!(
+            "/{}/{s}",
+            self.root.strip_prefix(&self.mount).unwrap().display()
+        )
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--state"])
+            .arg(self.state())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Move anything left (e.g. grandchildren) out, then remove the tree.
+        for s in ["session_high", "session_low", ""] {
+            let d = self.root.join(s);
+            for pid in fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = fs::write(self.mount.join("cgroup.procs"), pid);
+            }
+        }
+        for s in ["session_high", "session_low", ""] {
+            let d = self.root.join(s);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+fn cgroup_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn stop(mut d: Child) -> Duration {
+    let t = Instant::now();
+    nix_kill(d.id(), libc::SIGTERM);
+    let st = d.wait().unwrap();
+    assert!(st.success(), "daemon exit status {st}");
+    t.elapsed()
+}
+
+fn nix_kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// A family whose agent and tool names are unique to one test: daemons of
+/// tests running in parallel see every exec on the host.
+fn families(tag: &str) -> String {
+    format!(
+        "family: fake-agent
+priority: high
+match:
+  - comm: agent-{tag}
+descendants: true
+tools:
+  - match: [{{comm: tool-{tag}}}]
+    priority: low
+"
+    )
+}
+
+#[test]
+fn places_by_comm_argv_exe_and_leaves_unmatched_alone() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("match", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let exe_tool = fx.tool("exeagent", "/bin/sleep");
+    fx.policy(
+        "20-argv.yaml",
+        &format!(
+            "family: argv-agent\npriority: low\nmatch:\n  - argv: [\"sleep\", \"31.5\"]\n  - exe: \"{}\"\n",
+            exe_tool.display()
+        ),
+    );
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    let by_comm = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
+    let p_comm = fx.spawn(Command::new(&by_comm).arg("30"));
+    let p_argv = fx.spawn(Command::new("sleep").arg("31.5"));
+    let p_exe = fx.spawn(Command::new(&exe_tool).arg("30"));
+    let p_none = fx.spawn(Command::new("sleep").arg("32"));
+    let high = fx.session("session_high");
+    let low = fx.session("session_low");
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(p_comm) == high),
+        "comm: {}",
+        cgroup_of(p_comm)
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(p_argv) == low),
+        "argv: {}",
+        cgroup_of(p_argv)
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(p_exe) == low),
+        "exe: {}",
+        cgroup_of(p_exe)
+    );
+    let before = cgroup_of(p_none);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cgroup_of(p_none), before, "unmatched process must not move");
+    assert!(!before.contains("agentcg-test"));
+    let took = stop(daemon);
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    // Stopping leaves processes where they are.
+    assert_eq!(cgroup_of(p_comm), high);
+    let st = fx.status_json();
+    assert_eq!(st["running"], false);
+    assert_eq!(st["procmon"]["backend"], "bpf", "{}", st["procmon"]);
+}
+
+#[test]
+fn descendants_stay_with_family_and_tools_go_low() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("desc", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    let tool = fx.tool(&format!("tool-{}", fx.tag()), "/bin/sleep");
+    let pids = fx.dir.path().join("pids");
+    // The agent forks a subshell that execs `sleep` (unmatched: inherits) and
+    // runs the tool (tools rule: low).
+    let script = format!(
+        "sleep 30 & echo $! > {p}.child; {t} 30 & echo $! > {p}.tool; wait",
+        p = pids.display(),
+        t = tool.display()
+    );
+    let agent_pid = fx.spawn(Command::new(&agent).args(["-c", &script]));
+    let read = |ext: &str| -> Option<u32> {
+        fs::read_to_string(pids.with_extension(ext))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(wait_for(Duration::from_secs(3), || read("child").is_some()
+        && read("tool").is_some()));
+    let (child, toolp) = (read("child").unwrap(), read("tool").unwrap());
+    let high = fx.session("session_high");
+    let low = fx.session("session_low");
+    assert!(wait_for(Duration::from_secs(2), || cgroup_of(agent_pid) == high));
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(child) == high),
+        "child in {}",
+        cgroup_of(child)
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(toolp) == low),
+        "tool in {}",
+        cgroup_of(toolp)
+    );
+    // The tracker knows both as fake-agent, with the reason.
+    assert!(
+        wait_for(Duration::from_secs(2), || {
+            let st = fx.status_json();
+            let procs = st["processes"].as_array().cloned().unwrap_or_default();
+            let find = |pid: u32| procs.iter().find(|p| p["pid"] == pid).cloned();
+            matches!((find(child), find(toolp)), (Some(c), Some(t))
+            if c["family"] == "fake-agent" && c["reason"]["kind"] == "inherited"
+            && t["family"] == "fake-agent" && t["reason"]["kind"] == "tool" && t["priority"] == "low")
+        }),
+        "status: {}",
+        fx.status_json()["processes"]
+    );
+    stop(daemon);
+}
+
+#[test]
+fn restart_after_kill9_adopts_tree_and_keeps_placing() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("restart", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let mut daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
+    let first = fx.spawn(Command::new(&agent).arg("30"));
+    let high = fx.session("session_high");
+    assert!(wait_for(Duration::from_secs(2), || cgroup_of(first) == high));
+    assert!(wait_for(Duration::from_secs(2), || fx.status_json()
+        ["processes"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p["pid"] == first))));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    // Started while no daemon runs: must be found by the start-up scan.
+    let during = fx.spawn(Command::new(&agent).arg("30"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_ne!(cgroup_of(during), high);
+    fs::remove_file(fx.state()).ok(); // wait_ready looks for a fresh state file
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    assert_eq!(cgroup_of(first), high, "placement survived kill -9");
+    assert!(wait_for(Duration::from_secs(2), || cgroup_of(during) == high));
+    let after = fx.spawn(Command::new(&agent).arg("30"));
+    assert!(wait_for(Duration::from_secs(2), || cgroup_of(after) == high));
+    let tracked = || -> Vec<u64> {
+        fx.status_json()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(2), || [first, during, after]
+            .iter()
+            .all(|p| tracked().contains(&(*p as u64)))),
+        "not all tracked: {:?}",
+        tracked()
+    );
+    stop(daemon);
+}
+
+#[test]
+fn broken_policy_refuses_start_and_reload_keeps_last_good() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("broken", mount);
+    fx.policy(
+        "10-fake.yaml",
+        &format!(
+            "family: fake-agent\npriority: high\nmatch:\n  - comm: agent-{}\n    cmd: x\n",
+            fx.tag()
+        ),
+    );
+    let out = Command::new(BIN)
+        .arg(&fx.root)
+        .arg("--policies")
+        .arg(fx.policies())
+        .arg("--state")
+        .arg(fx.state())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("10-fake.yaml:5:") && err.contains("unknown field `cmd`"),
+        "{err}"
+    );
+    assert!(!fx.root.exists(), "nothing created on a refused start");
+
+    let check = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(fx.policies())
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("10-fake.yaml:5:"));
+
+    // Good policy: start; then break it at runtime.
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let check = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(fx.policies())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("fake-agent -> session_high"));
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    fx.policy("10-fake.yaml", "family: fake-agent\npriority: [\n");
+    assert!(wait_for(Duration::from_secs(3), || fx.status_json()
+        ["policy"]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("10-fake.yaml:"))));
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
+    let p = fx.spawn(Command::new(&agent).arg("30"));
+    let high = fx.session("session_high");
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(p) == high),
+        "last good policy still places"
+    );
+    // A fixed file is picked up and clears the error.
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    assert!(wait_for(Duration::from_secs(3), || fx.status_json()
+        ["policy"]["last_error"]
+        .is_null()));
+    stop(daemon);
+}
+
+#[test]
+fn dry_run_changes_nothing_and_explain_says_why() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("dry", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&["--dry-run"]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
+    let p = fx.spawn(Command::new(&agent).arg("30"));
+    assert!(wait_for(Duration::from_secs(2), || fx.status_json()
+        ["processes"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["pid"] == p))));
+    assert!(!fx.root.exists(), "dry-run must not create the tree");
+    assert!(!cgroup_of(p).contains("agentcg-test"));
+    assert!(fx.log().contains(&format!("dry-run: would place pid {p}")));
+    let out = Command::new(BIN)
+        .args(["explain", &p.to_string(), "--policies"])
+        .arg(fx.policies())
+        .arg("--state")
+        .arg(fx.state())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("family fake-agent -> session_high because match block 1 of"),
+        "{text}"
+    );
+    let me = Command::new(BIN)
+        .args(["explain", &std::process::id().to_string(), "--policies"])
+        .arg(fx.policies())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&me.stdout).contains("no rule"));
+    let gone = Command::new(BIN)
+        .args(["explain", "999999999"])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    stop(daemon);
+}
+
+#[test]
+fn refuses_non_cgroup2_root() {
+    let Some(_) = env_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg(dir.path().join("agentcg"))
+        .arg("--policies")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on a cgroup v2"));
+}
