@@ -169,7 +169,7 @@ struct Report {
 fn run(args: &Args) -> Result<Report> {
     let text =
         std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace))?;
-    let samples = parse_memory_csv(&text).with_context(|| format!("{}", args.trace))?;
+    let samples = parse_memory_csv(&text).with_context(|| args.trace.clone())?;
     let scale = scale_for_cap(&samples, args.max_mb);
     let steps: Vec<Step> = plan(&samples, args.speed, scale);
     let mut held = Held {
