@@ -105,6 +105,7 @@ impl Config {
                 ));
             }
         }
+        cfg.scheduler.validate().map_err(|e| format!(" {e}"))?;
         cfg.memcg.validate().map_err(|e| format!(" memcg: {e}"))?;
         Ok(cfg)
     }

@@ -72,6 +72,7 @@ impl ParentLookup for ProcParents<'_> {
 struct Daemon {
     opts: Options,
     cfg: Config,
+    sched: scheduler::Supervisor,
     policies: PolicySet,
     tree: Tree,
     procfs: ProcFs,
@@ -143,6 +144,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         setup.weights.join(" ")
     );
 
+    let sched = if opts.no_scheduler {
+        scheduler::Supervisor::disabled("disabled by --no-scheduler")
+    } else if !cfg.scheduler.enabled {
+        scheduler::Supervisor::disabled("disabled by scheduler.enabled: false")
+    } else if opts.dry_run {
+        scheduler::Supervisor::disabled("dry-run: scheduler not loaded")
+    } else {
+        scheduler::Supervisor::start(&cfg.scheduler)
+    };
+    log::info!("scheduler: {}", sched.status().backend);
+
     let monitor = start_monitor(opts.events, tx.clone())?;
     log::info!(
         "process events from {}{}",
@@ -176,9 +188,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 last_error: None,
             },
             activity: "not available: the activity monitor is not part of this release".into(),
-            scheduler: serde_json::json!({
-                "backend": "cfs: the agentcg sched_ext scheduler is not built in this release"
-            }),
             memcg: serde_json::json!({
                 "backend": "off: priority memory protection is not built in this release"
             }),
@@ -186,6 +195,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         },
         opts,
         cfg,
+        sched,
         policies,
         tree,
         procfs: ProcFs::default(),
@@ -224,14 +234,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             reload_at = None;
             d.reload();
         }
-        if d.dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL {
+        // The scheduler's statistics change on their own: refresh each second.
+        if (d.dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL)
+            || last_write.elapsed() >= Duration::from_secs(1)
+        {
             d.write_state(&monitor);
             last_write = Instant::now();
         }
     }
-    d.state.running = false;
-    d.write_state(&monitor);
     monitor.stop();
+    // Detach the scheduler: the kernel is back on its own one when we exit.
+    let sched = std::mem::replace(&mut d.sched, scheduler::Supervisor::disabled("agentcgd stopped"));
+    sched.stop();
+    d.state.running = false;
+    d.write_state_with(None);
     Ok(())
 }
 
@@ -541,17 +557,24 @@ impl Daemon {
     }
 
     fn write_state(&mut self, monitor: &Monitor) {
+        self.write_state_with(Some(monitor));
+    }
+
+    fn write_state_with(&mut self, monitor: Option<&Monitor>) {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &mut self.state;
         s.updated_at_ms = now_ms();
-        let c = monitor.counters();
-        s.procmon = ProcmonStatus {
-            backend: monitor.backend().to_string(),
-            fallback_reasons: monitor.fallback_reasons().to_vec(),
-            exec_events: c.exec.load(Relaxed),
-            exit_events: c.exit.load(Relaxed),
-            lost_events: c.lost.load(Relaxed),
-        };
+        if let Some(monitor) = monitor {
+            let c = monitor.counters();
+            s.procmon = ProcmonStatus {
+                backend: monitor.backend().to_string(),
+                fallback_reasons: monitor.fallback_reasons().to_vec(),
+                exec_events: c.exec.load(Relaxed),
+                exit_events: c.exit.load(Relaxed),
+                lost_events: c.lost.load(Relaxed),
+            };
+        }
+        s.scheduler = serde_json::to_value(self.sched.status()).unwrap_or_default();
         s.counters = self.counters.clone();
         s.processes = self.tracker.iter().cloned().collect();
         s.families = self

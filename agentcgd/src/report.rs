@@ -136,13 +136,7 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
     if let Some(e) = &s.policy.last_error {
         println!("  last reload REJECTED (previous policy kept): {e}");
     }
-    println!(
-        "scheduler: {}",
-        s.scheduler
-            .get("backend")
-            .and_then(|b| b.as_str())
-            .unwrap_or("-")
-    );
+    print_scheduler(&s.scheduler);
     println!(
         "memcg: {}",
         s.memcg
@@ -175,6 +169,38 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn print_scheduler(v: &serde_json::Value) {
+    let str_of = |k: &str| v.get(k).and_then(|b| b.as_str()).unwrap_or("-").to_string();
+    let num = |x: &serde_json::Value, k: &str| x.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
+    println!("scheduler: {} (state {})", str_of("backend"), str_of("state"));
+    if let Some(e) = v.get("last_exit").filter(|e| !e.is_null()) {
+        println!(
+            "  last exit: {} {} (restarts {})",
+            e.get("reason").and_then(|r| r.as_str()).unwrap_or("?"),
+            e.get("message").and_then(|r| r.as_str()).unwrap_or(""),
+            num(v, "restarts")
+        );
+    }
+    if let Some(g) = v.get("global") {
+        println!(
+            "  dispatches: local={} cgroup={} fallbacks={}",
+            num(g, "local_dispatches"),
+            num(g, "cgroup_dispatches"),
+            num(g, "fallbacks")
+        );
+    }
+    for c in v.get("cgroups").and_then(|c| c.as_array()).into_iter().flatten() {
+        println!(
+            "  {:<32} weight={:<6} hweight={:.4} cpu={:.2}s dispatches={}",
+            c.get("path").and_then(|p| p.as_str()).unwrap_or("?"),
+            num(c, "weight"),
+            c.get("hweight").and_then(|h| h.as_f64()).unwrap_or(0.0),
+            num(c, "cpu_time_ns") as f64 / 1e9,
+            num(c, "dispatches")
+        );
+    }
 }
 
 struct ProcParents(ProcFs);
