@@ -17,8 +17,8 @@ use crate::classify::{classify, protected, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{ParentLookup, PolicySet, Priority};
 use crate::state::{
-    now_ms, Counters, FamilyStatus, PolicyStatus, ProcmonStatus, SessionStatus, State, Tracked,
-    Tracker,
+    now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, SessionStatus, State,
+    Tracked, Tracker,
 };
 
 /// Which process-event source to use (`--events`).
@@ -45,6 +45,7 @@ pub struct Options {
 
 enum Msg {
     Proc(ProcEvent),
+    Mem(memcg::MemEvent),
     Signal(Signal),
     PolicyChanged,
 }
@@ -73,6 +74,9 @@ struct Daemon {
     opts: Options,
     cfg: Config,
     sched: scheduler::Supervisor,
+    mem: memcg::Controller,
+    /// Tracked processes that died by SIGKILL lately, for OOM attribution.
+    recent_kills: Vec<(Instant, Tracked)>,
     policies: PolicySet,
     tree: Tree,
     procfs: ProcFs,
@@ -155,6 +159,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     log::info!("scheduler: {}", sched.status().backend);
 
+    let mem = if opts.no_memcg {
+        memcg::Controller::idle(memcg::Status::disabled("disabled by --no-memcg"))
+    } else if opts.dry_run {
+        memcg::Controller::idle(memcg::Status::disabled("dry-run: memory files not changed"))
+    } else {
+        let tx = tx.clone();
+        memcg::Controller::start(
+            memcg::Sessions::under(&tree.root),
+            &cfg.memcg,
+            Box::new(move |ev| {
+                let _ = tx.send(Msg::Mem(ev));
+            }),
+        )
+    };
+    log::info!("memcg: {}", mem.status().backend);
+
     let monitor = start_monitor(opts.events, tx.clone())?;
     log::info!(
         "process events from {}{}",
@@ -188,14 +208,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 last_error: None,
             },
             activity: "not available: the activity monitor is not part of this release".into(),
-            memcg: serde_json::json!({
-                "backend": "off: priority memory protection is not built in this release"
-            }),
             ..State::default()
         },
         opts,
         cfg,
         sched,
+        mem,
+        recent_kills: Vec::new(),
         policies,
         tree,
         procfs: ProcFs::default(),
@@ -219,6 +238,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .min(STATE_WRITE_INTERVAL);
         match rx.recv_timeout(timeout) {
             Ok(Msg::Proc(ev)) => d.handle(ev),
+            Ok(Msg::Mem(ev)) => d.handle_mem(ev),
             Ok(Msg::Signal(Signal::SIGHUP)) => reload_at = Some(Instant::now()),
             Ok(Msg::Signal(sig)) => {
                 log::info!("{sig}: stopping; placed processes stay where they are");
@@ -244,8 +264,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     monitor.stop();
     // Detach the scheduler: the kernel is back on its own one when we exit.
-    let sched = std::mem::replace(&mut d.sched, scheduler::Supervisor::disabled("agentcgd stopped"));
+    let sched = std::mem::replace(
+        &mut d.sched,
+        scheduler::Supervisor::disabled("agentcgd stopped"),
+    );
     sched.stop();
+    let mem = std::mem::replace(
+        &mut d.mem,
+        memcg::Controller::idle(memcg::Status::disabled("agentcgd stopped")),
+    );
+    mem.stop();
     d.state.running = false;
     d.write_state_with(None);
     Ok(())
@@ -336,10 +364,15 @@ impl Daemon {
         match ev {
             ProcEvent::Exec(info) => self.place(info),
             ProcEvent::Exit {
-                pid, start_ticks, ..
+                pid,
+                start_ticks,
+                exit_code,
             } => {
-                if self.tracker.remove(pid, start_ticks).is_some() {
+                if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
+                    if exit_code.is_some_and(|c| c & 0x7f == libc::SIGKILL) {
+                        self.note_kill(t);
+                    }
                 }
             }
             ProcEvent::Lost(n) => {
@@ -456,6 +489,7 @@ impl Daemon {
         }
         if already {
             self.counters.already_placed += 1;
+            self.steer_oom(info.pid, decision.priority);
             self.tracker.insert(tracked);
             return;
         }
@@ -479,6 +513,7 @@ impl Daemon {
                 } else {
                     log::debug!("{msg}");
                 }
+                self.steer_oom(info.pid, decision.priority);
                 self.tracker.insert(tracked);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.counters.vanished += 1,
@@ -491,6 +526,81 @@ impl Daemon {
                     decision.priority.session()
                 );
             }
+        }
+    }
+
+    fn handle_mem(&mut self, ev: memcg::MemEvent) {
+        self.dirty = true;
+        if let memcg::MemEvent::OomKill { session, count } = ev {
+            let name = match session {
+                memcg::SessionKind::High => Priority::High.session(),
+                memcg::SessionKind::Low => Priority::Low.session(),
+                memcg::SessionKind::Root => "agentcg",
+            };
+            log::warn!("OOM kill in {name} ({count})");
+            for _ in 0..count.min(16) {
+                self.state.oom_kills.push(OomRecord {
+                    at_ms: now_ms(),
+                    session: name.to_string(),
+                    pid: None,
+                    family: None,
+                    comm: None,
+                });
+            }
+            self.attribute_kills();
+        }
+    }
+
+    /// A tracked process was SIGKILLed: maybe by the OOM killer.
+    fn note_kill(&mut self, t: Tracked) {
+        self.recent_kills.push((Instant::now(), t));
+        self.attribute_kills();
+    }
+
+    /// Pair OOM kills seen in memory.events with SIGKILL exits of tracked
+    /// processes in the same session; the two arrive in either order.
+    fn attribute_kills(&mut self) {
+        const PAIRING_WINDOW: Duration = Duration::from_secs(5);
+        self.recent_kills
+            .retain(|(at, _)| at.elapsed() < PAIRING_WINDOW);
+        let now = now_ms();
+        for rec in self.state.oom_kills.iter_mut().filter(|r| r.pid.is_none()) {
+            if now.saturating_sub(rec.at_ms) > PAIRING_WINDOW.as_millis() as u64 {
+                continue;
+            }
+            if let Some(i) = self
+                .recent_kills
+                .iter()
+                .position(|(_, t)| t.priority.session() == rec.session)
+            {
+                let (_, t) = self.recent_kills.remove(i);
+                log::warn!(
+                    "OOM kill in {}: pid {} ({}) of family {}",
+                    rec.session,
+                    t.pid,
+                    t.comm,
+                    t.family
+                );
+                rec.pid = Some(t.pid);
+                rec.family = Some(t.family.to_string());
+                rec.comm = Some(t.comm);
+            }
+        }
+        // Keep the record list bounded.
+        let n = self.state.oom_kills.len();
+        if n > 256 {
+            self.state.oom_kills.drain(..n - 256);
+        }
+    }
+
+    /// Steer the OOM killer: low-priority work dies before session_high.
+    fn steer_oom(&self, pid: u32, p: Priority) {
+        if self.opts.no_memcg || !self.cfg.memcg.enabled {
+            return;
+        }
+        let adj = self.cfg.memcg.oom_score_adj(p == Priority::High);
+        if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
+            log::debug!("oom_score_adj of pid {pid}: {e}");
         }
     }
 
@@ -575,6 +685,7 @@ impl Daemon {
             };
         }
         s.scheduler = serde_json::to_value(self.sched.status()).unwrap_or_default();
+        s.memcg = serde_json::to_value(self.mem.status()).unwrap_or_default();
         s.counters = self.counters.clone();
         s.processes = self.tracker.iter().cloned().collect();
         s.families = self

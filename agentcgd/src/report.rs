@@ -174,7 +174,11 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
 fn print_scheduler(v: &serde_json::Value) {
     let str_of = |k: &str| v.get(k).and_then(|b| b.as_str()).unwrap_or("-").to_string();
     let num = |x: &serde_json::Value, k: &str| x.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
-    println!("scheduler: {} (state {})", str_of("backend"), str_of("state"));
+    println!(
+        "scheduler: {} (state {})",
+        str_of("backend"),
+        str_of("state")
+    );
     if let Some(e) = v.get("last_exit").filter(|e| !e.is_null()) {
         println!(
             "  last exit: {} {} (restarts {})",
@@ -191,7 +195,12 @@ fn print_scheduler(v: &serde_json::Value) {
             num(g, "fallbacks")
         );
     }
-    for c in v.get("cgroups").and_then(|c| c.as_array()).into_iter().flatten() {
+    for c in v
+        .get("cgroups")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
         println!(
             "  {:<32} weight={:<6} hweight={:.4} cpu={:.2}s dispatches={}",
             c.get("path").and_then(|p| p.as_str()).unwrap_or("?"),

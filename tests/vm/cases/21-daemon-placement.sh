@@ -1,0 +1,69 @@
+#!/bin/sh
+# 21-daemon-placement: the daemon, started as users start it, builds
+# agentcg/{session_high,session_low} with cpu and memory enabled and the
+# weights set, places processes by the shipped policies (comm rules,
+# descendants, tools), leaves others alone, and stops on SIGTERM in < 1 s.
+R=/sys/fs/cgroup/agentcg
+W=/tmp/t21
+mkdir -p $W/bin
+D=
+fail() { echo "FAIL: $*"; echo "--- agentcgd log"; cat $W/log 2>/dev/null | tail -30; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1; }
+cg() { sed -n 's/^0:://p' /proc/$1/cgroup; }
+wait_cg() { # pid cgroup
+    i=0; while [ "$(cg $1)" != "$2" ]; do i=$((i+1)); [ $i -gt 100 ] && return 1; usleep 20000; done; return 0; }
+
+agentcgd check > $W/check.txt || fail "agentcgd check rejects the shipped policies: $(cat $W/check.txt)"
+grep -q "claude-code -> session_high" $W/check.txt || fail "check output: $(cat $W/check.txt)"
+
+# An agent that was running before the daemon: found by the start-up scan.
+printf '#!/bin/sh\nsleep 60\n' > $W/bin/aider; chmod +x $W/bin/aider
+$W/bin/aider & early=$!
+
+agentcgd /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
+i=0; until [ -s /run/agentcgd/state.json ]; do i=$((i+1)); [ $i -gt 300 ] && fail "no state file"; usleep 100000; done
+
+for s in session_high session_low; do
+    [ -d $R/$s ] || fail "$R/$s missing"
+    for c in cpu memory; do
+        grep -qw $c $R/$s/cgroup.controllers || fail "$c not enabled for $s: $(cat $R/$s/cgroup.controllers)"
+    done
+done
+[ "$(cat $R/session_high/cpu.weight)" = 150 ] || fail "session_high cpu.weight $(cat $R/session_high/cpu.weight)"
+[ "$(cat $R/session_low/cpu.weight)" = 50 ] || fail "session_low cpu.weight $(cat $R/session_low/cpu.weight)"
+echo "tree: $(cat $R/cgroup.subtree_control) weights 150/50"
+
+wait_cg $early /agentcg/session_low || fail "pre-existing aider ($early) not placed: $(cg $early)"
+
+# Claude Code (comm rule, high) whose shell spawns a plain child (inherits)
+# and a pytest (tools rule: low).
+printf '#!/bin/sh\nsleep 30\n' > $W/bin/pytest; chmod +x $W/bin/pytest
+printf '#!/bin/sh\nsleep 40 &\necho $! > %s/child\n%s/bin/pytest &\necho $! > %s/tool\nwait\n' $W $W $W > $W/bin/claude
+chmod +x $W/bin/claude
+$W/bin/claude & agent=$!
+sleep 50 & other=$!
+i=0; until [ -s $W/child ] && [ -s $W/tool ]; do i=$((i+1)); [ $i -gt 100 ] && fail "agent children not started"; usleep 20000; done
+child=$(cat $W/child); tool=$(cat $W/tool)
+wait_cg $agent /agentcg/session_high || fail "claude ($agent) in $(cg $agent)"
+wait_cg $child /agentcg/session_high || fail "claude's child ($child) in $(cg $child)"
+wait_cg $tool /agentcg/session_low || fail "claude's pytest ($tool) in $(cg $tool)"
+usleep 300000
+[ "$(cg $other)" = "/" ] || fail "unmatched sleep moved to $(cg $other)"
+[ "$(cat /proc/$tool/oom_score_adj)" -gt "$(cat /proc/$agent/oom_score_adj)" ] || \
+    echo "note: oom_score_adj high=$(cat /proc/$agent/oom_score_adj) low=$(cat /proc/$tool/oom_score_adj)"
+
+usleep 400000
+agentcgd status > $W/status.txt || fail "status failed"
+cat $W/status.txt
+grep -q "claude-code" $W/status.txt || fail "status lacks claude-code"
+agentcgd explain $tool > $W/explain.txt; cat $W/explain.txt
+grep -q "tools rule 1" $W/explain.txt || fail "explain does not name the tools rule"
+
+t0=$(date +%s%N 2>/dev/null || echo 0)
+kill -TERM $D; wait $D; rc=$?; D=
+t1=$(date +%s%N 2>/dev/null || echo 0)
+[ $rc = 0 ] || fail "agentcgd exited $rc on SIGTERM"
+echo "SIGTERM to exit: $(( (t1 - t0) / 1000000 )) ms"
+[ $(( (t1 - t0) / 1000000 )) -lt 1000 ] || fail "SIGTERM took more than 1 s"
+[ "$(cg $agent)" = /agentcg/session_high ] || fail "processes must stay where they are after stop"
+kill $early $agent $other 2>/dev/null
+echo "PASS: tree built, weights set, placement by policy, clean stop"
