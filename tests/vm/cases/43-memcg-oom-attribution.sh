@@ -31,10 +31,10 @@ wait $a; rc=$?
 echo "session_low memory.events: $(tr '\n' ' ' < $R/session_low/memory.events)"
 i=0; while :; do
     agentcgd status --json --state $W/state.json > $W/st.json
-    grep -q aider $W/st.json && grep -q '"oom_kill"' $W/st.json && break
+    grep -q '"oom_kills":\[[^]]*"session":"session_low"[^]]*"family":"aider"' $W/st.json && break
     i=$((i+1)); [ $i -gt 50 ] && fail "status does not show the OOM kill for aider: $(cat $W/st.json)"; usleep 100000
 done
 kill $D; wait $D
 echo "status: $(cat $W/st.json | head -c 1500)"
-grep -q '"low":[1-9]' $W/st.json || fail "no oom_kill counted for session low"
+grep -q '"oom_kill":{"high":0,"low":[1-9]' $W/st.json || fail "memcg status counts no oom_kill in session low"
 echo "PASS: OOM kill in session_low seen and attributed to family aider"
