@@ -1,4 +1,6 @@
 # agentcgd — build, test, benchmark.
+#   make run      build and start agentcgd with the shipped policies (in the
+#                 VM harness when this host lacks sched_ext or cgroup v2 cpu+memory)
 #   make deps     install what a fresh Debian 12 machine lacks (apt, VM kernel)
 #   make build    debug build of the workspace
 #   make static   fully static release binaries for the VM (target/$(TARGET)/release)
@@ -12,7 +14,7 @@ CARGO ?= cargo
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev libzstd-dev pkg-config \
 	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps
 
-.PHONY: deps build static test unit-test host-test vm-test bench fmt clippy install
+.PHONY: run deps build static test cargo-test vm-test bench fmt clippy lint install
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -35,3 +37,44 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint: fmt clippy
+
+# Unit tests and host root tests (real BPF on this kernel, real cgroup2 moves).
+cargo-test:
+	$(CARGO) test --workspace
+
+# Guest cases in the real-kernel VM (sched_ext, cpu and memory controllers).
+vm-test: static
+	tests/vm/run-cases $(CASE)
+
+test: deps
+	$(MAKE) cargo-test
+	$(MAKE) vm-test
+
+# Benchmarks: figures, not pass/fail. Tables on stdout, JSON in target/bench/.
+bench: deps static
+	@mkdir -p target/bench
+	@set -e; for b in tests/bench/*; do \
+	  case "$$b" in *-guest.sh) continue;; esac; \
+	  [ -x "$$b" ] || continue; echo "### $$b"; "$$b"; done
+
+install: static
+	install -D -m 0755 $(STATIC_DIR)/agentcgd /usr/local/sbin/agentcgd
+	install -D -m 0755 $(STATIC_DIR)/scx_agentcg /usr/local/sbin/scx_agentcg
+	install -D -m 0755 $(STATIC_DIR)/agentcg-replay /usr/local/bin/agentcg-replay
+	install -d /etc/agentcgd/policies.d
+	[ -f /etc/agentcgd/agentcgd.yaml ] || install -m 0644 policies/agentcgd.yaml /etc/agentcgd/agentcgd.yaml
+	for f in policies/*.yaml; do [ "$$(basename $$f)" = agentcgd.yaml ] || install -m 0644 $$f /etc/agentcgd/policies.d/; done
+
+# The main job. On a host with sched_ext and a cgroup v2 /sys/fs/cgroup that
+# offers cpu and memory, run the daemon here (as root); otherwise show it
+# working in the VM harness.
+run: deps static
+	@if [ -e /sys/kernel/sched_ext/state ] && grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then \
+	  echo "running agentcgd on this host (Ctrl-C stops it)"; \
+	  exec $(STATIC_DIR)/agentcgd --config policies/agentcgd.yaml --policies policies /sys/fs/cgroup/agentcg; \
+	else \
+	  echo "this host lacks sched_ext or cgroup v2 cpu+memory controllers: running agentcgd in the VM harness"; \
+	  tests/vm/run tests/vm/demo.sh; \
+	fi

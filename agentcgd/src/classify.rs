@@ -60,6 +60,8 @@ pub struct Decision {
 pub struct Lineage {
     pub pid: u32,
     pub family: FamilyName,
+    /// The session it is in: a tool's children stay with the tool.
+    pub priority: Priority,
 }
 
 /// Decide for `p`. `lineage` is the nearest tracked process among `p`
@@ -102,7 +104,7 @@ pub fn classify(
     }
     Some(Decision {
         family: fam.family.clone(),
-        priority: fam.priority,
+        priority: lin.priority,
         reason: Reason::Inherited { ancestor: lin.pid },
     })
 }
@@ -159,6 +161,7 @@ mod tests {
         Lineage {
             pid: 40,
             family: FamilyName::try_from(f.to_string()).unwrap(),
+            priority: Priority::High,
         }
     }
 
@@ -208,6 +211,25 @@ mod tests {
             ("claude-code", Priority::Low)
         );
         assert!(matches!(d.reason, Reason::Tool { rule: 0, .. }));
+    }
+
+    #[test]
+    fn children_of_a_tool_stay_with_the_tool() {
+        let tool = Lineage {
+            priority: Priority::Low,
+            ..lin("claude-code")
+        };
+        let d = classify(
+            &set(),
+            &p("sleep", &["sleep", "1"]),
+            Some(&tool),
+            &NoParents,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.family.as_str(), d.priority),
+            ("claude-code", Priority::Low)
+        );
     }
 
     #[test]

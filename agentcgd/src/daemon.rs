@@ -388,6 +388,7 @@ impl Daemon {
             return Some(Lineage {
                 pid: t.pid,
                 family: t.family.clone(),
+                priority: t.priority,
             });
         }
         let mut pid = p.ppid;
@@ -402,6 +403,7 @@ impl Daemon {
                     return Some(Lineage {
                         pid,
                         family: t.family.clone(),
+                        priority: t.priority,
                     });
                 }
                 return None;

@@ -255,16 +255,16 @@ pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
             t.reason
         );
     }
-    let mut lineage = tracked(pid, Some(info.start_ticks)).map(|t| Lineage {
-        pid,
-        family: t.family,
-    });
+    // Reproduce the decision as it was made: from the nearest tracked
+    // ancestor, not from the process's own entry.
+    let mut lineage = None;
     let mut cur = info.ppid;
     while lineage.is_none() && cur > 1 {
         if let Some(t) = tracked(cur, None) {
             lineage = Some(Lineage {
                 pid: cur,
                 family: t.family,
+                priority: t.priority,
             });
             break;
         }
