@@ -79,6 +79,7 @@ struct {
 struct cpu_ctx {
 	u64 cur_cgid;	/* cgroup this CPU is serving, 0 for none */
 	u64 cur_at;	/* when it started serving it */
+	u64 reserved;	/* cvtime reserved on that cgroup at the pick */
 };
 
 struct {
@@ -130,7 +131,7 @@ struct {
 
 struct task_ctx {
 	u64 started_at;	/* when it last started running */
-	bool bypass;	/* dispatched around the cgroup queues */
+	u64 cgid;	/* cgroup it last ran in */
 };
 
 struct {
@@ -250,24 +251,33 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 }
 
 /*
- * Apply the pending charges to the node and cap the idle credit: a cgroup
- * may lag the cgroup clock by at most the budget that lets a full-weight
- * cgroup take half of the CPUs at once.
+ * Fold the pending charges (actual runtime / hweight from ops.stopping, and
+ * the refund of a pick's reservation) into the node. The node must be off
+ * the tree.
  */
-static void apply_charges(struct cg_node *node, struct cgrp_ctx *cgc)
+static void settle(struct cg_node *node, struct cgrp_ctx *cgc)
 {
-	u64 delta, cvtime, max_budget;
+	u64 delta = cgc->cvtime_delta;
 
-	delta = cgc->cvtime_delta;
 	__sync_fetch_and_sub(&cgc->cvtime_delta, delta);
-	cvtime = node->cvtime + delta;
+	node->cvtime += delta;
+}
 
-	max_budget = slice_ns * nr_cpus * cgc->hweight / (2 * AGCG_HWEIGHT_ONE);
-	if (vtime_before(cvtime, cvtime_now - max_budget)) {
-		cvtime = cvtime_now - max_budget;
-		gstat_inc(AGCG_GS_BUDGET_CAP);
+/*
+ * A cgroup coming back from idle keeps at most a bounded credit: it may lag
+ * the cgroup clock by half the CPUs' worth of one slice, i.e. run ahead of
+ * the others by at most its share of nr_cpus / 2 slices. Without the cap a
+ * cgroup that slept would burst past its share when it wakes up.
+ */
+static bool cap_idle_credit(struct cg_node *node)
+{
+	u64 max_credit = slice_ns * nr_cpus / 2;
+
+	if (vtime_before(node->cvtime, cvtime_now - max_credit)) {
+		node->cvtime = cvtime_now - max_credit;
+		return true;
 	}
-	node->cvtime = cvtime;
+	return false;
 }
 
 /* Put @cgrp on the rbtree if it is not there yet. */
@@ -276,6 +286,7 @@ static void cgrp_enqueued(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 	struct cg_node_stash *stash;
 	struct cg_node *node;
 	u64 cgid = cgrp->kn->id;
+	bool capped;
 
 	/* paired with the cmpxchg in pick_cgroup() */
 	if (__sync_val_compare_and_swap(&cgc->queued, 0, 1))
@@ -292,10 +303,13 @@ static void cgrp_enqueued(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 	if (!node)
 		return;
 
+	settle(node, cgc);
+	capped = cap_idle_credit(node);
 	bpf_spin_lock(&cg_tree_lock);
-	apply_charges(node, cgc);
 	bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
 	bpf_spin_unlock(&cg_tree_lock);
+	if (capped)
+		gstat_inc(AGCG_GS_BUDGET_CAP);
 }
 
 static void kick_idle_cpu(const struct task_struct *p)
@@ -310,7 +324,6 @@ static void kick_idle_cpu(const struct task_struct *p)
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
-	struct task_ctx *tctx;
 	bool is_idle = false;
 	s32 cpu;
 
@@ -318,12 +331,7 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 	if (!is_idle)
 		return cpu;
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	if (!tctx)
-		return cpu;
-
-	/* the CPU is idle: run there now, charge the cgroup in stopping() */
-	tctx->bypass = true;
+	/* the CPU is idle: run there now; stopping() charges the cgroup */
 	gstat_inc(AGCG_GS_LOCAL);
 	scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	return cpu;
@@ -343,7 +351,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 
 	if (p->nr_cpus_allowed == 1) {
-		tctx->bypass = true;
 		gstat_inc(AGCG_GS_PINNED);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
@@ -374,7 +381,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	return;
 
 fallback:
-	tctx->bypass = true;
 	gstat_inc(AGCG_GS_FALLBACK);
 	scx_bpf_dsq_insert(p, FALLBACK_DSQ, slice_ns, enq_flags);
 	kick_idle_cpu(p);
@@ -483,6 +489,8 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	cgrp = scx_bpf_task_cgroup(p);
 	if (!cgrp)
 		return;
+	if (tctx)
+		tctx->cgid = cgrp->kn->id;
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
 	/* racy but monotonic enough: errors are transient and bounded */
 	if (cgc && vtime_before(cgc->tvtime_now, p->scx.dsq_vtime))
@@ -500,7 +508,6 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	struct cgroup *cgrp;
 	struct cgrp_ctx *cgc;
 	u64 ran = 0, now = bpf_ktime_get_ns();
-	bool bypass;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
@@ -508,8 +515,6 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	if (tctx->started_at && now > tctx->started_at)
 		ran = now - tctx->started_at;
 	tctx->started_at = 0;
-	bypass = tctx->bypass;
-	tctx->bypass = false;
 
 	/* task vtime: time actually run, scaled by the task's weight */
 	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime +
@@ -521,13 +526,15 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	st = stats_of(cgrp->kn->id);
 	if (st)
 		__sync_fetch_and_add(&st->cpu_time_ns, ran);
-	if (bypass) {
-		/* it ran around the cgroup queues: charge its cgroup now */
-		cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-		if (cgc)
-			__sync_fetch_and_add(&cgc->cvtime_delta,
-					     scale_by_hweight(ran, cgc->hweight));
-	}
+	/*
+	 * Charge the cgroup what the task actually ran, whichever path it
+	 * took (cgroup queue, idle CPU, pinned, fallback, or kept running as
+	 * the last runnable task), scaled by the cgroup's hweight.
+	 */
+	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	if (cgc && ran)
+		__sync_fetch_and_add(&cgc->cvtime_delta,
+				     scale_by_hweight(ran, cgc->hweight));
 	bpf_cgroup_release(cgrp);
 }
 
@@ -559,22 +566,29 @@ void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 		st->weight = weight;
 }
 
-/* Pop the lowest-cvtime cgroup and try to take a task from it. */
-static bool pick_cgroup(u64 *cgidp)
+/*
+ * Pop the lowest-cvtime cgroup, fold its pending charges in, and if it is
+ * still the lowest, take a task from it (or keep @prev_cgid's runnable prev
+ * task). On success the cgroup is charged a reservation of one slice /
+ * hweight, refunded when the CPU leaves it, so that several CPUs picking at
+ * once do not all land on the same cgroup (and a herd of low-weight cgroups
+ * cannot all start at once); the actual runtime is charged by stopping().
+ */
+static bool pick_cgroup(struct cpu_ctx *cpuc, u64 prev_cgid)
 {
 	struct cg_node_stash *stash;
 	struct agcg_cgrp_stats *st;
 	struct bpf_rb_node *rb;
-	struct cg_node *node;
+	struct cg_node *node, *first;
 	struct cgrp_ctx *cgc;
 	struct cgroup *cgrp;
-	u64 cgid;
+	bool behind = false;
+	u64 cgid, reserve;
 
 	bpf_spin_lock(&cg_tree_lock);
 	rb = bpf_rbtree_first(&cg_tree);
 	if (!rb) {
 		bpf_spin_unlock(&cg_tree_lock);
-		*cgidp = 0;
 		return true;
 	}
 	rb = bpf_rbtree_remove(&cg_tree, rb);
@@ -586,9 +600,6 @@ static bool pick_cgroup(u64 *cgidp)
 
 	node = container_of(rb, struct cg_node, rb_node);
 	cgid = node->cgid;
-
-	if (vtime_before(cvtime_now, node->cvtime))
-		cvtime_now = node->cvtime;
 
 	cgrp = bpf_cgroup_from_id(cgid);
 	if (!cgrp) {
@@ -602,7 +613,26 @@ static bool pick_cgroup(u64 *cgidp)
 		goto out_free;
 	}
 
-	if (!scx_bpf_dsq_move_to_local(cgid, 0)) {
+	/* with its charges folded in, is it still the lowest? */
+	settle(node, cgc);
+	bpf_spin_lock(&cg_tree_lock);
+	rb = bpf_rbtree_first(&cg_tree);
+	if (rb) {
+		first = container_of(rb, struct cg_node, rb_node);
+		behind = vtime_before(first->cvtime, node->cvtime);
+	}
+	if (behind) {
+		bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
+		bpf_spin_unlock(&cg_tree_lock);
+		bpf_cgroup_release(cgrp);
+		return false;
+	}
+	bpf_spin_unlock(&cg_tree_lock);
+
+	if (vtime_before(cvtime_now, node->cvtime))
+		cvtime_now = node->cvtime;
+
+	if (!scx_bpf_dsq_move_to_local(cgid, 0) && cgid != prev_cgid) {
 		bpf_cgroup_release(cgrp);
 		gstat_inc(AGCG_GS_PICK_EMPTY);
 		goto out_stash;
@@ -611,18 +641,18 @@ static bool pick_cgroup(u64 *cgidp)
 	refresh_hweight(cgrp, cgc);
 	bpf_cgroup_release(cgrp);
 
-	/* charge the whole slice now; dispatch() refunds what is left unused */
+	reserve = scale_by_hweight(slice_ns, cgc->hweight);
+	node->cvtime += reserve;
 	bpf_spin_lock(&cg_tree_lock);
-	node->cvtime += scale_by_hweight(slice_ns, cgc->hweight);
-	apply_charges(node, cgc);
 	bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
 	bpf_spin_unlock(&cg_tree_lock);
 
+	cpuc->cur_cgid = cgid;
+	cpuc->reserved = reserve;
 	st = stats_of(cgid);
 	if (st)
 		__sync_fetch_and_add(&st->picks, 1);
 	gstat_inc(AGCG_GS_PICK);
-	*cgidp = cgid;
 	return true;
 
 out_stash:
@@ -657,12 +687,29 @@ out_free:
 	return false;
 }
 
-void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
+/* Refund the unused reservation of the cgroup this CPU is leaving. */
+static void leave_cgroup(struct cpu_ctx *cpuc)
 {
-	struct cpu_ctx *cpuc;
 	struct cgrp_ctx *cgc;
 	struct cgroup *cgrp;
+
+	cgrp = bpf_cgroup_from_id(cpuc->cur_cgid);
+	if (cgrp) {
+		cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+		if (cgc)
+			__sync_fetch_and_sub(&cgc->cvtime_delta, cpuc->reserved);
+		bpf_cgroup_release(cgrp);
+	}
+	cpuc->cur_cgid = 0;
+	cpuc->reserved = 0;
+}
+
+void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
+{
+	struct task_ctx *tctx;
+	struct cpu_ctx *cpuc;
 	u64 now = bpf_ktime_get_ns();
+	u64 prev_cgid = 0;
 	u32 key = 0;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &key);
@@ -671,47 +718,37 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		return;
 	}
 
-	if (!cpuc->cur_cgid)
-		goto pick;
-
-	if (vtime_before(now, cpuc->cur_at + slice_ns)) {
-		if (scx_bpf_dsq_move_to_local(cpuc->cur_cgid, 0)) {
-			gstat_inc(AGCG_GS_KEEP);
-			return;
-		}
-	} else {
-		gstat_inc(AGCG_GS_EXPIRE);
-	}
-
 	/*
-	 * Leaving the cgroup: it was charged a full slice when picked; refund
-	 * the unused part, or charge the overrun.
+	 * @prev, still runnable, is not on any DSQ yet: when nothing is
+	 * dispatched the kernel keeps running it. Treat it as a task of its
+	 * cgroup for the decisions below.
 	 */
-	cgrp = bpf_cgroup_from_id(cpuc->cur_cgid);
-	if (cgrp) {
-		cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-		if (cgc) {
-			u64 end = cpuc->cur_at + slice_ns;
-
-			if (vtime_before(now, end))
-				__sync_fetch_and_sub(&cgc->cvtime_delta,
-						     scale_by_hweight(end - now, cgc->hweight));
-			else
-				__sync_fetch_and_add(&cgc->cvtime_delta,
-						     scale_by_hweight(now - end, cgc->hweight));
-		}
-		bpf_cgroup_release(cgrp);
+	if (prev && (prev->scx.flags & SCX_TASK_QUEUED)) {
+		tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
+		if (tctx)
+			prev_cgid = tctx->cgid;
 	}
 
-pick:
+	if (cpuc->cur_cgid) {
+		if (vtime_before(now, cpuc->cur_at + slice_ns)) {
+			if (scx_bpf_dsq_move_to_local(cpuc->cur_cgid, 0) ||
+			    prev_cgid == cpuc->cur_cgid) {
+				gstat_inc(AGCG_GS_KEEP);
+				return;
+			}
+		} else {
+			gstat_inc(AGCG_GS_EXPIRE);
+		}
+		leave_cgroup(cpuc);
+	}
+
 	cpuc->cur_at = now;
-	cpuc->cur_cgid = 0;
 
 	if (scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0))
 		return;
 
 	bpf_repeat(MAX_PICK_TRIES) {
-		if (pick_cgroup(&cpuc->cur_cgid))
+		if (pick_cgroup(cpuc, prev_cgid))
 			break;
 	}
 }
@@ -725,7 +762,7 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 	if (!tctx)
 		return -ENOMEM;
 	tctx->started_at = 0;
-	tctx->bypass = false;
+	tctx->cgid = 0;
 
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, args->cgroup, 0, 0);
 	if (cgc)

@@ -1,0 +1,110 @@
+#!/bin/sh
+# Guest side of tests/bench/sched-fairness (run in the VM by tests/vm/run).
+# Fairness: CPU hogs in weighted cgroup trees, measured share of cgroup CPU
+# time (cpu.stat usage_usec deltas) against the flattened target share,
+# under the kernel's own scheduler and under scx_agentcg.
+# Overhead: the same fork/exec and pipe workloads timed under both.
+# Prints "BENCH ..." lines that the host side turns into tables and JSON.
+CG=/sys/fs/cgroup
+SX=/sys/kernel/sched_ext
+WARM=${WARM:-3}
+WINDOW=${WINDOW:-8}
+HOGS=
+SCHED=
+NCPU=$(nproc)
+die() { echo "bench: $*"; stop_hogs; stop_sched; exit 1; }
+stop_hogs() { for p in $HOGS; do kill -9 $p 2>/dev/null; done; for p in $HOGS; do wait $p 2>/dev/null; done; HOGS=; }
+stop_sched() { [ -n "$SCHED" ] && kill $SCHED 2>/dev/null && wait $SCHED 2>/dev/null; SCHED=; wait_state disabled 10; }
+wait_state() {
+    i=0
+    while [ "$(cat $SX/state 2>/dev/null)" != "$1" ]; do
+        i=$((i + 1)); [ $i -gt $(($2 * 10)) ] && return 1
+        usleep 100000
+    done
+}
+start_sched() {
+    scx_agentcg >/tmp/bench-scx.log 2>&1 &
+    SCHED=$!
+    wait_state enabled 30 || { cat /tmp/bench-scx.log; die "scx_agentcg did not attach"; }
+}
+hogs() { n=0; while [ $n -lt $2 ]; do sh -c "echo \$\$ > $CG/$1/cgroup.procs; while :; do :; done" & HOGS="$HOGS $!"; n=$((n + 1)); done; }
+usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
+mkcg() { # PATH WEIGHT: create with the cpu controller enabled on the parent
+    parent=${1%/*}
+    echo +cpu > $CG/$parent/cgroup.subtree_control 2>/dev/null
+    mkdir -p $CG/$1 && echo $2 > $CG/$1/cpu.weight
+}
+# fair SCHEDNAME WORKLOAD CG:TARGET...: hogs in each leaf, measure, report
+fair() {
+    sched=$1 wl=$2; shift 2
+    for s in "$@"; do hogs ${s%%:*} $NCPU; done
+    sleep $WARM
+    before=; for s in "$@"; do before="$before $(usage ${s%%:*})"; done
+    sleep $WINDOW
+    after=; for s in "$@"; do after="$after $(usage ${s%%:*})"; done
+    stop_hogs
+    echo "$*" "|" $before "|" $after | awk -v sched=$sched -v wl=$wl '{
+        n = 0; while ($(n + 1) != "|") n++
+        total = 0
+        for (i = 1; i <= n; i++) { d[i] = $(2 * n + 2 + i) - $(n + 1 + i); total += d[i] }
+        for (i = 1; i <= n; i++) {
+            split($i, kv, ":"); t = kv[2] + 0
+            if (kv[2] ~ /\//) { split(kv[2], f, "/"); t = f[1] / f[2] }
+            s = total > 0 ? d[i] / total : 0; dev = (s - t) / t * 100
+            printf "BENCH fair %s %s %s %.5f %.5f %.2f\n", sched, wl, kv[1], t, s, dev
+        }}'
+}
+setup() {
+    echo +cpu > $CG/cgroup.subtree_control || die "no cpu controller"
+    mkcg bf 100
+    mkcg bf/flat/high 150; mkcg bf/flat/low 50
+    mkcg bf/eq/a 100; mkcg bf/eq/b 100
+    mkcg bf/three/a 300; mkcg bf/three/b 200; mkcg bf/three/c 100
+    mkcg bf/nest/a 200; mkcg bf/nest/b 100; mkcg bf/nest/a/x 100; mkcg bf/nest/a/y 300
+}
+fairness() { # SCHEDNAME
+    fair $1 flat-150:50 bf/flat/high:3/4 bf/flat/low:1/4
+    fair $1 flat-100:100 bf/eq/a:1/2 bf/eq/b:1/2
+    fair $1 flat-300:200:100 bf/three/a:1/2 bf/three/b:1/3 bf/three/c:1/6
+    fair $1 nested-3-level bf/nest/a/x:1/6 bf/nest/a/y:1/2 bf/nest/b:1/3
+}
+now_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+# overhead workloads: print elapsed centiseconds
+wl_forkexec() { t0=$(now_cs); i=0; while [ $i -lt ${FORKS:-1500} ]; do /bin/true; i=$((i + 1)); done; echo $(($(now_cs) - t0)); }
+wl_pipe() { t0=$(now_cs); dd if=/dev/zero bs=64 count=${PIPE_BLOCKS:-60000} 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null; echo $(($(now_cs) - t0)); }
+overhead() { # SCHEDNAME -> sets OV_<wl>
+    for w in forkexec pipe; do
+        best=
+        for r in 1 2 3; do
+            t=$(wl_$w)
+            [ -z "$best" ] || [ $t -lt $best ] && best=$t
+        done
+        eval "OV_$1_$w=$best"
+        echo "overhead $1 $w: best of 3 = ${best}0 ms"
+    done
+}
+
+[ "$(cat $SX/state 2>/dev/null)" = disabled ] || die "sched_ext not available/disabled"
+echo "BENCH info kernel $(uname -r) cpus $NCPU warm $WARM window $WINDOW"
+setup
+echo "== fairness: kernel scheduler"
+fairness kernel
+echo "== fairness: scx_agentcg"
+start_sched
+echo "BENCH info ops $(cat $SX/root/ops)"
+fairness agentcg
+stop_sched
+
+echo "== overhead"
+overhead kernel
+start_sched
+overhead agentcg
+stop_sched
+overhead kernel2
+for w in forkexec pipe; do
+    eval "k=\$OV_kernel_$w k2=\$OV_kernel2_$w s=\$OV_agentcg_$w"
+    # kernel figure: the better of the runs before and after
+    [ $k2 -lt $k ] && k=$k2
+    awk -v w=$w -v k=$k -v s=$s 'BEGIN { printf "BENCH overhead %s %.2f %.2f %.3f\n", w, k / 100, s / 100, (k > 0 ? s / k : 0) }'
+done
+echo "bench: done"

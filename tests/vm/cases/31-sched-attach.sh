@@ -1,0 +1,53 @@
+#!/bin/sh
+# 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg"), its
+# statistics name our cgroups, and SIGTERM hands the CPU back to the kernel's
+# own scheduler (state disabled).
+CG=/sys/fs/cgroup
+SX=/sys/kernel/sched_ext
+SCHED=
+HOGS=
+fail() { echo "FAIL: $*"; cleanup; exit 1; }
+cleanup() {
+    for p in $HOGS; do kill -9 "$p" 2>/dev/null; done
+    [ -n "$SCHED" ] && kill "$SCHED" 2>/dev/null && wait "$SCHED" 2>/dev/null
+    SCHED=
+}
+wait_state() { # STATE SECONDS
+    i=0
+    while [ "$(cat $SX/state 2>/dev/null)" != "$1" ]; do
+        i=$((i + 1)); [ $i -gt $(($2 * 10)) ] && return 1
+        usleep 100000
+    done
+}
+
+[ -d $SX ] || fail "kernel has no sched_ext ($SX missing)"
+echo "kernel $(uname -r); sched_ext state: $(cat $SX/state)"
+[ "$(cat $SX/state)" = disabled ] || fail "sched_ext not disabled at start"
+
+echo +cpu > $CG/cgroup.subtree_control || fail "cannot enable the cpu controller"
+mkdir -p $CG/t31
+echo +cpu > $CG/t31/cgroup.subtree_control || fail "cannot enable cpu in t31"
+mkdir -p $CG/t31/a
+echo 200 > $CG/t31/a/cpu.weight || fail "cannot write cpu.weight"
+sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; while :; do :; done" &
+HOGS="$!"
+
+scx_agentcg --stats -i 1 >/tmp/scx31.log 2>&1 &
+SCHED=$!
+wait_state enabled 30 || { cat /tmp/scx31.log; fail "state never became enabled"; }
+ops=$(cat $SX/root/ops)
+echo "state: $(cat $SX/state), ops: $ops"
+[ "$ops" = agentcg ] || fail "ops name is '$ops', want agentcg"
+sleep 3
+kill -0 $SCHED || { cat /tmp/scx31.log; fail "scx_agentcg died"; }
+grep -q "/t31" /tmp/scx31.log || { cat /tmp/scx31.log; fail "stats do not show /t31"; }
+tail -n 8 /tmp/scx31.log
+
+kill -TERM $SCHED
+wait $SCHED; rc=$?
+SCHED=
+[ $rc -eq 0 ] || fail "scx_agentcg exited $rc after SIGTERM"
+wait_state disabled 5 || fail "state is $(cat $SX/state) after SIGTERM, want disabled"
+echo "after SIGTERM: state $(cat $SX/state)"
+cleanup
+echo "PASS 31-sched-attach"

@@ -1,0 +1,101 @@
+#!/bin/sh
+# 36-sched-mixed: 30 s of mixed load under scx_agentcg ends without a stall
+# or watchdog exit: hogs in weighted cgroups, tasks pinned to each CPU with
+# taskset, fork/exec churn, sleepers, cgroup moves and weight changes. Every
+# task made progress and the scheduler is still attached at the end.
+CG=/sys/fs/cgroup
+SX=/sys/kernel/sched_ext
+SCHED=
+HOGS=
+WARM=${WARM:-3}
+WINDOW=${WINDOW:-8}
+TOL=${TOL:-0.05}
+fail() { echo "FAIL: $*"; cleanup; exit 1; }
+cleanup() {
+    for p in $HOGS; do kill -9 "$p" 2>/dev/null; done
+    HOGS=
+    [ -n "$SCHED" ] && kill "$SCHED" 2>/dev/null && wait "$SCHED" 2>/dev/null
+    SCHED=
+}
+wait_state() {
+    i=0
+    while [ "$(cat $SX/state 2>/dev/null)" != "$1" ]; do
+        i=$((i + 1)); [ $i -gt $(($2 * 10)) ] && return 1
+        usleep 100000
+    done
+}
+hogs() { # CGROUP N: N busy loops in CGROUP
+    n=0
+    while [ $n -lt $2 ]; do
+        sh -c "echo \$\$ > $CG/$1/cgroup.procs; while :; do :; done" &
+        HOGS="$HOGS $!"
+        n=$((n + 1))
+    done
+}
+usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
+# ratio A B TARGET: measure A:B usage over WINDOW s, check within TOL of TARGET
+ratio() {
+    a0=$(usage $1); b0=$(usage $2)
+    sleep $WINDOW
+    a1=$(usage $1); b1=$(usage $2)
+    awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v t=$3 -v tol=$TOL -v n="$1:$2" 'BEGIN {
+        if (b <= 0) { printf "%s: no CPU time for the second cgroup\n", n; exit 1 }
+        r = a / b; dev = (r - t) / t; if (dev < 0) dev = -dev
+        printf "%-28s cpu_ms %d:%d ratio %.3f target %.3f deviation %.2f%%\n", n, a / 1000, b / 1000, r, t, dev * 100
+        exit (dev <= tol) ? 0 : 1 }'
+}
+
+ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
+
+[ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
+NCPU=$(nproc)
+DURATION=${DURATION:-30}
+echo +cpu > $CG/cgroup.subtree_control
+mkdir -p $CG/t36 && echo +cpu > $CG/t36/cgroup.subtree_control
+mkdir -p $CG/t36/high $CG/t36/low $CG/t36/churn
+echo 150 > $CG/t36/high/cpu.weight
+echo 50 > $CG/t36/low/cpu.weight
+
+scx_agentcg -i 5 --stats >/tmp/scx36.log 2>&1 &
+SCHED=$!
+wait_state enabled 30 || { cat /tmp/scx36.log; fail "scheduler did not attach"; }
+
+hogs t36/high $NCPU
+hogs t36/low $NCPU
+PINNED=
+c=0
+while [ $c -lt $NCPU ]; do
+    taskset -c $c sh -c "echo \$\$ > $CG/t36/low/cgroup.procs; while :; do :; done" &
+    PINNED="$PINNED $!"; HOGS="$HOGS $!"
+    c=$((c + 1))
+done
+# fork/exec churn and sleepers
+sh -c "echo \$\$ > $CG/t36/churn/cgroup.procs; while :; do /bin/true; cat /proc/loadavg >/dev/null; done" &
+HOGS="$HOGS $!"
+sh -c "echo \$\$ > $CG/t36/churn/cgroup.procs; while :; do usleep 2000; done" &
+SLEEPER=$!; HOGS="$HOGS $!"
+# a task moving between cgroups and weights changing
+sh -c "while :; do :; done" &
+MOVER=$!; HOGS="$HOGS $!"
+
+t=0
+while [ $t -lt $DURATION ]; do
+    if [ $((t % 2)) = 0 ]; then echo $MOVER > $CG/t36/high/cgroup.procs; else echo $MOVER > $CG/t36/low/cgroup.procs; fi
+    [ $((t % 10)) = 5 ] && echo $((100 + t * 3)) > $CG/t36/high/cpu.weight
+    sleep 1
+    t=$((t + 1))
+    kill -0 $SCHED 2>/dev/null || { cat /tmp/scx36.log; fail "scheduler exited after ${t}s"; }
+    [ "$(cat $SX/state)" = enabled ] || { cat /tmp/scx36.log; fail "state $(cat $SX/state) after ${t}s"; }
+done
+
+kill -0 $SLEEPER || fail "sleeper died"
+for p in $PINNED $MOVER; do
+    tk=$(ticks $p)
+    echo "pid $p ($(cat /proc/$p/status | awk '/Cpus_allowed_list/ { print $2 }')): $tk ticks"
+    [ "$tk" -gt 0 ] || fail "task $p made no progress"
+done
+tail -n 12 /tmp/scx36.log
+kill -0 $SCHED 2>/dev/null || fail "scheduler exited"
+cleanup
+wait_state disabled 5 || fail "state not disabled after stopping"
+echo "PASS 36-sched-mixed"
