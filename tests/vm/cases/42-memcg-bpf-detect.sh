@@ -4,6 +4,8 @@
 # build) and detection says memcg_bpf_ops is not in this kernel's BTF, naming
 # it. The controller then runs the fallback and says why; with
 # `backend: bpf` it is off with the same reason. Stopping restores files.
+# The same through the daemon: `agentcgd status --json` shows the backend
+# line, and `memcg: {backend: bpf}` in agentcgd.yaml leaves it off, saying why.
 CG=/sys/fs/cgroup
 R=$CG/agentcg42
 W=/tmp/t42
@@ -38,4 +40,27 @@ i=0; until grep -q started $W/bpf.log; do i=$((i+1)); [ $i -gt 100 ] && fail "no
 kill -TERM $c; wait $c
 grep -q '"backend":"off: memcg.backend: bpf but kernel BTF has no struct memcg_bpf_ops' $W/bpf.log ||
     fail "backend: bpf should be off with the reason: $(cat $W/bpf.log)"
-echo "PASS: memcg_bpf_ops detected as absent on $(uname -r); fallback runs and says why"
+# The daemon runs the same controller (shipped config; the scheduler is not
+# what this case is about).
+D=
+# status --json is pretty-printed: one line, no blanks after "key":
+compact() { sed 's/^ *//' | tr -d '\n' | sed 's/": /":/g'; }
+dstat() { agentcgd status --json --state $W/state.json 2>/dev/null | compact; }
+daemon_backend() { # CONFIG -> memcg backend line of the running daemon
+    rm -f $W/state.json
+    agentcgd $CG/agentcg --config $1 --state $W/state.json --no-scheduler > $W/d.log 2>&1 & D=$!
+    i=0; until dstat | grep -q '"running":true'; do
+        i=$((i+1)); [ $i -gt 200 ] && { kill $D; fail "agentcgd did not come up: $(cat $W/d.log)"; }; usleep 50000; done
+    dstat | sed -n 's/.*"memcg":{[^}]*"backend":"\([^"]*\)".*/\1/p'
+    kill -TERM $D; wait $D
+}
+b=$(daemon_backend /etc/agentcgd/agentcgd.yaml)
+echo "agentcgd memcg: $b"
+case $b in "fallback: psi+memory.events (kernel BTF has no struct memcg_bpf_ops"*) ;;
+    *) fail "daemon's memcg backend is not the fallback with the reason: '$b' ($(cat $W/d.log))";; esac
+printf 'memcg: {backend: bpf}\n' > $W/d-bpf.yaml
+b=$(daemon_backend $W/d-bpf.yaml)
+echo "agentcgd memcg (backend: bpf): $b"
+case $b in "off: memcg.backend: bpf but kernel BTF has no struct memcg_bpf_ops"*) ;;
+    *) fail "daemon with memcg.backend: bpf should be off with the reason: '$b'";; esac
+echo "PASS: memcg_bpf_ops detected as absent on $(uname -r); fallback runs and says why (demo and daemon)"

@@ -6,17 +6,20 @@
 # it; status must show the kill in session_low for family aider.
 #
 # Needs agentcgd to run the memcg controller (memcg section of status with a
-# fallback/bpf backend). Until that is wired this case says SKIP.
+# fallback/bpf backend); SKIPs where it does not.
 CG=/sys/fs/cgroup
 R=$CG/agentcg
 W=/tmp/t43
 mkdir -p $W/bin
 D=
+# status --json is pretty-printed: one line, no blanks after "key":
+compact() { sed 's/^ *//' | tr -d '\n' | sed 's/": /":/g'; }
 fail() { echo "FAIL: $*"; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1; }
 
 agentcgd --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
-i=0; until [ -d $R/session_low ] && agentcgd status --json --state $W/state.json > $W/st.json 2>/dev/null; do
+i=0; until [ -d $R/session_low ] && agentcgd status --json --state $W/state.json > $W/raw.json 2>/dev/null; do
     i=$((i+1)); [ $i -gt 200 ] && fail "agentcgd did not come up: $(cat $W/agentcgd.log)"; usleep 100000; done
+compact < $W/raw.json > $W/st.json
 if ! grep -q '"backend":"\(fallback\|bpf\)' $W/st.json; then
     echo "status: $(cat $W/st.json | head -c 600)"
     echo "SKIP: agentcgd does not run the memcg controller yet (no memcg backend in status)"
@@ -30,11 +33,12 @@ wait $a; rc=$?
 [ $rc = 137 ] || fail "aider replay was not SIGKILLed (rc $rc): $(cat $W/aider.out)"
 echo "session_low memory.events: $(tr '\n' ' ' < $R/session_low/memory.events)"
 i=0; while :; do
-    agentcgd status --json --state $W/state.json > $W/st.json
+    agentcgd status --json --state $W/state.json | compact > $W/st.json
     grep -q '"oom_kills":\[[^]]*"session":"session_low"[^]]*"family":"aider"' $W/st.json && break
     i=$((i+1)); [ $i -gt 50 ] && fail "status does not show the OOM kill for aider: $(cat $W/st.json)"; usleep 100000
 done
 kill $D; wait $D
-echo "status: $(cat $W/st.json | head -c 1500)"
+echo "memcg: $(grep -o '"memcg":{[^}]*}' $W/st.json | head -c 700)"
+echo "oom_kills: $(grep -o '"oom_kills":\[[^]]*\]' $W/st.json)"
 grep -q '"oom_kill":{"high":0,"low":[1-9]' $W/st.json || fail "memcg status counts no oom_kill in session low"
 echo "PASS: OOM kill in session_low seen and attributed to family aider"
