@@ -80,6 +80,7 @@ struct cpu_ctx {
 	u64 cur_cgid;	/* cgroup this CPU is serving, 0 for none */
 	u64 cur_at;	/* when it started serving it */
 	u64 reserved;	/* cvtime reserved on that cgroup at the pick */
+	bool fallback_turn;	/* alternate the fallback DSQ with the cgroups */
 };
 
 struct {
@@ -350,7 +351,8 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 
-	if (p->nr_cpus_allowed == 1) {
+	/* per-CPU kernel threads: short bursts, run them on their CPU now */
+	if (p->nr_cpus_allowed == 1 && (p->flags & PF_KTHREAD)) {
 		gstat_inc(AGCG_GS_PINNED);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
@@ -744,13 +746,23 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	cpuc->cur_at = now;
 
-	if (scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0))
+	/*
+	 * Affinity-restricted tasks (taskset, partial cpumasks) wait on the
+	 * fallback DSQ. Every other turn starts there, so neither they nor
+	 * the cgroups can starve the other side; their runtime is charged to
+	 * their cgroups by stopping().
+	 */
+	cpuc->fallback_turn = !cpuc->fallback_turn;
+	if (cpuc->fallback_turn && scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0))
 		return;
 
 	bpf_repeat(MAX_PICK_TRIES) {
 		if (pick_cgroup(cpuc, prev_cgid))
 			break;
 	}
+
+	if (!cpuc->cur_cgid)
+		scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0);
 }
 
 s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_args *args)

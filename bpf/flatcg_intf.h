@@ -22,8 +22,8 @@ enum agcg_consts {
 enum agcg_gstat {
 	AGCG_GS_LOCAL,		/* woke up on an idle CPU: straight to its local DSQ */
 	AGCG_GS_CGROUP,		/* queued on its cgroup's DSQ (the weighted path) */
-	AGCG_GS_PINNED,		/* single-CPU task (per-CPU kthreads, taskset -c N) */
-	AGCG_GS_FALLBACK,	/* restricted cpumask or no cgroup context: fallback DSQ */
+	AGCG_GS_PINNED,		/* per-CPU kernel thread: straight to its CPU */
+	AGCG_GS_FALLBACK,	/* restricted cpumask (taskset) or no cgroup context */
 	AGCG_GS_ACT,		/* a cgroup became active */
 	AGCG_GS_DEACT,		/* a cgroup became idle */
 	AGCG_GS_HWT_UPDATE,	/* hierarchical weights recomputed */
