@@ -51,13 +51,19 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupErro
 /// Filesystem magic of the mount holding `path`.
 fn fs_magic(path: &Path) -> io::Result<i64> {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
         .map_err(io::Error::from)
 }
 
 /// The nearest existing ancestor of `path` (itself included).
 fn existing_ancestor(path: &Path) -> Option<&Path> {
     path.ancestors().find(|p| p.exists())
+}
+
+/// `dir` as /proc/PID/cgroup shows it: relative to its cgroup2 mount.
+pub fn rel_path(dir: &Path) -> String {
+    let top = mount_top(dir);
+    format!("/{}", dir.strip_prefix(&top).unwrap_or(dir).display())
 }
 
 /// The top of the cgroup2 mount that holds `dir`.

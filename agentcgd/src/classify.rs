@@ -64,27 +64,30 @@ pub struct Lineage {
     pub priority: Priority,
 }
 
-/// Decide for `p`. `lineage` is the nearest tracked process among `p`
-/// itself (when it was tracked before this exec) and its ancestors.
-pub fn classify(
+/// Decide for `p` by its own rules: the first family with a matching block.
+pub fn own_match(set: &PolicySet, p: &ProcInfo, parents: &dyn ParentLookup) -> Option<Decision> {
+    set.families.iter().find_map(|fam| {
+        let block = fam.matches.iter().position(|b| b.matches(p, parents))?;
+        Some(Decision {
+            family: fam.family.clone(),
+            priority: fam.priority,
+            reason: Reason::Rule {
+                file: fam.file.display().to_string(),
+                block,
+            },
+        })
+    })
+}
+
+/// Decide for `p` as a descendant of `lin` (its nearest tracked ancestor,
+/// or itself before a re-exec): the family keeps it when `descendants` is
+/// on, and its `tools` rules may pick another session.
+pub fn inherit(
     set: &PolicySet,
     p: &ProcInfo,
-    lineage: Option<&Lineage>,
+    lin: &Lineage,
     parents: &dyn ParentLookup,
 ) -> Option<Decision> {
-    for fam in &set.families {
-        if let Some(block) = fam.matches.iter().position(|b| b.matches(p, parents)) {
-            return Some(Decision {
-                family: fam.family.clone(),
-                priority: fam.priority,
-                reason: Reason::Rule {
-                    file: fam.file.display().to_string(),
-                    block,
-                },
-            });
-        }
-    }
-    let lin = lineage?;
     let fam = set.family(lin.family.as_str())?;
     if !fam.descendants {
         return None;
@@ -107,6 +110,17 @@ pub fn classify(
         priority: lin.priority,
         reason: Reason::Inherited { ancestor: lin.pid },
     })
+}
+
+/// Own rules first (first match wins), then the lineage. The daemon calls
+/// the two halves itself so it looks up the lineage only when needed.
+pub fn classify(
+    set: &PolicySet,
+    p: &ProcInfo,
+    lineage: Option<&Lineage>,
+    parents: &dyn ParentLookup,
+) -> Option<Decision> {
+    own_match(set, p, parents).or_else(|| inherit(set, p, lineage?, parents))
 }
 
 /// Processes agentcgd must never move.

@@ -13,7 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 use procmon::{Monitor, ProcEvent, ProcFs, ProcInfo};
 
 use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
-use crate::classify::{classify, protected, Lineage, Reason};
+use crate::classify::{inherit, own_match, protected, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{ParentLookup, PolicySet, Priority};
 use crate::state::{
@@ -75,6 +75,8 @@ struct Daemon {
     cfg: Config,
     sched: scheduler::Supervisor,
     mem: memcg::Controller,
+    /// Untracked pid -> (start time, its nearest tracked ancestor).
+    lineage_memo: std::collections::HashMap<u32, (u64, Option<Lineage>)>,
     /// Tracked processes that died by SIGKILL lately, for OOM attribution.
     recent_kills: Vec<(Instant, Tracked)>,
     policies: PolicySet,
@@ -192,7 +194,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     drop(tx);
 
     let session_cg =
-        [Priority::High, Priority::Low].map(|p| (p, cgroup_rel_path(&tree.session_dir(p))));
+        [Priority::High, Priority::Low].map(|p| (p, crate::cgroup::rel_path(&tree.session_dir(p))));
     let mut d = Daemon {
         state: State {
             daemon_pid: std::process::id(),
@@ -215,6 +217,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         sched,
         mem,
         recent_kills: Vec::new(),
+        lineage_memo: Default::default(),
         policies,
         tree,
         procfs: ProcFs::default(),
@@ -343,22 +346,6 @@ fn watch_policies(dir: &Path, tx: mpsc::Sender<Msg>) {
     }
 }
 
-/// `dir` as /proc/PID/cgroup shows it: relative to the cgroup2 mount.
-fn cgroup_rel_path(dir: &Path) -> String {
-    let mut top = dir;
-    for a in dir.ancestors() {
-        let is_cg2 = nix::sys::statfs::statfs(a)
-            .map(|s| s.filesystem_type().0 as i64 == 0x6367_7270)
-            .unwrap_or(false);
-        if !is_cg2 {
-            break;
-        }
-        top = a;
-    }
-    let rel = dir.strip_prefix(top).unwrap_or(dir);
-    format!("/{}", rel.display())
-}
-
 impl Daemon {
     fn handle(&mut self, ev: ProcEvent) {
         match ev {
@@ -368,6 +355,7 @@ impl Daemon {
                 start_ticks,
                 exit_code,
             } => {
+                self.lineage_memo.remove(&pid);
                 if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
                     if exit_code.is_some_and(|c| c & 0x7f == libc::SIGKILL) {
@@ -383,48 +371,69 @@ impl Daemon {
     }
 
     /// The nearest tracked process among `p` (on re-exec) and its ancestors.
-    fn lineage(&self, p: &ProcInfo) -> Option<Lineage> {
-        if let Some(t) = self.tracker.get(p.pid, p.start_ticks) {
-            return Some(Lineage {
-                pid: t.pid,
-                family: t.family.clone(),
-                priority: t.priority,
-            });
+    /// The walk's result is remembered for every untracked ancestor it
+    /// passed (until that ancestor exits or the tracker gains an entry), so
+    /// a parent that spawns many unmatched children is walked once.
+    fn lineage(&mut self, p: &ProcInfo) -> Option<Lineage> {
+        if !self.policies.families.iter().any(|f| f.descendants) {
+            return None;
         }
+        let as_lineage = |t: &Tracked| Lineage {
+            pid: t.pid,
+            family: t.family.clone(),
+            priority: t.priority,
+        };
+        if let Some(t) = self.tracker.get(p.pid, p.start_ticks) {
+            return Some(as_lineage(t));
+        }
+        let mut walked = Vec::new();
         let mut pid = p.ppid;
-        for _ in 0..MAX_ANCESTRY {
-            if pid <= 1 {
-                return None;
+        let found = loop {
+            if pid <= 1 || walked.len() >= MAX_ANCESTRY {
+                break None;
             }
             if let Some(t) = self.tracker.get_pid(pid) {
                 // An ancestor started before its descendant; otherwise the
                 // pid was reused and the chain is broken.
-                if t.start_ticks <= p.start_ticks {
-                    return Some(Lineage {
-                        pid,
-                        family: t.family.clone(),
-                        priority: t.priority,
-                    });
-                }
-                return None;
+                break (t.start_ticks <= p.start_ticks).then(|| as_lineage(t));
+            }
+            if let Some((start, lin)) = self.lineage_memo.get(&pid) {
+                break if *start <= p.start_ticks {
+                    lin.clone()
+                } else {
+                    None
+                };
             }
             let stat = self.procfs.stat(pid).ok()?;
             if stat.start_ticks > p.start_ticks {
-                return None;
+                break None;
             }
+            walked.push((pid, stat.start_ticks));
             pid = stat.ppid;
+        };
+        for (pid, start) in walked {
+            self.lineage_memo.insert(pid, (start, found.clone()));
         }
-        None
+        found
+    }
+
+    /// Track a placed process; remembered walks may now be out of date.
+    fn track(&mut self, t: Tracked) {
+        self.lineage_memo.clear();
+        self.tracker.insert(t);
     }
 
     fn place(&mut self, info: ProcInfo) {
-        let lineage = self.lineage(&info);
-        let Some(decision) = classify(
-            &self.policies,
-            &info,
-            lineage.as_ref(),
-            &ProcParents(&self.procfs),
-        ) else {
+        // Own rules first; the ancestry is read only for what they miss.
+        let procfs = self.procfs.clone();
+        let parents = ProcParents(&procfs);
+        let decision = match own_match(&self.policies, &info, &parents) {
+            Some(d) => Some(d),
+            None => self
+                .lineage(&info)
+                .and_then(|lin| inherit(&self.policies, &info, &lin, &parents)),
+        };
+        let Some(decision) = decision else {
             // Re-exec into something no rule keeps: forget it, leave it be.
             if self
                 .tracker
@@ -466,7 +475,7 @@ impl Daemon {
                     decision.reason
                 );
             }
-            self.tracker.insert(tracked);
+            self.track(tracked);
             return;
         }
         let target = &self.session_cg[if decision.priority == Priority::High {
@@ -492,7 +501,7 @@ impl Daemon {
         if already {
             self.counters.already_placed += 1;
             self.steer_oom(info.pid, decision.priority);
-            self.tracker.insert(tracked);
+            self.track(tracked);
             return;
         }
         match self.tree.place(info.pid, decision.priority) {
@@ -516,7 +525,7 @@ impl Daemon {
                     log::debug!("{msg}");
                 }
                 self.steer_oom(info.pid, decision.priority);
-                self.tracker.insert(tracked);
+                self.track(tracked);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.counters.vanished += 1,
             Err(e) => {

@@ -211,13 +211,9 @@ impl MatchBlock {
                 return false;
             }
         }
-        if let Some(pb) = &self.parent {
-            match parents.parent(p) {
-                Some(pp) => pb.matches(&pp, parents),
-                None => return false,
-            }
-        } else {
-            true
+        match &self.parent {
+            Some(pb) => parents.parent(p).is_some_and(|pp| pb.matches(&pp, parents)),
+            None => true,
         }
     }
 }

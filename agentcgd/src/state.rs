@@ -166,10 +166,14 @@ impl State {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, self)?;
+        // No fsync: the file describes the running daemon and lives in /run;
+        // rename is what makes it atomic for readers, and an fsync would
+        // stall the event loop.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut f, self)?;
         f.write_all(b"\n")?;
-        f.sync_data()?;
+        f.flush()?;
+        drop(f);
         std::fs::rename(&tmp, path)
     }
 }

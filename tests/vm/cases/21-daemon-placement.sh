@@ -47,8 +47,9 @@ wait_cg $agent /agentcg/session_high || fail "claude ($agent) in $(cg $agent)"
 wait_cg $child /agentcg/session_high || fail "claude's child ($child) in $(cg $child)"
 wait_cg $tool /agentcg/session_low || fail "claude's pytest ($tool) in $(cg $tool)"
 # The tool's own children stay with the tool (session_low).
-i=0; until [ -n "$(pgrep -P $tool)" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "pytest has no child"; usleep 20000; done
-tchild=$(pgrep -P $tool | head -1)
+children() { for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null); [ "$4" = "$1" ] || [ "$4" != "$C" ] || echo $1; done; }
+C=$tool; i=0; until [ -n "$(children)" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "pytest has no child"; usleep 20000; done
+tchild=$(children | head -1)
 wait_cg $tchild /agentcg/session_low || fail "pytest's child ($tchild) in $(cg $tchild)"
 usleep 300000
 [ "$(cg $other)" = "/" ] || fail "unmatched sleep moved to $(cg $other)"
