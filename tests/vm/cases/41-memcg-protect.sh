@@ -1,42 +1,66 @@
 #!/bin/sh
+# vm-env: VM_MEM_MB=2048
 # 41-memcg-protect: the tight-memory experiment of the AgentCgroup study,
 # scaled to the VM. HIGH (all_images_haiku/dask__dask-11628) in
 # agentcg/session_high and two LOW (all_images_haiku/sigmavirus24__github3.py-673)
 # in agentcg/session_low, replayed by agentcg-replay at 50x, share
 # agentcg/memory.max = LIMIT_MB, below the sum of their peaks (321 + 2 x 306
-# MB; 700-820 MB whenever their bursts meet). Rounds alternate baseline (tree
-# and limit only) and agentcgd (the memcg controller: fallback backend on
-# this kernel, plus the oom_score_adj the placer writes) in the same boot.
+# MB; 700-820 MB whenever their bursts meet). Rounds alternate in one boot:
 #
-# Pass: under agentcgd HIGH is never OOM-killed, and its median p95
-# allocation latency is no worse than baseline's (x1.25 + 1 ms for TCG
-# noise; vacuous when baseline HIGH never completed). Every file the
-# controller changed is restored after it stops.
+#   baseline  no daemon: the same tree (cpu+memory enabled, cpu.weight 100
+#             both), the same memory.max; the script writes cgroup.procs
+#             itself; oom_score_adj 0.
+#   agentcgd  the real daemon, `agentcgd /sys/fs/cgroup/agentcg` with the
+#             shipped config and policies (scheduler on where the kernel has
+#             sched_ext, memcg controller: fallback backend on this kernel).
+#             The replays are placed by policy: HIGH runs as `claude`
+#             (claude-code, high), each LOW as `aider` (aider, low); the
+#             daemon also writes their oom_score_adj.
+#
+# In both modes the replay binary is exec'd through a symlink with that name
+# (comm claude / aider). Under agentcgd a small #! wrapper of the same name is
+# exec'd first and waits until the daemon has moved it (and set its
+# oom_score_adj) before it execs the replay: memory charged before placement
+# would stay in the root cgroup, outside agentcg/memory.max.
+#
+# Pass: under agentcgd HIGH is never OOM-killed; the sched_ext scheduler
+# the daemon loads is not ejected by the kernel (a stalled task); HIGH's
+# median p95 allocation latency is no worse than baseline's within TCG
+# noise (tolerance below; vacuous when baseline HIGH never completed).
+# Every memory file of the tree that the daemon changed is back to its value
+# once it has stopped.
 #
 # Usage (guest): 41-memcg-protect.sh [HIGH_CSV LOW_CSV [LIMIT_MB [ROUNDS [SPEED]]]]
+# ROUNDS (default 5) per mode: baseline HIGH, the largest process, is often
+# OOM-killed, and every round where it lives gives the latency comparison a
+# sample; 5 rounds take ~80 s here.
 # Without CSVs the two traces embedded below are used. One JSON line per
 # session and round is printed prefixed "RESULT " (tests/bench/memcg-replay
-# collects them); the controller's MemEvents go to its log.
-#
-# Until agentcgd starts the memcg controller itself, the controller runs
-# as agentcg-memcg-demo (same memcg::Controller, same config keys).
+# collects them); the daemon's log is printed on failure.
+#        41-memcg-protect.sh --no-scheduler [...]: the daemon without its
+#        sched_ext scheduler (memcg alone). By default the daemon runs as
+#        shipped, scheduler included; it has been seen to strand a replay
+#        for 40+ s until the kernel's watchdog ejected it, which fails the case.
+DAEMON_ARGS=
+[ "$1" = --no-scheduler ] && { DAEMON_ARGS=--no-scheduler; shift; }
 CG=/sys/fs/cgroup
 R=$CG/agentcg
 W=/tmp/t41
-mkdir -p $W
+mkdir -p $W/bin $W/wrap
 HIGH_T=${1:-$W/high.csv}
 LOW_T=${2:-$W/low.csv}
 LIMIT_MB=${3:-650}
-ROUNDS=${4:-3}
+ROUNDS=${4:-5}
 SPEED=${5:-50}
-CTL=
-# agentcg-memcg-demo: on PATH, or brought in by --with at its host path.
-DEMO=$(command -v agentcg-memcg-demo || ls /*/*/target/x86_64-unknown-linux-gnu/release/agentcg-memcg-demo \
-       /*/target/x86_64-unknown-linux-gnu/release/agentcg-memcg-demo 2>/dev/null | head -1)
-fail() { echo "FAIL: $*"; [ -n "$CTL" ] && kill "$CTL" 2>/dev/null; exit 1; }
+D=
+fail() {
+    echo "FAIL: $*"
+    for l in $W/d.*.log; do [ -r "$l" ] && { echo "--- $l (tail)"; tail -20 "$l"; }; done
+    [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1
+}
 now_cs() { awk '{printf "%d", $1 * 100}' /proc/uptime; }
-field() { # JSON KEY -> value (numbers/bools)
-    echo "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"
+field() { # JSON KEY -> first value (numbers/bools)
+    echo "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" | head -1
 }
 
 if [ $# -lt 2 ]; then
@@ -243,61 +267,118 @@ t_s,mem_mb,cpu_pct
 TRACE
 fi
 for f in "$HIGH_T" "$LOW_T"; do [ -r "$f" ] || fail "trace $f not readable"; done
-command -v agentcg-replay >/dev/null || fail "agentcg-replay not on PATH"
-[ -n "$DEMO" ] || fail "agentcg-memcg-demo not found (PATH, or --with target/x86_64-unknown-linux-gnu/release/agentcg-memcg-demo)"
+REPLAY=$(command -v agentcg-replay) || fail "agentcg-replay not on PATH"
+command -v agentcgd >/dev/null || fail "agentcgd not on PATH"
+agentcgd check > $W/check.txt || fail "agentcgd check: $(cat $W/check.txt)"
+grep -q 'claude-code -> session_high' $W/check.txt && grep -q 'aider -> session_low' $W/check.txt ||
+    fail "shipped policies do not put claude-code high and aider low: $(cat $W/check.txt)"
 
+# The tree as the daemon builds it, so that baseline differs only by the daemon.
 echo +memory > $CG/cgroup.subtree_control || fail "cannot enable the memory controller"
+echo +cpu > $CG/cgroup.subtree_control 2>/dev/null
 mkdir -p $R
 echo $((LIMIT_MB * 1000000)) > $R/memory.max || fail "cannot set memory.max"
 echo +memory > $R/cgroup.subtree_control || fail "cannot enable memory in agentcg"
+echo +cpu > $R/cgroup.subtree_control 2>/dev/null
 mkdir -p $R/session_high $R/session_low
 [ -e $R/session_high/memory.pressure ] || fail "no PSI (memory.pressure missing)"
 echo "kernel $(uname -r), $(awk '/MemTotal/{print $2/1024 " MB"}' /proc/meminfo) RAM;" \
      "agentcg/memory.max=${LIMIT_MB} MB, speed ${SPEED}x, $ROUNDS rounds per mode"
 echo "HIGH $HIGH_T; LOW x2 $LOW_T"
 
-cat > $W/memcg.yaml <<'YAML'
-window_ms: 500
-release_step_ms: 100
-YAML
+# NAME -> the replay with comm NAME; wrap/NAME waits for the daemon's placement.
+for n in claude aider; do
+    ln -sf "$REPLAY" $W/bin/$n
+    cat > $W/wrap/$n <<WRAP
+#!/bin/sh
+# \$1 = session the daemon must put us in, \$2 = label; the rest: replay args.
+want=\$1 label=\$2; shift 2
+i=0
+while :; do
+    read cg < /proc/\$\$/cgroup
+    case \$cg in *agentcg/\$want) break;; esac
+    i=\$((i + 1)); [ \$i -gt 2000 ] && { echo "not placed: \$cg" > $W/unplaced.\$label; exit 99; }
+    usleep 5000
+done
+i=0; while [ "\$(cat /proc/\$\$/oom_score_adj)" = 0 ] && [ \$i -lt 200 ]; do i=\$((i + 1)); usleep 5000; done
+echo "\$cg adj \$(cat /proc/\$\$/oom_score_adj)" > $W/placed.\$label
+exec $W/bin/$n "\$@"
+WRAP
+    chmod +x $W/wrap/$n
+done
 
-# run_one NAME CGROUP ADJ TRACE: start a replay placed in CGROUP with ADJ.
-run_one() {
-    sh -c "echo \$\$ > $2/cgroup.procs && echo $3 > /proc/self/oom_score_adj && \
-           exec agentcg-replay --trace $4 --speed $SPEED --json --label $1" > $W/out.$1 2>&1 &
+# Memory files of the tree, to check the daemon restores what it changes.
+memfiles() {
+    for d in $R $R/session_high $R/session_low; do
+        for f in memory.min memory.low memory.high memory.max memory.oom.group; do
+            echo "${d#$CG/}/$f=$(cat $d/$f)"
+        done
+    done
 }
 
-oomk() { sed -n 's/^oom_kill //p' $1/memory.events; }
+# run_one MODE LABEL NAME SESSION TRACE
+run_one() {
+    rm -f $W/placed.$2 $W/unplaced.$2
+    args="--trace $5 --speed $SPEED --json --label $2"
+    if [ $1 = agentcgd ]; then
+        $W/wrap/$3 $4 $2 $args > $W/out.$2 2>&1 &
+    else
+        sh -c "echo \$\$ > $R/$4/cgroup.procs && exec $W/bin/$3 $args" > $W/out.$2 2>&1 &
+    fi
+}
 
-HIGH_KILLED_A=0; HIGH_DONE_B=""; HIGH_DONE_A=""; P95_B=""; P95_A=""
+oomk() { sed -n 's/^oom_kill //p' $R/$1/memory.events; }
+# status --json is pretty-printed: one line, no blanks after "key":
+compact() { sed 's/^ *//' | tr -d '\n' | sed 's/": /":/g'; }
+# sched_ext exits other than the daemon's own detach (watchdog: runnable task stall, BPF errors).
+scx_errors() { dmesg | grep 'sched_ext: ' | grep -v 'unregistered from user space\|enabled\|registered'; }
+status_json() { agentcgd status --json 2> /dev/null | compact; }
+
+HIGH_KILLED_A=0; P95_B=""; P95_A=""
 round() { # MODE N
     mode=$1; n=$2
     if [ $mode = agentcgd ]; then
-        $DEMO run $R --config $W/memcg.yaml > $W/ctl.$n.log 2>&1 &
-        CTL=$!
-        i=0; until grep -q started $W/ctl.$n.log 2>/dev/null; do
-            i=$((i + 1)); [ $i -gt 100 ] && fail "controller did not start: $(cat $W/ctl.$n.log)"; usleep 50000; done
-        [ $n = 1 ] && echo "controller: $(sed -n 's/.*"backend":"\([^"]*\)".*/\1/p' $W/ctl.$n.log | head -1)"
-        adj_h=$($DEMO adj high --config $W/memcg.yaml)
-        adj_l=$($DEMO adj low --config $W/memcg.yaml)
+        memfiles > $W/mem.before
+        scx_errors > $W/scx.before
+        rm -f /run/agentcgd/state.json
+        agentcgd $R $DAEMON_ARGS > $W/d.$n.log 2>&1 & D=$!
+        i=0; until status_json | grep -q '"running":true.*"memcg":{[^}]*"backend":"\(fallback\|bpf\)'; do
+            i=$((i + 1)); [ $i -gt 300 ] && fail "agentcgd did not come up with a memcg backend: $(status_json | head -c 800)"
+            kill -0 $D 2>/dev/null || fail "agentcgd exited"; usleep 50000; done
+        st=$(status_json)
+        [ $n = 1 ] && echo "agentcgd: memcg $(echo "$st" | sed -n 's/.*"memcg":{[^}]*"backend":"\([^"]*\)".*/\1/p');" \
+            "scheduler $(cat /sys/kernel/sched_ext/state 2>/dev/null || echo n/a)"
     else
-        adj_h=0; adj_l=0
+        # No daemon, no priorities: equal cpu weights, the kernel's own scheduler.
+        for s in session_high session_low; do [ -e $R/$s/cpu.weight ] && echo 100 > $R/$s/cpu.weight; done
+        i=0; while [ -r /sys/kernel/sched_ext/state ] && [ "$(cat /sys/kernel/sched_ext/state)" != disabled ]; do
+            i=$((i + 1)); [ $i -gt 100 ] && fail "sched_ext still $(cat /sys/kernel/sched_ext/state) without the daemon"; usleep 50000; done
     fi
-    k0h=$(oomk $R/session_high); k0l=$(oomk $R/session_low)
+    k0h=$(oomk session_high); k0l=$(oomk session_low)
     t0=$(now_cs)
-    run_one high $R/session_high $adj_h "$HIGH_T"; ph=$!
-    run_one low1 $R/session_low $adj_l "$LOW_T"; pl1=$!
-    run_one low2 $R/session_low $adj_l "$LOW_T"; pl2=$!
+    run_one $mode high claude session_high "$HIGH_T"; ph=$!
+    run_one $mode low1 aider session_low "$LOW_T"; pl1=$!
+    run_one $mode low2 aider session_low "$LOW_T"; pl2=$!
     wait $ph; rh=$?; wait $pl1; rl1=$?; wait $pl2; rl2=$?
     t1=$(now_cs)
-    k1h=$(oomk $R/session_high); k1l=$(oomk $R/session_low)
+    k1h=$(oomk session_high); k1l=$(oomk session_low)
+    for s in high low1 low2; do [ -e $W/unplaced.$s ] && fail "$mode round $n: $s $(cat $W/unplaced.$s)"; done
     if [ $mode = agentcgd ]; then
-        kill -TERM $CTL; wait $CTL; CTL=
-        [ "$(cat $R/session_low/memory.high)" = max ] || fail "session_low memory.high not restored: $(cat $R/session_low/memory.high)"
-        [ "$(cat $R/session_high/memory.low)" = 0 ] || fail "session_high memory.low not restored: $(cat $R/session_high/memory.low)"
-        st=$(grep '"status"' $W/ctl.$n.log)
-        echo "  controller: episodes=$(field "$st" throttle_episodes) signals=$(field "$st" pressure_signals)" \
-             "stop_ms=$(field "$st" stop_ms) oom_kill(low)=$(echo "$st" | sed -n 's/.*"oom_kill":{"high":\([0-9]*\),"low":\([0-9]*\).*/h=\1 l=\2/p')"
+        adj_h=$(sed -n 's/.* adj //p' $W/placed.high); adj_l=$(sed -n 's/.* adj //p' $W/placed.low1)
+        [ "$adj_h" -lt "$adj_l" ] 2>/dev/null || fail "oom_score_adj not steered: high '$adj_h' low '$adj_l'"
+        usleep 300000   # one state write (200 ms) after the last event
+        st=$(status_json)
+        kill -TERM $D; wait $D; D=
+        memfiles > $W/mem.after
+        # A task stranded by the scheduler (the kernel's watchdog ejects it
+        # after 30 s) is a failure of the daemon, whatever the latencies say.
+        scx_errors > $W/scx.after
+        cmp -s $W/scx.before $W/scx.after || fail "sched_ext scheduler failed during agentcgd round $n: $(diff $W/scx.before $W/scx.after | grep '^+[^+]')"
+        diff $W/mem.before $W/mem.after > $W/mem.diff || fail "memory files not restored after agentcgd stopped: $(cat $W/mem.diff)"
+        att=$(echo "$st" | grep -o '"oom_kills":\[[^]]*\]' | grep -o '"family":"[a-z-]*"' | sort | uniq -c | tr -s ' \n' ' ')
+        echo "  agentcgd: episodes=$(field "$st" throttle_episodes) signals=$(field "$st" pressure_signals)" \
+             "oom_kill $(echo "$st" | sed -n 's/.*"oom_kill":{"high":\([0-9]*\),"low":\([0-9]*\).*/h=\1 l=\2/p')" \
+             "attributed [${att:-none}] adj high=$adj_h low=$adj_l"
     fi
     survived=0
     for s in high low1 low2; do
@@ -305,7 +386,7 @@ round() { # MODE N
         j=$(grep '^{' $W/out.$s | tail -1)
         [ $rc = 0 ] && [ -n "$j" ] || j=null
         [ $rc = 0 ] && survived=$((survived + 1))
-        echo "RESULT {\"mode\":\"$mode\",\"round\":$n,\"session\":\"$s\",\"rc\":$rc,\"limit_mb\":$LIMIT_MB,\"round_s\":$(( (t1 - t0) / 100 )).$(( (t1 - t0) % 100 )),\"replay\":$j}"
+        echo "RESULT {\"mode\":\"$mode\",\"round\":$n,\"session\":\"$s\",\"rc\":$rc,\"limit_mb\":$LIMIT_MB,\"round_s\":$(( (t1 - t0) / 100 )).$(( (t1 - t0) % 100 / 10 ))$(( (t1 - t0) % 10 )),\"replay\":$j}"
         if [ $s = high ]; then
             p95=$(field "$j" alloc_p95_ms)
             if [ $mode = agentcgd ]; then
@@ -316,7 +397,7 @@ round() { # MODE N
         fi
     done
     echo "  $mode round $n: rc high=$rh low1=$rl1 low2=$rl2 survived $survived/3," \
-         "oom_kill high+$((k1h - k0h)) low+$((k1l - k0l)), $(( (t1 - t0) / 100 )).$(( (t1 - t0) % 100 ))s"
+         "oom_kill high+$((k1h - k0h)) low+$((k1l - k0l)), $(( (t1 - t0) / 100 )).$(( (t1 - t0) % 100 / 10 ))$(( (t1 - t0) % 10 ))s"
 }
 
 n=1
@@ -330,9 +411,15 @@ median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{if(N
 mb=$(median $P95_B); ma=$(median $P95_A)
 echo "HIGH p95 alloc ms: baseline [$P95_B ] median ${mb:-none}; agentcgd [$P95_A ] median ${ma:-none}"
 [ $HIGH_KILLED_A = 0 ] || fail "HIGH was OOM-killed in $HIGH_KILLED_A agentcgd round(s)"
+# Tolerance: under single-threaded TCG one vCPU stall (the host scheduling
+# qemu away, a timer batch) lands in whichever allocation step is running, and
+# the p95 of HIGH's ~25 rising steps is its 2nd-slowest step, so one stall
+# moves it by tens of ms. Medians over the rounds drop one bad round each
+# side; x1.25 + 5 ms keeps a real regression (the daemon slowing HIGH down,
+# e.g. by throttling the wrong session: 2x and more) a failure.
 if [ -n "$mb" ]; then
-    awk -v a="$ma" -v b="$mb" 'BEGIN{exit !(a <= b * 1.25 + 1)}' ||
-        fail "HIGH p95 under agentcgd ($ma ms) worse than baseline ($mb ms)"
+    awk -v a="$ma" -v b="$mb" 'BEGIN{exit !(a <= b * 1.25 + 5)}' ||
+        fail "HIGH p95 under agentcgd ($ma ms) worse than baseline ($mb ms) beyond x1.25 + 5 ms"
 else
     echo "note: baseline HIGH was OOM-killed in every round: no baseline latency to compare"
 fi
