@@ -18,31 +18,36 @@
  * next time it is picked or becomes active.
  *
  * Which cgroup runs next is decided by cgroup virtual time: the active
- * cgroups sit in an rbtree ordered by cvtime; an idle CPU takes the lowest,
- * consumes a task from that cgroup's DSQ and keeps to that cgroup for one
- * slice. The cgroup is charged slice / hweight up front (so a thundering
- * herd of low-weight cgroups cannot all start at once) and refunded what it
- * did not use when the slice ends early. A cgroup that slept keeps at most a
- * bounded credit (proportional to its hweight) so that it cannot burst past
+ * cgroups sit in an rbtree ordered by cvtime. A CPU that needs work takes
+ * the lowest (after folding in its pending charges), moves a task from that
+ * cgroup's DSQ to its local DSQ and keeps to that cgroup for one slice.
+ * Every task's actual runtime is charged to its cgroup as runtime / hweight
+ * (ops.stopping), whichever path the task took; on top, a pick reserves one
+ * slice / hweight up front, refunded when the CPU leaves the cgroup, so that
+ * CPUs picking at the same time spread over cgroups and a herd of low-weight
+ * cgroups cannot all start at once. A cgroup that slept keeps at most a
+ * bounded credit (half the CPUs for one slice) so that it cannot burst past
  * its share when it wakes up. Inside a cgroup, tasks are ordered by their
- * own virtual time (runtime scaled by the task's weight), likewise with the
- * idle credit capped at one slice.
+ * own virtual time (runtime scaled by the task's weight), with the idle
+ * credit capped at one slice.
  *
  * Tasks that cannot go through the cgroup queues keep making progress:
  * - woken onto an idle CPU: straight into that CPU's local DSQ;
- * - allowed on a single CPU (per-CPU kthreads, taskset -c N): that CPU's
- *   local DSQ;
- * - allowed on some but not all CPUs: a shared fallback DSQ that every CPU
- *   drains before picking a cgroup;
- * their CPU time is charged to their cgroup's vtime after the fact, so the
- * bypass does not buy a cgroup more than its share. Exiting and
- * migration-disabled tasks are left to the kernel (no SCX_OPS_ENQ_EXITING /
- * SCX_OPS_ENQ_MIGRATION_DISABLED), which runs them on their local DSQ.
+ * - per-CPU kernel threads: their CPU's local DSQ;
+ * - user tasks with a restricted cpumask (taskset): a shared fallback DSQ
+ *   that a CPU serves on every other pick, so that neither side starves;
+ * - exiting and migration-disabled tasks are left to the kernel (no
+ *   SCX_OPS_ENQ_EXITING / SCX_OPS_ENQ_MIGRATION_DISABLED), which runs them
+ *   on their local DSQ.
+ * When nothing is dispatched, the kernel keeps running the previous task;
+ * dispatch() treats it as a task of its cgroup so that the choice of cgroup
+ * stays by cvtime.
  *
  * Kernel 7.2+ API: weights arrive through ops.cgroup_init/cgroup_set_weight
- * without SCX_OPS_HAS_CGROUP_WEIGHT, and task slice/vtime are written with
- * scx_bpf_task_set_slice()/scx_bpf_task_set_dsq_vtime() (through the compat
- * wrappers, which fall back to direct writes on older kernels).
+ * without SCX_OPS_HAS_CGROUP_WEIGHT; task vtime is written with
+ * scx_bpf_task_set_dsq_vtime() (through the compat wrapper, which falls back
+ * to a direct write on older kernels) and slices are given at insertion;
+ * nothing writes p->scx directly.
  */
 #include <scx/common.bpf.h>
 #include "flatcg_intf.h"
@@ -94,7 +99,8 @@ struct cgrp_ctx {
 	u32 weight;
 	u32 nr_active;		/* active children, or 1 for an active leaf */
 	u32 nr_runnable;	/* runnable tasks directly in this cgroup */
-	u32 queued;		/* its node is on the cgroup rbtree */
+	u32 queued;		/* its node is on the rbtree */
+	u64 nr_pending;		/* tasks queued on its DSQ or about to be */
 	u64 child_weight_sum;	/* sum of the weights of active children */
 	u64 hweight;
 	u64 hweight_gen;
@@ -131,8 +137,9 @@ struct {
 } cg_stash SEC(".maps");
 
 struct task_ctx {
-	u64 started_at;	/* when it last started running */
-	u64 cgid;	/* cgroup it last ran in */
+	u64 started_at;		/* when it last started running */
+	u64 cgid;		/* cgroup it last ran in */
+	u64 pending_cgid;	/* cgroup whose nr_pending counts it */
 };
 
 struct {
@@ -194,6 +201,25 @@ static struct cgrp_ctx *ancestor_ctx(struct cgroup *cgrp, int level, u64 *cgidp)
 static struct agcg_cgrp_stats *stats_of(u64 cgid)
 {
 	return bpf_map_lookup_elem(&cgrp_stats, &cgid);
+}
+
+/* The task left its cgroup's DSQ (it runs, or was dequeued). */
+static void unpend(struct task_ctx *tctx)
+{
+	struct cgrp_ctx *cgc;
+	struct cgroup *cgrp;
+	u64 cgid = tctx->pending_cgid;
+
+	if (!cgid)
+		return;
+	tctx->pending_cgid = 0;
+	cgrp = bpf_cgroup_from_id(cgid);
+	if (!cgrp)
+		return;
+	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	if (cgc)
+		__sync_fetch_and_sub(&cgc->nr_pending, 1);
+	bpf_cgroup_release(cgrp);
 }
 
 /* scale a CPU time to cgroup vtime: time / hweight */
@@ -375,6 +401,14 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
 		tvtime = cgc->tvtime_now - slice_ns;
 
+	/*
+	 * Counted before the insert, which the kernel only carries out after
+	 * this callback returns: pick_cgroup() must not retire the cgroup's
+	 * node while a task is on its way to the DSQ.
+	 */
+	unpend(tctx);
+	__sync_fetch_and_add(&cgc->nr_pending, 1);
+	tctx->pending_cgid = cgrp->kn->id;
 	scx_bpf_dsq_insert_vtime(p, cgrp->kn->id, slice_ns, tvtime, enq_flags);
 	gstat_inc(AGCG_GS_CGROUP);
 	cgrp_enqueued(cgrp, cgc);
@@ -457,6 +491,14 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 		refresh_hweight(cgrp, cgc);
 }
 
+void BPF_STRUCT_OPS(agcg_dequeue, struct task_struct *p, u64 deq_flags)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+
+	if (tctx)
+		unpend(tctx);
+}
+
 void BPF_STRUCT_OPS(agcg_runnable, struct task_struct *p, u64 enq_flags)
 {
 	struct cgroup *cgrp = scx_bpf_task_cgroup(p);
@@ -485,8 +527,10 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	struct cgrp_ctx *cgc;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	if (tctx)
+	if (tctx) {
 		tctx->started_at = bpf_ktime_get_ns();
+		unpend(tctx);
+	}
 
 	cgrp = scx_bpf_task_cgroup(p);
 	if (!cgrp)
@@ -664,23 +708,26 @@ out_stash:
 		goto out_free;
 	}
 	/*
-	 * Paired with cgrp_enqueued(): an enqueue that sees queued == 0 after
-	 * this puts the node back itself; one that came before left a task
-	 * that the check below sees.
+	 * Retire the node to the stash, then clear queued, then look for
+	 * tasks on their way (nr_pending). An enqueue that sets queued after
+	 * the clear finds the node in the stash and queues it; one that found
+	 * queued still set did its counting before, so the check below sees
+	 * it and takes the node back (unless that enqueue already did).
 	 */
-	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
-	if (scx_bpf_dsq_nr_queued(cgid)) {
-		bpf_spin_lock(&cg_tree_lock);
-		bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
-		bpf_spin_unlock(&cg_tree_lock);
-		/* it is back on the tree: mark it queued again */
-		__sync_val_compare_and_swap(&cgc->queued, 0, 1);
-		return false;
-	}
 	node = bpf_kptr_xchg(&stash->node, node);
 	if (node) {
 		scx_bpf_error("cgroup node stash for %llu was not empty", cgid);
 		goto out_free;
+	}
+	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
+	if (cgc->nr_pending) {
+		node = bpf_kptr_xchg(&stash->node, NULL);
+		if (node) {
+			__sync_val_compare_and_swap(&cgc->queued, 0, 1);
+			bpf_spin_lock(&cg_tree_lock);
+			bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
+			bpf_spin_unlock(&cg_tree_lock);
+		}
 	}
 	return false;
 
@@ -775,6 +822,7 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 		return -ENOMEM;
 	tctx->started_at = 0;
 	tctx->cgid = 0;
+	tctx->pending_cgid = 0;
 
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, args->cgroup, 0, 0);
 	if (cgc)
@@ -886,6 +934,7 @@ void BPF_STRUCT_OPS(agcg_exit, struct scx_exit_info *ei)
 SCX_OPS_DEFINE(agentcg_ops,
 	       .select_cpu		= (void *)agcg_select_cpu,
 	       .enqueue			= (void *)agcg_enqueue,
+	       .dequeue			= (void *)agcg_dequeue,
 	       .dispatch		= (void *)agcg_dispatch,
 	       .runnable		= (void *)agcg_runnable,
 	       .running			= (void *)agcg_running,

@@ -29,10 +29,12 @@ start_sched() {
 }
 hogs() { n=0; while [ $n -lt $2 ]; do sh -c "echo \$\$ > $CG/$1/cgroup.procs; while :; do :; done" & HOGS="$HOGS $!"; n=$((n + 1)); done; }
 usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
-mkcg() { # PATH WEIGHT: create with the cpu controller enabled on the parent
+mkcg() { # PATH WEIGHT: create under an existing parent, cpu enabled there
     parent=${1%/*}
-    echo +cpu > $CG/$parent/cgroup.subtree_control 2>/dev/null
-    mkdir -p $CG/$1 && echo $2 > $CG/$1/cpu.weight
+    [ "$parent" = "$1" ] && parent=.
+    [ -d $CG/$parent ] || die "mkcg $1: create $parent first"
+    echo +cpu > $CG/$parent/cgroup.subtree_control || die "cannot enable cpu in $parent"
+    mkdir -p $CG/$1 && echo $2 > $CG/$1/cpu.weight || die "cannot set $1 cpu.weight"
 }
 # fair SCHEDNAME WORKLOAD CG:TARGET...: hogs in each leaf, measure, report
 fair() {
@@ -57,10 +59,11 @@ fair() {
 setup() {
     echo +cpu > $CG/cgroup.subtree_control || die "no cpu controller"
     mkcg bf 100
-    mkcg bf/flat/high 150; mkcg bf/flat/low 50
-    mkcg bf/eq/a 100; mkcg bf/eq/b 100
-    mkcg bf/three/a 300; mkcg bf/three/b 200; mkcg bf/three/c 100
-    mkcg bf/nest/a 200; mkcg bf/nest/b 100; mkcg bf/nest/a/x 100; mkcg bf/nest/a/y 300
+    mkcg bf/flat 100; mkcg bf/flat/high 150; mkcg bf/flat/low 50
+    mkcg bf/eq 100; mkcg bf/eq/a 100; mkcg bf/eq/b 100
+    mkcg bf/three 100; mkcg bf/three/a 300; mkcg bf/three/b 200; mkcg bf/three/c 100
+    mkcg bf/nest 100; mkcg bf/nest/a 200; mkcg bf/nest/b 100; mkcg bf/nest/a/x 100; mkcg bf/nest/a/y 300
+    for c in flat/high flat/low three/a nest/a/y; do echo "weight bf/$c: $(cat $CG/bf/$c/cpu.weight)"; done
 }
 fairness() { # SCHEDNAME
     fair $1 flat-150:50 bf/flat/high:3/4 bf/flat/low:1/4
