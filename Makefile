@@ -29,8 +29,13 @@ deps:
 build:
 	$(CARGO) build --workspace
 
+# One build configuration for everything (static release): the tests reuse
+# the artefacts of the binaries the VM runs, so CI compiles the tree once.
+STATIC_CARGO := RUSTFLAGS="-C target-feature=+crt-static" $(CARGO)
+STATIC_FLAGS := --release --workspace --target $(TARGET)
+
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --target $(TARGET)
+	$(STATIC_CARGO) build $(STATIC_FLAGS)
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -42,7 +47,7 @@ lint: fmt clippy
 
 # Unit tests and host root tests (real BPF on this kernel, real cgroup2 moves).
 cargo-test:
-	$(CARGO) test --workspace
+	$(STATIC_CARGO) test $(STATIC_FLAGS)
 
 # Guest cases in the real-kernel VM (sched_ext, cpu and memory controllers).
 vm-test: static
