@@ -1,0 +1,43 @@
+# Shell helpers for the scheduler guest cases (tests/vm/cases/3*-sched-*.sh):
+# sourced as `. /vm/lib/sched.sh`. A case may redefine fail/cleanup after.
+CG=/sys/fs/cgroup
+SX=/sys/kernel/sched_ext
+SCHED=
+HOGS=
+WARM=${WARM:-3}
+WINDOW=${WINDOW:-8}
+TOL=${TOL:-0.05}
+fail() { echo "FAIL: $*"; cleanup; exit 1; }
+cleanup() {
+    for p in $HOGS; do kill -9 "$p" 2>/dev/null; done
+    HOGS=
+    [ -n "$SCHED" ] && kill "$SCHED" 2>/dev/null && wait "$SCHED" 2>/dev/null
+    SCHED=
+}
+wait_state() {
+    i=0
+    while [ "$(cat $SX/state 2>/dev/null)" != "$1" ]; do
+        i=$((i + 1)); [ $i -gt $(($2 * 10)) ] && return 1
+        usleep 100000
+    done
+}
+hogs() { # CGROUP N: N busy loops in CGROUP
+    n=0
+    while [ $n -lt $2 ]; do
+        sh -c "echo \$\$ > $CG/$1/cgroup.procs; while :; do :; done" &
+        HOGS="$HOGS $!"
+        n=$((n + 1))
+    done
+}
+usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
+# ratio A B TARGET: measure A:B usage over WINDOW s, check within TOL of TARGET
+ratio() {
+    a0=$(usage $1); b0=$(usage $2)
+    sleep $WINDOW
+    a1=$(usage $1); b1=$(usage $2)
+    awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v t=$3 -v tol=$TOL -v n="$1:$2" 'BEGIN {
+        if (b <= 0) { printf "%s: no CPU time for the second cgroup\n", n; exit 1 }
+        r = a / b; dev = (r - t) / t; if (dev < 0) dev = -dev
+        printf "%-28s cpu_ms %d:%d ratio %.3f target %.3f deviation %.2f%%\n", n, a / 1000, b / 1000, r, t, dev * 100
+        exit (dev <= tol) ? 0 : 1 }'
+}
