@@ -7,6 +7,7 @@ mod cgroup;
 mod classify;
 mod config;
 mod daemon;
+mod logging;
 mod policy;
 mod report;
 mod state;
@@ -88,9 +89,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    logging::init();
     let result = match cli.cmd {
         Some(Cmd::Check { policies, config }) => report::check(&policies, &config),
         Some(Cmd::Status { json, state }) => report::status(&state, json),
