@@ -26,8 +26,11 @@ use crate::state::{
 pub enum EventSource {
     /// Best available: BPF, then the proc connector, then /proc polling.
     Auto,
+    /// BPF sched_process_exec/exit tracepoints (needs root, BTF).
     Bpf,
+    /// The netlink proc connector (pids only; the rest read from /proc).
     ProcConnector,
+    /// A /proc scan every second (misses processes shorter than that).
     Poll,
 }
 
