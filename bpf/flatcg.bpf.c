@@ -56,6 +56,12 @@ char _license[] SEC("license") = "GPL";
 
 #define FALLBACK_DSQ	(1ULL << AGCG_FALLBACK_DSQ_SHIFT)
 #define MAX_PICK_TRIES	1024
+/* a cgroup may lead the cgroup clock by this many slices per CPU / hweight */
+#define MAX_LEAD_SLICES	2
+/* period of the watchdog timer that kicks idle CPUs while work is queued */
+#define GUARD_PERIOD_NS	(10ULL * 1000 * 1000)
+/* a queued task that waited this long is served out of turn (watchdog: 30 s) */
+#define STARVE_NS	(2ULL * 1000 * 1000 * 1000)
 
 const volatile u32 nr_cpus = 1;			/* set by the loader */
 const volatile u64 slice_ns = 20ULL * 1000 * 1000;	/* set by the loader */
@@ -66,6 +72,12 @@ UEI_DEFINE(uei);
 u64 cvtime_now;
 /* bumped on weight or activity changes; expires the cached hweights */
 u64 hweight_gen = 1;
+/* tasks on (or on their way to) any cgroup DSQ */
+s64 nr_cg_queued;
+/* guard timer runs, for the sweep's period */
+u64 guard_runs;
+/* a cgroup whose first task waited over STARVE_NS: served by the next dispatch */
+u64 rescue_cgid;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -86,6 +98,7 @@ struct cpu_ctx {
 	u64 cur_at;	/* when it started serving it */
 	u64 reserved;	/* cvtime reserved on that cgroup at the pick */
 	bool fallback_turn;	/* alternate the fallback DSQ with the cgroups */
+	u64 fallback_at;	/* when it last looked at the fallback DSQ */
 };
 
 struct {
@@ -140,6 +153,7 @@ struct task_ctx {
 	u64 started_at;		/* when it last started running */
 	u64 cgid;		/* cgroup it last ran in */
 	u64 pending_cgid;	/* cgroup whose nr_pending counts it */
+	u64 queued_at;		/* when it was last queued on a shared DSQ */
 };
 
 struct {
@@ -148,6 +162,17 @@ struct {
 	__type(key, int);
 	__type(value, struct task_ctx);
 } task_ctxs SEC(".maps");
+
+struct guard_timer {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct guard_timer);
+} guard_timer SEC(".maps");
 
 static void gstat_inc(enum agcg_gstat idx)
 {
@@ -213,6 +238,7 @@ static void unpend(struct task_ctx *tctx)
 	if (!cgid)
 		return;
 	tctx->pending_cgid = 0;
+	__sync_fetch_and_sub(&nr_cg_queued, 1);
 	cgrp = bpf_cgroup_from_id(cgid);
 	if (!cgrp)
 		return;
@@ -281,13 +307,30 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
  * Fold the pending charges (actual runtime / hweight from ops.stopping, and
  * the refund of a pick's reservation) into the node. The node must be off
  * the tree.
+ *
+ * The debt is capped: a cgroup may lead the cgroup clock by at most
+ * MAX_LEAD_SLICES CPU-slices of its own service (nr_cpus * MAX_LEAD_SLICES
+ * slices / hweight). Runtime on the paths that bypass the cvtime order
+ * (affinity-restricted tasks on the fallback DSQ, which get every other
+ * turn whatever their weight; tasks woken onto an idle CPU; per-CPU
+ * kthreads) is charged too, and without the cap a cgroup whose taskset-
+ * pinned tasks run beyond its share ran up an unbounded lead: its other
+ * tasks waited longer and longer behind every other cgroup until the
+ * watchdog fired (36-sched-mixed, "runnable task stall" after 30 s).
  */
 static void settle(struct cg_node *node, struct cgrp_ctx *cgc)
 {
 	u64 delta = cgc->cvtime_delta;
+	u64 max_lead;
 
 	__sync_fetch_and_sub(&cgc->cvtime_delta, delta);
 	node->cvtime += delta;
+
+	max_lead = scale_by_hweight(slice_ns * nr_cpus * MAX_LEAD_SLICES, cgc->hweight);
+	if (vtime_before(cvtime_now + max_lead, node->cvtime)) {
+		node->cvtime = cvtime_now + max_lead;
+		gstat_inc(AGCG_GS_LEAD_CAP);
+	}
 }
 
 /*
@@ -408,7 +451,9 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	 */
 	unpend(tctx);
 	__sync_fetch_and_add(&cgc->nr_pending, 1);
+	__sync_fetch_and_add(&nr_cg_queued, 1);
 	tctx->pending_cgid = cgrp->kn->id;
+	tctx->queued_at = bpf_ktime_get_ns();
 	scx_bpf_dsq_insert_vtime(p, cgrp->kn->id, slice_ns, tvtime, enq_flags);
 	gstat_inc(AGCG_GS_CGROUP);
 	cgrp_enqueued(cgrp, cgc);
@@ -418,6 +463,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 
 fallback:
 	gstat_inc(AGCG_GS_FALLBACK);
+	tctx->queued_at = bpf_ktime_get_ns();
 	scx_bpf_dsq_insert(p, FALLBACK_DSQ, slice_ns, enq_flags);
 	kick_idle_cpu(p);
 }
@@ -778,6 +824,32 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 			prev_cgid = tctx->cgid;
 	}
 
+	/*
+	 * Aging: a CPU that has not looked at the fallback DSQ for two slices
+	 * does so first, whatever its turn, so that a task only this CPU may
+	 * run cannot wait behind the cgroups however dispatch() was entered
+	 * (the cgroup slice goes on afterwards).
+	 */
+	if (!vtime_before(now, cpuc->fallback_at + 2 * slice_ns)) {
+		cpuc->fallback_at = now;
+		if (scx_bpf_dsq_nr_queued(FALLBACK_DSQ) > 0 &&
+		    scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0)) {
+			gstat_inc(AGCG_GS_AGED);
+			return;
+		}
+	}
+
+	/* a cgroup task the guard timer found waiting over STARVE_NS */
+	if (rescue_cgid) {
+		u64 cgid = rescue_cgid;
+
+		rescue_cgid = 0;
+		if (scx_bpf_dsq_move_to_local(cgid, 0)) {
+			gstat_inc(AGCG_GS_RESCUE);
+			return;
+		}
+	}
+
 	if (cpuc->cur_cgid) {
 		if (vtime_before(now, cpuc->cur_at + slice_ns)) {
 			if (scx_bpf_dsq_move_to_local(cpuc->cur_cgid, 0) ||
@@ -800,16 +872,100 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	 * their cgroups by stopping().
 	 */
 	cpuc->fallback_turn = !cpuc->fallback_turn;
-	if (cpuc->fallback_turn && scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0))
-		return;
+	if (cpuc->fallback_turn) {
+		cpuc->fallback_at = now;
+		if (scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0))
+			return;
+	}
 
 	bpf_repeat(MAX_PICK_TRIES) {
 		if (pick_cgroup(cpuc, prev_cgid))
 			break;
 	}
 
-	if (!cpuc->cur_cgid)
+	if (!cpuc->cur_cgid) {
+		cpuc->fallback_at = now;
 		scx_bpf_dsq_move_to_local(FALLBACK_DSQ, 0);
+	}
+}
+
+/*
+ * Lost-node sweep (guard timer): a cgroup with tasks on its DSQ must have
+ * its node on the rbtree, or no CPU would ever pick it. The enqueue/retire
+ * protocol keeps that true; this puts a node back if it ever is not.
+ */
+static long sweep_cgroup(struct bpf_map *map, u64 *cgidp, struct cg_node_stash *stash,
+			 void *data)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	struct cg_node *node;
+	struct cgrp_ctx *cgc;
+	struct cgroup *cgrp;
+	u64 cgid = *cgidp;
+
+	if (scx_bpf_dsq_nr_queued(cgid) <= 0)
+		return 0;
+
+	/* tasks queued and the node retired to the stash: put it back */
+	node = bpf_kptr_xchg(&stash->node, NULL);
+	if (node) {
+		cgrp = bpf_cgroup_from_id(cgid);
+		cgc = cgrp ? bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0) : NULL;
+		if (cgrp)
+			bpf_cgroup_release(cgrp);
+		if (!cgc) {
+			bpf_obj_drop(node);
+			return 0;
+		}
+		gstat_inc(AGCG_GS_REQUEUE);
+		__sync_val_compare_and_swap(&cgc->queued, 0, 1);
+		settle(node, cgc);
+		cap_idle_credit(node);
+		bpf_spin_lock(&cg_tree_lock);
+		bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
+		bpf_spin_unlock(&cg_tree_lock);
+		return 0;
+	}
+
+	/* the task at its head waited too long: have the next dispatch serve it */
+	p = __COMPAT_scx_bpf_dsq_peek(cgid);
+	if (!p)
+		return 0;
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	if (tctx && tctx->queued_at &&
+	    bpf_ktime_get_ns() - tctx->queued_at > STARVE_NS) {
+		rescue_cgid = cgid;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Guard timer, every GUARD_PERIOD_NS: while anything is queued on a shared
+ * DSQ, kick every idle CPU so that it runs dispatch(). Enqueueing kicks an
+ * idle CPU too, but a CPU that is on its way to idle (dispatch() found
+ * nothing, the idle bit not yet set) cannot be picked then, and would
+ * sleep with a task waiting that only it may run. Every 16th run it also
+ * sweeps the cgroups for a node that is off the tree with tasks queued.
+ */
+static int guard_timerfn(void *map, int *key, struct bpf_timer *timer)
+{
+	s32 cpu;
+
+	if (scx_bpf_dsq_nr_queued(FALLBACK_DSQ) > 0 || nr_cg_queued > 0) {
+		bpf_for(cpu, 0, nr_cpus) {
+			if (scx_bpf_test_and_clear_cpu_idle(cpu)) {
+				scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+				gstat_inc(AGCG_GS_GUARD_KICK);
+			}
+		}
+	}
+	if (!(guard_runs++ & 15) && !rescue_cgid)
+		bpf_for_each_map_elem(&cg_stash, sweep_cgroup, NULL, 0);
+
+	bpf_timer_start(timer, GUARD_PERIOD_NS, 0);
+	return 0;
 }
 
 s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_args *args)
@@ -923,7 +1079,20 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_init)
 {
-	return scx_bpf_create_dsq(FALLBACK_DSQ, -1);
+	struct bpf_timer *timer;
+	u32 key = 0;
+	s32 ret;
+
+	ret = scx_bpf_create_dsq(FALLBACK_DSQ, -1);
+	if (ret)
+		return ret;
+
+	timer = bpf_map_lookup_elem(&guard_timer, &key);
+	if (!timer)
+		return -ESRCH;
+	bpf_timer_init(timer, &guard_timer, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(timer, guard_timerfn);
+	return bpf_timer_start(timer, GUARD_PERIOD_NS, 0);
 }
 
 void BPF_STRUCT_OPS(agcg_exit, struct scx_exit_info *ei)

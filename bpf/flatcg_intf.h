@@ -34,6 +34,11 @@ enum agcg_gstat {
 	AGCG_GS_EXPIRE,		/* a CPU's cgroup slice expired */
 	AGCG_GS_BUDGET_CAP,	/* idle credit capped on requeue */
 	AGCG_GS_KICK,		/* idle CPU kicked after a queueing */
+	AGCG_GS_GUARD_KICK,	/* idle CPU kicked by the guard timer (work queued) */
+	AGCG_GS_AGED,		/* fallback task served early: waited over 2 slices */
+	AGCG_GS_REQUEUE,	/* cgroup with queued tasks found off the tree, requeued */
+	AGCG_GS_RESCUE,		/* cgroup task served out of turn after waiting 2 s */
+	AGCG_GS_LEAD_CAP,	/* a cgroup's cvtime lead (debt) capped at settle */
 	AGCG_NR_GSTATS,
 };
 

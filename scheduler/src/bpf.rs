@@ -195,6 +195,11 @@ impl<'obj> Scheduler<'obj> {
             expires: g(intf::agcg_gstat_AGCG_GS_EXPIRE),
             budget_caps: g(intf::agcg_gstat_AGCG_GS_BUDGET_CAP),
             idle_kicks: g(intf::agcg_gstat_AGCG_GS_KICK),
+            guard_kicks: g(intf::agcg_gstat_AGCG_GS_GUARD_KICK),
+            aged_fallbacks: g(intf::agcg_gstat_AGCG_GS_AGED),
+            requeues: g(intf::agcg_gstat_AGCG_GS_REQUEUE),
+            rescues: g(intf::agcg_gstat_AGCG_GS_RESCUE),
+            lead_caps: g(intf::agcg_gstat_AGCG_GS_LEAD_CAP),
         }
     }
 

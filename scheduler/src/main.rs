@@ -169,13 +169,19 @@ fn print_stats(
         );
     }
     println!(
-        "global: local={} cgroup={} pinned={} fallback={} picks={} hweight_updates={} budget_caps={}",
+        "global: local={} cgroup={} pinned={} fallback={} picks={} hweight_updates={} budget_caps={} \
+         guard_kicks={} aged_fallbacks={} requeues={} rescues={} lead_caps={}",
         global.local_dispatches,
         global.cgroup_dispatches,
         global.pinned_dispatches,
         global.fallback_dispatches,
         global.counters.picks,
         global.counters.hweight_updates,
-        global.counters.budget_caps
+        global.counters.budget_caps,
+        global.counters.guard_kicks,
+        global.counters.aged_fallbacks,
+        global.counters.requeues,
+        global.counters.rescues,
+        global.counters.lead_caps
     );
 }

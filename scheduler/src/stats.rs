@@ -46,6 +46,19 @@ pub struct GlobalCounters {
     /// A waking cgroup's idle credit was capped.
     pub budget_caps: u64,
     pub idle_kicks: u64,
+    /// Idle CPUs kicked by the guard timer because work was queued.
+    pub guard_kicks: u64,
+    /// Fallback tasks served ahead of turn after waiting over two slices.
+    pub aged_fallbacks: u64,
+    /// Cgroups with queued tasks found off the rbtree and requeued (should
+    /// stay 0: each one would have been a stranded task).
+    pub requeues: u64,
+    /// Cgroup tasks served out of turn after waiting over 2 s (0 unless a
+    /// cgroup's affinity-restricted tasks used up its share).
+    pub rescues: u64,
+    /// A cgroup's lead over the cgroup clock was capped (its fallback or
+    /// idle-CPU runtime went beyond its share).
+    pub lead_caps: u64,
 }
 
 /// Per-cgroup statistics in `status`.

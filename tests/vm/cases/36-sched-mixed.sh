@@ -5,6 +5,8 @@
 # task made progress and the scheduler is still attached at the end.
 . /vm/lib/sched.sh
 
+# on failure, also show the kernel's sched_ext exit dump (where each task sat)
+fail() { echo "FAIL: $*"; dmesg | sed -n '/sched_ext/,$p' | tail -n 150; cleanup; exit 1; }
 ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
 
 [ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
