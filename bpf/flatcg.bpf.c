@@ -57,7 +57,7 @@ char _license[] SEC("license") = "GPL";
 #define FALLBACK_DSQ	(1ULL << AGCG_FALLBACK_DSQ_SHIFT)
 #define MAX_PICK_TRIES	1024
 /* a cgroup may lead the cgroup clock by this many slices per CPU / hweight */
-#define MAX_LEAD_SLICES	2
+#define MAX_LEAD_SLICES	8
 /* period of the watchdog timer that kicks idle CPUs while work is queued */
 #define GUARD_PERIOD_NS	(10ULL * 1000 * 1000)
 /* a queued task that waited this long is served out of turn (watchdog: 30 s) */
