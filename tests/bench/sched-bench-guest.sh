@@ -5,30 +5,18 @@
 # under the kernel's own scheduler and under scx_agentcg.
 # Overhead: the same fork/exec and pipe workloads timed under both.
 # Prints "BENCH ..." lines that the host side turns into tables and JSON.
-CG=/sys/fs/cgroup
-SX=/sys/kernel/sched_ext
-WARM=${WARM:-3}
-WINDOW=${WINDOW:-8}
-HOGS=
-SCHED=
+# CG, SX, WARM, WINDOW, HOGS, SCHED, wait_state, hogs and usage come from
+# the scheduler cases' shared helpers.
+. /vm/lib/sched.sh
 NCPU=$(nproc)
 die() { echo "bench: $*"; stop_hogs; stop_sched; exit 1; }
 stop_hogs() { for p in $HOGS; do kill -9 $p 2>/dev/null; done; for p in $HOGS; do wait $p 2>/dev/null; done; HOGS=; }
 stop_sched() { [ -n "$SCHED" ] && kill $SCHED 2>/dev/null && wait $SCHED 2>/dev/null; SCHED=; wait_state disabled 10; }
-wait_state() {
-    i=0
-    while [ "$(cat $SX/state 2>/dev/null)" != "$1" ]; do
-        i=$((i + 1)); [ $i -gt $(($2 * 10)) ] && return 1
-        usleep 100000
-    done
-}
 start_sched() {
     scx_agentcg >/tmp/bench-scx.log 2>&1 &
     SCHED=$!
     wait_state enabled 30 || { cat /tmp/bench-scx.log; die "scx_agentcg did not attach"; }
 }
-hogs() { n=0; while [ $n -lt $2 ]; do sh -c "echo \$\$ > $CG/$1/cgroup.procs; while :; do :; done" & HOGS="$HOGS $!"; n=$((n + 1)); done; }
-usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
 mkcg() { # PATH WEIGHT: create under an existing parent, cpu enabled there
     parent=${1%/*}
     [ "$parent" = "$1" ] && parent=.
