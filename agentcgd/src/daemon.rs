@@ -15,7 +15,7 @@ use procmon::{Monitor, ProcEvent, ProcFs, ProcInfo};
 use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
 use crate::classify::{inherit, own_match, protected, Lineage, Reason};
 use crate::config::Config;
-use crate::policy::{ParentLookup, PolicySet, Priority};
+use crate::policy::{PolicySet, Priority};
 use crate::state::{
     now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, SessionStatus, State,
     Tracked, Tracker,
@@ -62,18 +62,6 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 const DAEMON_NICE: i32 = -10;
 /// Bound on the ancestor walk when looking for a tracked ancestor.
 const MAX_ANCESTRY: usize = 64;
-
-/// `parent:` match blocks read the parent from /proc.
-struct ProcParents<'a>(&'a ProcFs);
-
-impl ParentLookup for ProcParents<'_> {
-    fn parent(&self, p: &ProcInfo) -> Option<ProcInfo> {
-        if p.ppid == 0 {
-            return None;
-        }
-        self.0.read(p.ppid).ok()
-    }
-}
 
 struct Daemon {
     opts: Options,
@@ -441,8 +429,7 @@ impl Daemon {
 
     fn place(&mut self, info: ProcInfo) {
         // Own rules first; the ancestry is read only for what they miss.
-        let procfs = self.procfs.clone();
-        let parents = ProcParents(&procfs);
+        let parents = self.procfs.clone();
         let decision = match own_match(&self.policies, &info, &parents) {
             Some(d) => Some(d),
             None => self
@@ -731,26 +718,22 @@ impl Daemon {
                     .unwrap_or(0),
             })
             .collect();
-        s.sessions = [
-            (Priority::High, self.cfg.sessions.high.cpu_weight),
-            (Priority::Low, self.cfg.sessions.low.cpu_weight),
-        ]
-        .iter()
-        .map(|&(p, w)| {
-            let dir = self.tree.session_dir(p);
-            let weight = std::fs::read_to_string(dir.join("cpu.weight"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            let _ = w;
-            SessionStatus {
-                name: p.session().into(),
-                path: dir.display().to_string(),
-                cpu_weight: weight,
-                pids: self.tree.pids(p).len(),
-                tracked: self.tracker.iter().filter(|t| t.priority == p).count(),
-            }
-        })
-        .collect();
+        s.sessions = [Priority::High, Priority::Low]
+            .iter()
+            .map(|&p| {
+                let dir = self.tree.session_dir(p);
+                let weight = std::fs::read_to_string(dir.join("cpu.weight"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                SessionStatus {
+                    name: p.session().into(),
+                    path: dir.display().to_string(),
+                    cpu_weight: weight,
+                    pids: self.tree.pids(p).len(),
+                    tracked: self.tracker.iter().filter(|t| t.priority == p).count(),
+                }
+            })
+            .collect();
         if let Err(e) = s.write(&self.opts.state) {
             log::warn!("cannot write state file {}: {e}", self.opts.state.display());
         }

@@ -177,8 +177,20 @@ pub trait ParentLookup {
     fn parent(&self, p: &ProcInfo) -> Option<ProcInfo>;
 }
 
+/// `parent:` blocks read the parent from /proc.
+impl ParentLookup for procmon::ProcFs {
+    fn parent(&self, p: &ProcInfo) -> Option<ProcInfo> {
+        if p.ppid == 0 {
+            return None;
+        }
+        self.read(p.ppid).ok()
+    }
+}
+
 /// No parent information (for tests and pure matching).
+#[cfg(test)]
 pub struct NoParents;
+#[cfg(test)]
 impl ParentLookup for NoParents {
     fn parent(&self, _: &ProcInfo) -> Option<ProcInfo> {
         None

@@ -7,7 +7,7 @@ use procmon::ProcFs;
 use crate::cgroup::cgroup_of;
 use crate::classify::{classify, protected, Lineage};
 use crate::config::Config;
-use crate::policy::{NoParents, ParentLookup, PolicySet};
+use crate::policy::PolicySet;
 use crate::state::State;
 
 pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
@@ -212,13 +212,6 @@ fn print_scheduler(v: &serde_json::Value) {
     }
 }
 
-struct ProcParents(ProcFs);
-impl ParentLookup for ProcParents {
-    fn parent(&self, p: &procmon::ProcInfo) -> Option<procmon::ProcInfo> {
-        self.0.read(p.ppid).ok()
-    }
-}
-
 pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
     let set = PolicySet::load_dir(policies).map_err(|e| e.to_string())?;
     let procfs = ProcFs::default();
@@ -270,12 +263,7 @@ pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
         }
         cur = procfs.stat(cur).map(|s| s.ppid).unwrap_or(0);
     }
-    let parents: &dyn ParentLookup = if info.ppid > 0 {
-        &ProcParents(procfs.clone())
-    } else {
-        &NoParents
-    };
-    match classify(&set, &info, lineage.as_ref(), parents) {
+    match classify(&set, &info, lineage.as_ref(), &procfs) {
         Some(d) => println!(
             "policy: family {} -> {} because {}",
             d.family,
