@@ -169,21 +169,56 @@ impl Tree {
         Ok(report)
     }
 
-    /// Move `pid` into the session. ESRCH (gone) is returned as NotFound.
-    pub fn place(&self, pid: u32, p: Priority) -> io::Result<()> {
-        let f = self.session_dir(p).join("cgroup.procs");
-        fs::write(&f, pid.to_string()).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                io::Error::new(io::ErrorKind::NotFound, "process vanished")
-            } else {
-                e
-            }
+    /// The session as a place to move processes to.
+    pub fn target(&self, p: Priority) -> Result<Target, CgroupError> {
+        let dir = self.session_dir(p);
+        let id = cgroup_id(&dir).map_err(io_err(&dir, "stat"))?;
+        Ok(Target {
+            priority: p,
+            procs: dir.join("cgroup.procs"),
+            rel: rel_path(&dir),
+            id,
         })
     }
+}
 
-    /// Pids currently in a session (for adoption and status).
-    pub fn pids(&self, p: Priority) -> Vec<u32> {
-        read_pids(&self.session_dir(p).join("cgroup.procs"))
+/// The cgroup v2 id of a cgroup directory (its inode number), the value
+/// BPF sees as a task's cgroup id.
+pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(dir).map(|m| m.ino())
+}
+
+/// A cgroup processes are moved into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub priority: Priority,
+    /// Its cgroup.procs file.
+    pub procs: PathBuf,
+    /// Its path as /proc/PID/cgroup shows it.
+    pub rel: String,
+    /// Its cgroup id.
+    pub id: u64,
+}
+
+/// Why a move failed.
+#[derive(Debug)]
+pub enum MoveError {
+    /// The process is gone (ESRCH).
+    Vanished,
+    /// The cgroup itself is gone: the tree was removed under us.
+    CgroupGone(io::Error),
+    Io(io::Error),
+}
+
+impl Target {
+    /// Write `pid` to cgroup.procs.
+    pub fn admit(&self, pid: u32) -> Result<(), MoveError> {
+        fs::write(&self.procs, pid.to_string()).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => MoveError::Vanished,
+            Some(libc::ENOENT) | Some(libc::ENODEV) => MoveError::CgroupGone(e),
+            _ => MoveError::Io(e),
+        })
     }
 }
 

@@ -1,24 +1,32 @@
 //! The daemon: wires events -> classifier -> placer -> tracker -> status.
 //!
-//! One thread owns all state and handles messages in order; sources (process
-//! events, signals, policy-directory changes) only send messages to it.
+//! One thread owns all state and runs one epoll loop over the process-event
+//! source, a signalfd, the policy directory's inotify fd and a mailbox
+//! (eventfd + channel) for other threads' messages, so an exec event wakes
+//! the thread that decides about it and nothing else. Periodic work (the
+//! state file, statistics, the tree check) runs on the publisher's thread.
 
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use procmon::{Monitor, ProcEvent, ProcFs, ProcInfo};
+use procmon::{Ancestor, Exec, Monitor, Origin, ProcEvent, ProcFs, ProcInfo, Seed};
 
-use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
-use crate::classify::{inherit, own_match, protected, Lineage, Reason};
+use crate::cgroup::{cgroup_of, CgroupError, MoveError, SetupReport, Target, Tree};
+use crate::classify::{inherit, own_match, protected, Decision, Lineage};
 use crate::config::Config;
 use crate::policy::{PolicySet, Priority};
+use crate::publish::{Publisher, Sources};
 use crate::state::{
-    now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, SessionStatus, State,
-    Tracked, Tracker,
+    now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, State, Tracked, Tracker,
 };
 
 /// Which process-event source to use (`--events`).
@@ -26,7 +34,8 @@ use crate::state::{
 pub enum EventSource {
     /// Best available: BPF, then the proc connector, then /proc polling.
     Auto,
-    /// BPF sched_process_exec/exit tracepoints (needs root, BTF).
+    /// BPF exec/fork/exit tracepoints with lineage and a prefilter in the
+    /// kernel (needs root, BTF).
     Bpf,
     /// The netlink proc connector (pids only; the rest read from /proc).
     ProcConnector,
@@ -46,15 +55,30 @@ pub struct Options {
     pub events: EventSource,
 }
 
-enum Msg {
-    Proc(ProcEvent),
+/// Messages from other threads to the daemon thread.
+pub enum Msg {
     Mem(memcg::MemEvent),
-    Signal(Signal),
-    PolicyChanged,
+    /// The session cgroups are gone (found by the publisher).
+    TreeLost(String),
 }
 
-/// How often, at most, the state file is rewritten while busy.
-const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+/// Sends messages to the daemon thread and wakes it.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: mpsc::Sender<Msg>,
+    wake: Arc<EventFd>,
+}
+
+impl Mailbox {
+    pub fn send(&self, m: Msg) -> Result<(), mpsc::SendError<Msg>> {
+        self.tx.send(m)?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+}
+
+/// At most this often a changed state is handed to the publisher.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
 /// Wait this long after a policy-file change before reloading (editors
 /// write files in several steps).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
@@ -62,27 +86,95 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 const DAEMON_NICE: i32 = -10;
 /// Bound on the ancestor walk when looking for a tracked ancestor.
 const MAX_ANCESTRY: usize = 64;
+/// Tracked processes that exited, kept so their surviving descendants can
+/// still be attributed through the kernel-side lineage.
+const MAX_DEPARTED: usize = 4096;
+/// Placements are logged one by one at debug level, summed up at info at
+/// most this often.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+const TOKEN_PROC: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_MAIL: u64 = 3;
+const TOKEN_POLICY: u64 = 4;
+
+/// What a move found.
+enum Moved {
+    /// Moved; the process has this many threads (for the children walk).
+    Yes {
+        threads: u32,
+    },
+    Vanished,
+    Reused,
+    TreeLost,
+    Failed,
+}
 
 struct Daemon {
     opts: Options,
     cfg: Config,
-    sched: scheduler::Supervisor,
-    mem: memcg::Controller,
-    /// Untracked pid -> (start time, its nearest tracked ancestor).
-    lineage_memo: std::collections::HashMap<u32, (u64, Option<Lineage>)>,
+    monitor: Monitor,
+    /// The kernel follows lineages: an exec without an ancestor is in none.
+    trust_kernel_lineage: bool,
+    /// Some rule looks at the resolved executable.
+    needs_exe: bool,
+    /// Untracked pid -> (start time, its nearest tracked ancestor), for the
+    /// sources without kernel lineage.
+    lineage_memo: HashMap<u32, (u64, Option<Lineage>)>,
+    /// Tracked processes that exited: (pid, start) -> their lineage.
+    departed: HashMap<(u32, u64), Lineage>,
+    departed_order: VecDeque<(u32, u64)>,
     /// Tracked processes that died by SIGKILL lately, for OOM attribution.
     recent_kills: Vec<(Instant, Tracked)>,
     policies: PolicySet,
     tree: Tree,
+    /// session_high, session_low.
+    targets: [Target; 2],
     procfs: ProcFs,
     tracker: Tracker,
     counters: Counters,
     placed_by_family: std::collections::BTreeMap<String, u64>,
-    /// Session cgroup paths as /proc/PID/cgroup shows them.
-    session_cg: [(Priority, String); 2],
+    /// Placements since the last info summary, by family.
+    summary: std::collections::BTreeMap<String, u64>,
+    summary_at: Instant,
     self_pid: u32,
     state: State,
     dirty: bool,
+}
+
+/// Build the sessions and return where to move processes.
+fn setup_tree(
+    tree: &Tree,
+    cfg: &Config,
+    dry_run: bool,
+) -> anyhow::Result<(SetupReport, [Target; 2])> {
+    let setup = if dry_run {
+        SetupReport {
+            warnings: vec!["dry-run: the cgroup tree is not created or changed".into()],
+            ..SetupReport::default()
+        }
+    } else {
+        tree.setup([
+            (Priority::High, cfg.sessions.high.cpu_weight),
+            (Priority::Low, cfg.sessions.low.cpu_weight),
+        ])
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let target = |p: Priority| -> anyhow::Result<Target> {
+        if dry_run {
+            // Nothing is created: ids of 0 never match a real cgroup.
+            let dir = tree.session_dir(p);
+            return Ok(Target {
+                priority: p,
+                procs: dir.join("cgroup.procs"),
+                rel: crate::cgroup::rel_path(&dir),
+                id: 0,
+            });
+        }
+        tree.target(p)
+            .map_err(|e: CgroupError| anyhow::anyhow!("{e}"))
+    };
+    Ok((setup, [target(Priority::High)?, target(Priority::Low)?]))
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -97,9 +189,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     let tree = Tree::open(&opts.root).map_err(|e: CgroupError| anyhow::anyhow!("{e}"))?;
 
-    // Placement latency is mostly wake-up latency (event thread, then this
-    // one) on a busy host; the daemon uses little CPU, so run it at nice
-    // -10. Set before any thread starts: threads inherit it.
+    // Placement latency is mostly wake-up latency on a busy host; the
+    // daemon uses little CPU, so run it at nice -10. Set before any thread
+    // starts: threads inherit it.
     // SAFETY: setpriority on the calling thread has no memory effects.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DAEMON_NICE) } != 0 {
         log::warn!(
@@ -109,38 +201,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     // Block the signals we handle before any thread starts, so that every
-    // thread inherits the mask and only the signal thread receives them.
+    // thread inherits the mask and they arrive only through the signalfd.
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         mask.add(s);
     }
     mask.thread_block().context("block signals")?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("signalfd")?;
+    let wake = Arc::new(
+        EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).context("eventfd")?,
+    );
     let (tx, rx) = mpsc::channel::<Msg>();
-    {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || loop {
-                if let Ok(sig) = mask.wait() {
-                    if tx.send(Msg::Signal(sig)).is_err() {
-                        return;
-                    }
-                }
-            })?;
-    }
-
-    let setup = if opts.dry_run {
-        SetupReport {
-            warnings: vec!["dry-run: the cgroup tree is not created or changed".into()],
-            ..SetupReport::default()
-        }
-    } else {
-        tree.setup([
-            (Priority::High, cfg.sessions.high.cpu_weight),
-            (Priority::Low, cfg.sessions.low.cpu_weight),
-        ])
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+    let mailbox = Mailbox {
+        tx,
+        wake: wake.clone(),
     };
+
+    let (setup, targets) = setup_tree(&tree, &cfg, opts.dry_run)?;
     for m in &setup.missing {
         log::warn!("controller missing: {m}");
     }
@@ -154,7 +232,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         setup.weights.join(" ")
     );
 
-    let sched = if opts.no_scheduler {
+    let sched = Arc::new(if opts.no_scheduler {
         scheduler::Supervisor::disabled("disabled by --no-scheduler")
     } else if !cfg.scheduler.enabled {
         scheduler::Supervisor::disabled("disabled by scheduler.enabled: false")
@@ -162,26 +240,26 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         scheduler::Supervisor::disabled("dry-run: scheduler not loaded")
     } else {
         scheduler::Supervisor::start(&cfg.scheduler)
-    };
+    });
     log::info!("scheduler: {}", sched.status().backend);
 
-    let mem = if opts.no_memcg {
+    let mem = Arc::new(if opts.no_memcg {
         memcg::Controller::idle(memcg::Status::disabled("disabled by --no-memcg"))
     } else if opts.dry_run {
         memcg::Controller::idle(memcg::Status::disabled("dry-run: memory files not changed"))
     } else {
-        let tx = tx.clone();
+        let mb = mailbox.clone();
         memcg::Controller::start(
             memcg::Sessions::under(&tree.root),
             &cfg.memcg,
             Box::new(move |ev| {
-                let _ = tx.send(Msg::Mem(ev));
+                let _ = mb.send(Msg::Mem(ev));
             }),
         )
-    };
+    });
     log::info!("memcg: {}", mem.status().backend);
 
-    let monitor = start_monitor(opts.events, tx.clone())?;
+    let monitor = start_monitor(opts.events)?;
     log::info!(
         "process events from {}{}",
         monitor.backend(),
@@ -194,11 +272,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         }
     );
-    watch_policies(&opts.policies, tx.clone());
-    drop(tx);
+    let policy_watch = watch_policies(&opts.policies);
 
-    let session_cg =
-        [Priority::High, Priority::Low].map(|p| (p, crate::cgroup::rel_path(&tree.session_dir(p))));
+    let publisher = Publisher::spawn(Sources {
+        path: opts.state.clone(),
+        sessions: [Priority::High, Priority::Low]
+            .map(|p| (p, tree.session_dir(p)))
+            .to_vec(),
+        sched: sched.clone(),
+        mem: mem.clone(),
+        mailbox: mailbox.clone(),
+    })
+    .context("start the state writer")?;
+
+    let needs_exe = policies_need_exe(&policies);
     let mut d = Daemon {
         state: State {
             daemon_pid: std::process::id(),
@@ -218,86 +305,135 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         },
         opts,
         cfg,
-        sched,
-        mem,
+        monitor,
+        trust_kernel_lineage: false,
+        needs_exe,
+        lineage_memo: HashMap::new(),
+        departed: HashMap::new(),
+        departed_order: VecDeque::new(),
         recent_kills: Vec::new(),
-        lineage_memo: Default::default(),
         policies,
         tree,
+        targets,
         procfs: ProcFs::default(),
         tracker: Tracker::default(),
         counters: Counters::default(),
         placed_by_family: Default::default(),
-        session_cg,
+        summary: Default::default(),
+        summary_at: Instant::now(),
         self_pid: std::process::id(),
         dirty: true,
     };
+    // The event source runs before the scan, so no exec falls in a gap;
+    // the kernel's filter goes on once every tracked process is seeded,
+    // and what queued up meanwhile is decided by walking /proc.
     d.adopt_previous_state();
     d.reconcile("start-up scan");
-    d.write_state(&monitor);
+    d.install_prefilter();
+    d.drain_events();
+    d.trust_kernel_lineage = d.monitor.kernel_lineage();
+    publisher.offer(d.snapshot());
 
-    let mut last_write = Instant::now();
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+    let add = |fd: std::os::fd::BorrowedFd<'_>, token: u64| {
+        epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .context("epoll_ctl")
+    };
+    add(d.monitor.as_fd(), TOKEN_PROC)?;
+    add(sigfd.as_fd(), TOKEN_SIGNAL)?;
+    add(wake.as_fd(), TOKEN_MAIL)?;
+    if let Some(fd) = &policy_watch {
+        add(fd.as_fd(), TOKEN_POLICY)?;
+    }
+
+    let mut events = [EpollEvent::empty(); 8];
+    let mut last_publish = Instant::now();
     let mut reload_at: Option<Instant> = None;
-    loop {
-        let timeout = reload_at
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(STATE_WRITE_INTERVAL)
-            .min(STATE_WRITE_INTERVAL);
-        match rx.recv_timeout(timeout) {
-            Ok(Msg::Proc(ev)) => d.handle(ev),
-            Ok(Msg::Mem(ev)) => d.handle_mem(ev),
-            Ok(Msg::Signal(Signal::SIGHUP)) => reload_at = Some(Instant::now()),
-            Ok(Msg::Signal(sig)) => {
-                log::info!("{sig}: stopping; placed processes stay where they are");
-                break;
+    'run: loop {
+        let now = Instant::now();
+        let mut wait: Option<Duration> = reload_at.map(|t| t.saturating_duration_since(now));
+        if d.dirty {
+            let due = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
+            wait = Some(wait.map_or(due, |w| w.min(due)));
+        }
+        let timeout = match wait {
+            None => EpollTimeout::NONE,
+            // Round up so a wake-up is never early.
+            Some(w) => {
+                EpollTimeout::try_from(w + Duration::from_micros(999)).unwrap_or(EpollTimeout::MAX)
             }
-            Ok(Msg::PolicyChanged) => {
-                reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
+        };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => bail!("epoll_wait: {e}"),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_PROC => d.drain_events(),
+                TOKEN_SIGNAL => {
+                    while let Ok(Some(si)) = sigfd.read_signal() {
+                        match Signal::try_from(si.ssi_signo as i32) {
+                            Ok(Signal::SIGHUP) => reload_at = Some(Instant::now()),
+                            Ok(sig) => {
+                                log::info!("{sig}: stopping; placed processes stay where they are");
+                                break 'run;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+                TOKEN_MAIL => {
+                    let _ = wake.read();
+                    while let Ok(m) = rx.try_recv() {
+                        d.handle_msg(m);
+                    }
+                }
+                TOKEN_POLICY => {
+                    if let Some(fd) = &policy_watch {
+                        drain_fd(fd);
+                    }
+                    reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
+                }
+                _ => {}
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all event sources stopped"),
         }
         if reload_at.is_some_and(|t| Instant::now() >= t) {
             reload_at = None;
             d.reload();
         }
-        // The scheduler's statistics change on their own: refresh each second.
-        if (d.dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL)
-            || last_write.elapsed() >= Duration::from_secs(1)
-        {
-            d.write_state(&monitor);
-            last_write = Instant::now();
+        if d.dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
+            if publisher.offer(d.snapshot()) {
+                d.dirty = false;
+            }
+            last_publish = Instant::now();
+            d.log_summary(false);
         }
     }
-    monitor.stop();
-    // Detach the scheduler: the kernel is back on its own one when we exit.
-    let sched = std::mem::replace(
-        &mut d.sched,
-        scheduler::Supervisor::disabled("agentcgd stopped"),
-    );
-    sched.stop();
-    let mem = std::mem::replace(
-        &mut d.mem,
-        memcg::Controller::idle(memcg::Status::disabled("agentcgd stopped")),
-    );
-    mem.stop();
+    d.log_summary(true);
     d.state.running = false;
-    d.write_state_with(None);
+    let last = d.snapshot();
+    // Stops the event source (the BPF programs detach with it).
+    drop(d);
+    publisher.finish(last);
+    // Detach the scheduler: the kernel is back on its own one when we exit.
+    if let Ok(sched) = Arc::try_unwrap(sched) {
+        sched.stop();
+    }
+    if let Ok(mem) = Arc::try_unwrap(mem) {
+        mem.stop();
+    }
     Ok(())
 }
 
-fn start_monitor(source: EventSource, tx: mpsc::Sender<Msg>) -> anyhow::Result<Monitor> {
+fn start_monitor(source: EventSource) -> anyhow::Result<Monitor> {
     let opts = procmon::Options {
         allow_bpf: matches!(source, EventSource::Auto | EventSource::Bpf),
         allow_proc_connector: matches!(source, EventSource::Auto | EventSource::ProcConnector),
         ..procmon::Options::default()
     };
-    let mon = Monitor::start(
-        &opts,
-        Box::new(move |ev| {
-            let _ = tx.send(Msg::Proc(ev));
-        }),
-    )?;
+    let mon = Monitor::start(&opts)?;
     let wanted = match source {
         EventSource::Auto => None,
         EventSource::Bpf => Some(procmon::Backend::Bpf),
@@ -315,8 +451,8 @@ fn start_monitor(source: EventSource, tx: mpsc::Sender<Msg>) -> anyhow::Result<M
     Ok(mon)
 }
 
-/// Reload the policies when a file in the directory changes.
-fn watch_policies(dir: &Path, tx: mpsc::Sender<Msg>) {
+/// An inotify fd (non-blocking) that is readable when a policy file changes.
+fn watch_policies(dir: &Path) -> Option<OwnedFd> {
     use inotify::{Inotify, WatchMask};
     let setup = || -> std::io::Result<Inotify> {
         let ino = Inotify::init()?;
@@ -331,29 +467,88 @@ fn watch_policies(dir: &Path, tx: mpsc::Sender<Msg>) {
         Ok(ino)
     };
     match setup() {
-        Ok(mut ino) => {
-            let _ = std::thread::Builder::new()
-                .name("policy-watch".into())
-                .spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while ino.read_events_blocking(&mut buf).is_ok() {
-                        if tx.send(Msg::PolicyChanged).is_err() {
-                            return;
-                        }
-                    }
-                });
+        Ok(ino) => {
+            let fd = ino.as_raw_fd();
+            // Keep the descriptor, not the wrapper: we only need readiness.
+            std::mem::forget(ino);
+            // SAFETY: fd is the inotify descriptor we just created and leaked.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            Some(fd)
         }
-        Err(e) => log::warn!(
-            "cannot watch {} ({e}): reload policies with SIGHUP",
-            dir.display()
-        ),
+        Err(e) => {
+            log::warn!(
+                "cannot watch {} ({e}): reload policies with SIGHUP",
+                dir.display()
+            );
+            None
+        }
     }
 }
 
+/// Read and discard whatever a non-blocking fd holds.
+fn drain_fd(fd: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while matches!(nix::unistd::read(fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+}
+
+fn policies_need_exe(set: &PolicySet) -> bool {
+    fn block(b: &crate::policy::MatchBlock) -> bool {
+        b.exe.is_some() || b.parent.as_deref().is_some_and(block)
+    }
+    set.families
+        .iter()
+        .any(|f| f.matches.iter().any(block) || f.tools.iter().any(|t| t.matches.iter().any(block)))
+}
+
+/// pidfd_open(2): a handle on one process that a reused pid cannot alias.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; on success the fd is ours (nix has no wrapper).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a fresh descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The process behind `pidfd` has not exited.
+fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks; the pointer argument may be NULL.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
 impl Daemon {
+    fn target(&self, p: Priority) -> &Target {
+        &self.targets[if p == Priority::High { 0 } else { 1 }]
+    }
+
+    fn drain_events(&mut self) {
+        let mut batch = Vec::new();
+        self.monitor.drain(&mut |ev| batch.push(ev));
+        for ev in batch {
+            self.handle(ev);
+        }
+    }
+
     fn handle(&mut self, ev: ProcEvent) {
         match ev {
-            ProcEvent::Exec(info) => self.place(info),
+            ProcEvent::Exec(x) => self.on_exec(x),
+            ProcEvent::Fork {
+                pid,
+                ppid,
+                start_ticks,
+                ancestor,
+            } => self.on_fork(pid, ppid, start_ticks, ancestor),
             ProcEvent::Exit {
                 pid,
                 start_ticks,
@@ -362,6 +557,7 @@ impl Daemon {
                 self.lineage_memo.remove(&pid);
                 if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
+                    self.remember_departed(&t);
                     if exit_code.is_some_and(|c| c & 0x7f == libc::SIGKILL) {
                         self.note_kill(t);
                     }
@@ -374,19 +570,41 @@ impl Daemon {
         }
     }
 
-    /// The nearest tracked process among `p` (on re-exec) and its ancestors.
-    /// The walk's result is remembered for every untracked ancestor it
-    /// passed (until that ancestor exits or the tracker gains an entry), so
-    /// a parent that spawns many unmatched children is walked once.
-    fn lineage(&mut self, p: &ProcInfo) -> Option<Lineage> {
+    fn handle_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Mem(ev) => self.handle_mem(ev),
+            Msg::TreeLost(why) => self.rebuild_tree(&why),
+        }
+    }
+
+    fn remember_departed(&mut self, t: &Tracked) {
+        let key = (t.pid, t.start_ticks);
+        if self.departed.insert(key, as_lineage(t)).is_none() {
+            self.departed_order.push_back(key);
+        }
+        while self.departed_order.len() > MAX_DEPARTED {
+            if let Some(k) = self.departed_order.pop_front() {
+                self.departed.remove(&k);
+            }
+        }
+    }
+
+    /// The tracked ancestor the kernel named, also after it exited.
+    fn lineage_of(&self, a: Ancestor) -> Option<Lineage> {
+        self.tracker
+            .get(a.pid, a.start_ticks)
+            .map(as_lineage)
+            .or_else(|| self.departed.get(&(a.pid, a.start_ticks)).cloned())
+    }
+
+    /// The nearest tracked process among `p` (on re-exec) and its ancestors,
+    /// by walking /proc. The walk's result is remembered for every untracked
+    /// ancestor it passed (until that ancestor exits or the tracker gains an
+    /// entry), so a parent that spawns many unmatched children is walked once.
+    fn walk_lineage(&mut self, p: &ProcInfo) -> Option<Lineage> {
         if !self.policies.families.iter().any(|f| f.descendants) {
             return None;
         }
-        let as_lineage = |t: &Tracked| Lineage {
-            pid: t.pid,
-            family: t.family.clone(),
-            priority: t.priority,
-        };
         if let Some(t) = self.tracker.get(p.pid, p.start_ticks) {
             return Some(as_lineage(t));
         }
@@ -421,37 +639,166 @@ impl Daemon {
         found
     }
 
-    /// Track a placed process; remembered walks may now be out of date.
-    fn track(&mut self, t: Tracked) {
-        self.lineage_memo.clear();
-        self.tracker.insert(t);
+    /// Decide for one process, given its lineage where already known.
+    fn decide(&mut self, info: &ProcInfo, known: Option<Option<Lineage>>) -> Option<Decision> {
+        let parents = self.procfs.clone();
+        if let Some(d) = own_match(&self.policies, info, &parents) {
+            return Some(d);
+        }
+        let lin = match known {
+            Some(lin) => lin,
+            None => self.walk_lineage(info),
+        }?;
+        inherit(&self.policies, info, &lin, &parents)
     }
 
-    fn place(&mut self, info: ProcInfo) {
-        // Own rules first; the ancestry is read only for what they miss.
-        let parents = self.procfs.clone();
-        let decision = match own_match(&self.policies, &info, &parents) {
-            Some(d) => Some(d),
-            None => self
-                .lineage(&info)
-                .and_then(|lin| inherit(&self.policies, &info, &lin, &parents)),
+    fn on_exec(&mut self, x: Exec) {
+        let Exec {
+            mut info,
+            origin,
+            cgroup_id,
+            ancestor,
+            argv_truncated,
+            exe_unresolved,
+        } = x;
+        // Complete facts before deciding: the whole argv, the resolved
+        // executable. A vanished process needs no decision.
+        if argv_truncated {
+            match self.procfs.cmdline(info.pid) {
+                Ok(argv) => info.argv = argv,
+                Err(_) => {
+                    self.counters.vanished += 1;
+                    return;
+                }
+            }
+        }
+        if exe_unresolved && (self.needs_exe || origin == Origin::Rename) {
+            match self.procfs.exe(info.pid) {
+                Ok(exe) => info.exe = exe,
+                Err(_) => {
+                    self.counters.vanished += 1;
+                    return;
+                }
+            }
+        }
+        let known = if let Some(a) = ancestor {
+            Some(self.lineage_of(a))
+        } else if self.trust_kernel_lineage {
+            Some(None)
+        } else {
+            None
         };
-        let Some(decision) = decision else {
+        let Some(decision) = self.decide(&info, known) else {
             // Re-exec into something no rule keeps: forget it, leave it be.
             if self
                 .tracker
                 .remove(info.pid, Some(info.start_ticks))
                 .is_some()
             {
+                self.monitor.unseed(info.pid);
                 self.dirty = true;
             }
             return;
         };
+        self.apply(info, decision, cgroup_id);
+    }
+
+    /// A child forked by a tracked lineage outside its cgroup (BPF), or any
+    /// fork (proc connector): bring it to its lineage's session.
+    fn on_fork(&mut self, pid: u32, ppid: u32, start: Option<u64>, ancestor: Option<Ancestor>) {
+        let lin = match ancestor {
+            Some(a) => self.lineage_of(a),
+            None => self.tracker.get_pid(ppid).map(as_lineage),
+        };
+        let Some(lin) = lin else { return };
+        if self.opts.dry_run {
+            return;
+        }
+        let target = self.target(lin.priority).clone();
+        if ancestor.is_none() && cgroup_of(pid).as_deref() == Some(target.rel.as_str()) {
+            return;
+        }
+        let Some(start) = start.or_else(|| self.procfs.start_ticks(pid)) else {
+            return;
+        };
+        match self.move_to(pid, start, &target) {
+            Moved::Yes { threads } => {
+                self.counters.forks_moved += 1;
+                self.dirty = true;
+                log::debug!("moved forked pid {pid} (of pid {ppid}) to {}", target.rel);
+                self.place_children(pid, threads, &lin);
+            }
+            Moved::TreeLost => self.rebuild_tree("a session cgroup vanished during a move"),
+            _ => {}
+        }
+    }
+
+    /// Track a placed process, also in the kernel-side lineage.
+    fn track(&mut self, t: Tracked, cgroup_id: u64) {
+        self.lineage_memo.clear();
+        let seed = Seed {
+            ancestor: Ancestor {
+                pid: t.pid,
+                start_ticks: t.start_ticks,
+            },
+            cgroup_id,
+        };
+        if let Err(e) = self.monitor.seed(t.pid, seed) {
+            // Its forks are still found by the children walk and by scans.
+            log::warn!("{e:#}");
+            self.counters.errors += 1;
+        }
+        self.tracker.insert(t);
+    }
+
+    /// Move `pid` (the process that started at `start`) into `target`. A
+    /// pidfd held from before the identity check until after the write
+    /// makes sure the write moved that process and not a reused pid.
+    fn move_to(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
+        let Some(pidfd) = pidfd_open(pid) else {
+            self.counters.vanished += 1;
+            return Moved::Vanished;
+        };
+        let stat = match self.procfs.stat(pid) {
+            Ok(s) if s.start_ticks == start => s,
+            Ok(_) => {
+                self.counters.pid_reused += 1;
+                log::debug!("pid {pid} was reused before placement; skipped");
+                return Moved::Reused;
+            }
+            Err(_) => {
+                self.counters.vanished += 1;
+                return Moved::Vanished;
+            }
+        };
+        match target.admit(pid) {
+            Ok(()) if pidfd_alive(&pidfd) => Moved::Yes {
+                threads: stat.threads,
+            },
+            Ok(()) | Err(MoveError::Vanished) => {
+                self.counters.vanished += 1;
+                Moved::Vanished
+            }
+            Err(MoveError::CgroupGone(e)) => {
+                log::error!("cannot place pid {pid}: {}: {e}", target.procs.display());
+                Moved::TreeLost
+            }
+            Err(MoveError::Io(e)) => {
+                self.counters.errors += 1;
+                log::warn!("cannot place pid {pid} in {}: {e}", target.rel);
+                Moved::Failed
+            }
+        }
+    }
+
+    /// Carry out a decision. `cgroup_id` is where the event saw the process.
+    fn apply(&mut self, info: ProcInfo, decision: Decision, cgroup_id: Option<u64>) {
         if let Some(why) = protected(&info, self.self_pid) {
             log::debug!("not moving pid {} ({}): {why}", info.pid, info.comm);
             self.counters.protected_skipped += 1;
             return;
         }
+        let target = self.target(decision.priority).clone();
         let tracked = Tracked {
             pid: info.pid,
             start_ticks: info.start_ticks,
@@ -478,43 +825,40 @@ impl Daemon {
                     decision.reason
                 );
             }
-            self.track(tracked);
+            self.track(tracked, 0);
             return;
         }
-        let target = &self.session_cg[if decision.priority == Priority::High {
-            0
-        } else {
-            1
-        }]
-        .1;
-        let already = cgroup_of(info.pid).as_deref() == Some(target.as_str());
-        // PID-reuse guard: only move the process the event was about.
-        match self.procfs.start_ticks(info.pid) {
-            None => {
-                self.counters.vanished += 1;
-                return;
-            }
-            Some(s) if s != info.start_ticks => {
-                self.counters.pid_reused += 1;
-                log::debug!("pid {} was reused before placement; skipped", info.pid);
-                return;
-            }
-            Some(_) => {}
-        }
+        let already = match cgroup_id {
+            Some(id) => id == target.id,
+            None => cgroup_of(info.pid).as_deref() == Some(target.rel.as_str()),
+        };
         if already {
+            // Placed before (a descendant that inherited its cgroup, or a
+            // re-exec): nothing moves, but it is tracked for what it forks.
             self.counters.already_placed += 1;
-            self.steer_oom(info.pid, decision.priority);
-            self.track(tracked);
+            if self
+                .tracker
+                .get(info.pid, info.start_ticks)
+                .map(|t| t.priority)
+                != Some(decision.priority)
+            {
+                self.steer_oom(info.pid, decision.priority);
+            }
+            self.track(tracked, target.id);
             return;
         }
-        match self.tree.place(info.pid, decision.priority) {
-            Ok(()) => {
+        // Seed the lineage before the move: a fork from here on is either
+        // inherited in the kernel or already in the children list below.
+        self.track(tracked, target.id);
+        match self.move_to(info.pid, info.start_ticks, &target) {
+            Moved::Yes { threads } => {
                 self.counters.placed += 1;
                 *self
                     .placed_by_family
                     .entry(decision.family.to_string())
                     .or_default() += 1;
-                let msg = format!(
+                *self.summary.entry(decision.family.to_string()).or_default() += 1;
+                log::debug!(
                     "placed pid {} ({}) in {} [{}: {}]",
                     info.pid,
                     info.comm,
@@ -522,25 +866,147 @@ impl Daemon {
                     decision.family,
                     decision.reason
                 );
-                if matches!(decision.reason, Reason::Rule { .. }) {
-                    log::info!("{msg}");
-                } else {
-                    log::debug!("{msg}");
-                }
                 self.steer_oom(info.pid, decision.priority);
-                self.track(tracked);
+                let lin = Lineage {
+                    pid: info.pid,
+                    family: decision.family,
+                    priority: decision.priority,
+                };
+                self.place_children(info.pid, threads, &lin);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.counters.vanished += 1,
-            Err(e) => {
-                self.counters.errors += 1;
-                log::warn!(
-                    "cannot place pid {} ({}) in {}: {e}",
-                    info.pid,
-                    info.comm,
-                    decision.priority.session()
-                );
+            Moved::TreeLost => {
+                self.untrack(info.pid, info.start_ticks);
+                self.rebuild_tree("a session cgroup vanished during a move");
+            }
+            _ => self.untrack(info.pid, info.start_ticks),
+        }
+    }
+
+    fn untrack(&mut self, pid: u32, start: u64) {
+        if self.tracker.remove(pid, Some(start)).is_some() {
+            self.monitor.unseed(pid);
+        }
+    }
+
+    /// Place what `pid` forked before it was moved: each child is decided
+    /// as a descendant of `lin` (or by its own rule) and moved with it, and
+    /// so on down the tree.
+    fn place_children(&mut self, pid: u32, threads: u32, lin: &Lineage) {
+        let mut stack = vec![(pid, threads, lin.clone())];
+        let mut seen = 0usize;
+        while let Some((parent, threads, lin)) = stack.pop() {
+            for child in self.procfs.children(parent, threads) {
+                seen += 1;
+                if seen > 100_000 {
+                    return;
+                }
+                let Ok(info) = self.procfs.read(child) else {
+                    continue;
+                };
+                let Some(d) = self.decide(&info, Some(Some(lin.clone()))) else {
+                    continue;
+                };
+                let child_lin = Lineage {
+                    pid: info.pid,
+                    family: d.family.clone(),
+                    priority: d.priority,
+                };
+                let threads = self.procfs.stat(info.pid).map(|s| s.threads).unwrap_or(1);
+                let placed_before = self.counters.placed;
+                self.apply_shallow(info, d);
+                if self.counters.placed > placed_before {
+                    self.counters.subtree_placed += 1;
+                }
+                stack.push((child, threads, child_lin));
             }
         }
+    }
+
+    /// `apply` without its own children walk (the caller walks).
+    fn apply_shallow(&mut self, info: ProcInfo, d: Decision) {
+        if protected(&info, self.self_pid).is_some() {
+            return;
+        }
+        let target = self.target(d.priority).clone();
+        let (pid, start) = (info.pid, info.start_ticks);
+        let priority = d.priority;
+        self.track(
+            Tracked {
+                pid,
+                start_ticks: start,
+                family: d.family.clone(),
+                priority,
+                reason: d.reason,
+                comm: info.comm,
+                placed_at_ms: now_ms(),
+            },
+            target.id,
+        );
+        if cgroup_of(pid).as_deref() == Some(target.rel.as_str()) {
+            self.counters.already_placed += 1;
+            return;
+        }
+        match self.move_to(pid, start, &target) {
+            Moved::Yes { .. } => {
+                self.counters.placed += 1;
+                *self
+                    .placed_by_family
+                    .entry(d.family.to_string())
+                    .or_default() += 1;
+                *self.summary.entry(d.family.to_string()).or_default() += 1;
+                self.steer_oom(pid, priority);
+            }
+            _ => self.untrack(pid, start),
+        }
+    }
+
+    /// The session cgroups are gone: say so, build them again and put every
+    /// tracked process back.
+    fn rebuild_tree(&mut self, why: &str) {
+        if self.opts.dry_run {
+            return;
+        }
+        log::error!(
+            "cgroup tree {} lost ({why}): rebuilding it and placing tracked processes again",
+            self.tree.root.display()
+        );
+        self.counters.tree_rebuilds += 1;
+        self.state.tree_error = Some(format!("{why} (at {} ms)", now_ms()));
+        self.dirty = true;
+        match setup_tree(&self.tree, &self.cfg, false) {
+            Ok((setup, targets)) => {
+                self.state.cgroup = setup;
+                self.targets = targets;
+            }
+            Err(e) => {
+                log::error!("cannot rebuild the cgroup tree: {e:#}");
+                self.counters.errors += 1;
+                return;
+            }
+        }
+        let all: Vec<Tracked> = self.tracker.iter().cloned().collect();
+        let mut again = 0;
+        for t in all {
+            let target = self.target(t.priority).clone();
+            if let Err(e) = self.monitor.seed(
+                t.pid,
+                Seed {
+                    ancestor: Ancestor {
+                        pid: t.pid,
+                        start_ticks: t.start_ticks,
+                    },
+                    cgroup_id: target.id,
+                },
+            ) {
+                log::warn!("{e:#}");
+            }
+            if let Moved::Yes { threads } = self.move_to(t.pid, t.start_ticks, &target) {
+                again += 1;
+                self.place_children(t.pid, threads, &as_lineage(&t));
+            }
+        }
+        log::info!("cgroup tree rebuilt; {again} tracked processes placed again");
+        self.reconcile("tree rebuilt");
     }
 
     fn handle_mem(&mut self, ev: memcg::MemEvent) {
@@ -633,7 +1099,12 @@ impl Daemon {
         };
         let before = self.counters.placed;
         for p in all {
-            self.place(p);
+            // Parents come first, so walks find them tracked.
+            if let Some(d) = self.decide(&p, None) {
+                self.apply(p, d, None);
+            } else if self.tracker.remove(p.pid, Some(p.start_ticks)).is_some() {
+                self.monitor.unseed(p.pid);
+            }
         }
         self.counters.reconciles += 1;
         self.dirty = true;
@@ -655,21 +1126,34 @@ impl Daemon {
         for t in prev.processes {
             let still_there = self.procfs.start_ticks(t.pid) == Some(t.start_ticks);
             if still_there && self.policies.family(t.family.as_str()).is_some() {
-                self.tracker.insert(t);
+                let id = self.target(t.priority).id;
+                self.track(t, id);
                 adopted += 1;
             }
         }
         log::info!("adopted {adopted} processes from the previous run's state");
     }
 
+    fn install_prefilter(&mut self) {
+        let pf = crate::prefilter::compile(&self.policies);
+        if let Some(why) = &pf.pass_all {
+            log::info!("exec prefilter lets every exec through: {why}");
+        }
+        if let Err(e) = self.monitor.set_prefilter(&pf) {
+            log::warn!("exec prefilter: {e:#}");
+        }
+    }
+
     fn reload(&mut self) {
         match PolicySet::load_dir(&self.opts.policies) {
             Ok(set) => {
                 log::info!("policies reloaded: {} families", set.families.len());
+                self.needs_exe = policies_need_exe(&set);
                 self.policies = set;
                 self.state.policy.last_error = None;
                 self.state.policy.loaded_at_ms = now_ms();
                 self.counters.policy_reloads += 1;
+                self.install_prefilter();
                 self.reconcile("policy reload");
             }
             Err(e) => {
@@ -677,29 +1161,45 @@ impl Daemon {
                 self.state.policy.last_error = Some(e.to_string());
             }
         }
+        // A SIGHUP also checks the tree.
+        if !self.opts.dry_run && self.targets.iter().any(|t| !t.procs.exists()) {
+            self.rebuild_tree("session cgroups missing at reload");
+        }
         self.dirty = true;
     }
 
-    fn write_state(&mut self, monitor: &Monitor) {
-        self.write_state_with(Some(monitor));
+    /// Placements are debug lines; info gets a count per family.
+    fn log_summary(&mut self, now: bool) {
+        if self.summary.is_empty() || (!now && self.summary_at.elapsed() < SUMMARY_INTERVAL) {
+            return;
+        }
+        let parts: Vec<String> = self
+            .summary
+            .iter()
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect();
+        log::info!(
+            "placed {} processes in {:.0} s: {}",
+            self.summary.values().sum::<u64>(),
+            self.summary_at.elapsed().as_secs_f64(),
+            parts.join(", ")
+        );
+        self.summary.clear();
+        self.summary_at = Instant::now();
     }
 
-    fn write_state_with(&mut self, monitor: Option<&Monitor>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = &mut self.state;
-        s.updated_at_ms = now_ms();
-        if let Some(monitor) = monitor {
-            let c = monitor.counters();
-            s.procmon = ProcmonStatus {
-                backend: monitor.backend().to_string(),
-                fallback_reasons: monitor.fallback_reasons().to_vec(),
-                exec_events: c.exec.load(Relaxed),
-                exit_events: c.exit.load(Relaxed),
-                lost_events: c.lost.load(Relaxed),
-            };
-        }
-        s.scheduler = serde_json::to_value(self.sched.status()).unwrap_or_default();
-        s.memcg = serde_json::to_value(self.mem.status()).unwrap_or_default();
+    /// What the publisher writes (it adds scheduler, memcg and sessions).
+    fn snapshot(&mut self) -> State {
+        let st = self.monitor.stats();
+        let mut s = self.state.clone();
+        s.procmon = ProcmonStatus {
+            backend: self.monitor.backend().to_string(),
+            fallback_reasons: self.monitor.fallback_reasons().to_vec(),
+            exec_events: st.exec_seen,
+            exit_events: st.exit,
+            lost_events: st.lost,
+            stats: st,
+        };
         s.counters = self.counters.clone();
         s.processes = self.tracker.iter().cloned().collect();
         s.families = self
@@ -718,25 +1218,14 @@ impl Daemon {
                     .unwrap_or(0),
             })
             .collect();
-        s.sessions = [Priority::High, Priority::Low]
-            .iter()
-            .map(|&p| {
-                let dir = self.tree.session_dir(p);
-                let weight = std::fs::read_to_string(dir.join("cpu.weight"))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
-                SessionStatus {
-                    name: p.session().into(),
-                    path: dir.display().to_string(),
-                    cpu_weight: weight,
-                    pids: self.tree.pids(p).len(),
-                    tracked: self.tracker.iter().filter(|t| t.priority == p).count(),
-                }
-            })
-            .collect();
-        if let Err(e) = s.write(&self.opts.state) {
-            log::warn!("cannot write state file {}: {e}", self.opts.state.display());
-        }
-        self.dirty = false;
+        s
+    }
+}
+
+fn as_lineage(t: &Tracked) -> Lineage {
+    Lineage {
+        pid: t.pid,
+        family: t.family.clone(),
+        priority: t.priority,
     }
 }

@@ -9,6 +9,8 @@ mod config;
 mod daemon;
 mod logging;
 mod policy;
+mod prefilter;
+mod publish;
 mod report;
 mod state;
 

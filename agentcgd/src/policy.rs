@@ -113,6 +113,10 @@ impl From<Glob> for String {
 }
 
 impl Glob {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
     pub fn matches(&self, s: &str) -> bool {
         self.0.matches_with(s, GLOB_OPTS)
     }

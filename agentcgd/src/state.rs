@@ -81,6 +81,15 @@ pub struct Counters {
     pub protected_skipped: u64,
     pub reconciles: u64,
     pub policy_reloads: u64,
+    /// Children forked by a tracked lineage outside its cgroup, moved.
+    #[serde(default)]
+    pub forks_moved: u64,
+    /// Processes placed by the children walk of a placement.
+    #[serde(default)]
+    pub subtree_placed: u64,
+    /// Times the session cgroups were found missing and built again.
+    #[serde(default)]
+    pub tree_rebuilds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,9 +115,12 @@ pub struct SessionStatus {
 pub struct ProcmonStatus {
     pub backend: String,
     pub fallback_reasons: Vec<String>,
+    /// Every exec the source saw (BPF: all on the host, before the prefilter).
     pub exec_events: u64,
     pub exit_events: u64,
     pub lost_events: u64,
+    #[serde(default)]
+    pub stats: procmon::Stats,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +152,9 @@ pub struct State {
     pub updated_at_ms: u64,
     pub root: String,
     pub cgroup: SetupReport,
+    /// The last time the session cgroups were found missing (and rebuilt).
+    #[serde(default)]
+    pub tree_error: Option<String>,
     pub sessions: Vec<SessionStatus>,
     pub families: Vec<FamilyStatus>,
     pub procmon: ProcmonStatus,

@@ -1,17 +1,18 @@
-//! The BPF source: tp_btf exec/exit programs feeding a ring buffer.
+//! The BPF source: tp_btf exec/fork/rename/exit programs feeding a ring
+//! buffer, the kernel-side lineage map and the exec prefilter.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::BorrowedFd;
+use std::rc::Rc;
 
 use anyhow::Context;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::RingBufferBuilder;
+use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 
-use crate::procfs::{ns_to_ticks, split_argv, ProcFs, ProcInfo};
-use crate::{Counters, ProcEvent, Sink, POLL_TICK};
+use crate::procfs::{ns_to_ticks, split_argv, ProcInfo};
+use crate::{Ancestor, Exec, KeyKind, Origin, Prefilter, ProcEvent, Seed, Stats, KEY_TEXT_MAX};
 
 #[allow(
     clippy::all,
@@ -35,7 +36,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/procmon_skel.rs"));
 }
 
-use intf::{procmon_event, procmon_kind_PM_EXEC, procmon_kind_PM_EXIT};
+use intf::*;
 
 fn cstr(bytes: &[std::os::raw::c_char]) -> String {
     let bytes: Vec<u8> = bytes
@@ -46,10 +47,16 @@ fn cstr(bytes: &[std::os::raw::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Decode one ring-buffer record. Exec events get the resolved executable
-/// from /proc when the process is still there (it usually is: we run
-/// microseconds after the exec), else the path given to execve.
-fn decode(data: &[u8], procfs: &ProcFs) -> Option<ProcEvent> {
+fn ancestor_of(e: &procmon_event) -> Option<Ancestor> {
+    (e.flags & procmon_flags_PM_F_LINEAGE != 0).then_some(Ancestor {
+        pid: e.lineage.tracked_pid,
+        start_ticks: e.lineage.tracked_start,
+    })
+}
+
+/// Decode one ring-buffer record. Nothing here touches /proc: the consumer
+/// reads what it needs for its decision, under its own PID-reuse guard.
+fn decode(data: &[u8]) -> Option<ProcEvent> {
     if data.len() < std::mem::size_of::<procmon_event>() {
         return None;
     }
@@ -58,22 +65,35 @@ fn decode(data: &[u8], procfs: &ProcFs) -> Option<ProcEvent> {
     let e: procmon_event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
     let start_ticks = ns_to_ticks(e.start_ns);
     match e.kind {
-        k if k == procmon_kind_PM_EXEC => {
+        k if k == procmon_kind_PM_EXEC || k == procmon_kind_PM_RENAME => {
             let argv_len = (e.argv_len as usize).min(e.argv.len());
             let argv_bytes: Vec<u8> = e.argv[..argv_len].iter().map(|&c| c as u8).collect();
-            let filename = cstr(&e.filename);
-            let exe = procfs.exe_if_same(e.pid, start_ticks).unwrap_or(filename);
-            Some(ProcEvent::Exec(ProcInfo {
-                pid: e.pid,
-                ppid: e.ppid,
-                uid: e.uid,
-                comm: cstr(&e.comm),
-                exe,
-                argv: split_argv(&argv_bytes),
-                start_ticks,
-                kernel_thread: false,
+            let rename = k == procmon_kind_PM_RENAME;
+            Some(ProcEvent::Exec(Exec {
+                info: ProcInfo {
+                    pid: e.pid,
+                    ppid: e.ppid,
+                    uid: e.uid,
+                    comm: cstr(&e.comm),
+                    exe: cstr(&e.filename),
+                    argv: split_argv(&argv_bytes),
+                    start_ticks,
+                    kernel_thread: false,
+                },
+                origin: if rename { Origin::Rename } else { Origin::Exec },
+                cgroup_id: Some(e.cgroup_id),
+                ancestor: ancestor_of(&e),
+                // A rename carries no argv or executable: read them.
+                argv_truncated: rename || e.flags & procmon_flags_PM_F_ARGV_TRUNC != 0,
+                exe_unresolved: true,
             }))
         }
+        k if k == procmon_kind_PM_FORK => Some(ProcEvent::Fork {
+            pid: e.pid,
+            ppid: e.ppid,
+            start_ticks: Some(start_ticks),
+            ancestor: ancestor_of(&e),
+        }),
         k if k == procmon_kind_PM_EXIT => Some(ProcEvent::Exit {
             pid: e.pid,
             start_ticks: Some(start_ticks),
@@ -83,96 +103,223 @@ fn decode(data: &[u8], procfs: &ProcFs) -> Option<ProcEvent> {
     }
 }
 
-type SpawnError = (anyhow::Error, Sink);
+pub(crate) struct Source {
+    skel: skel::ProcmonSkel<'static>,
+    ring: RingBuffer<'static>,
+    queue: Rc<RefCell<VecDeque<ProcEvent>>>,
+    seen_lost: u64,
+    delivered: Stats,
+}
 
-pub(crate) fn spawn(
-    sink: Sink,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) -> Result<JoinHandle<()>, SpawnError> {
-    // libbpf objects are not Send: open, load and attach on the thread itself
-    // and report the outcome back before returning.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-    let sink = Arc::new(std::sync::Mutex::new(Some(sink)));
-    let thread_sink = sink.clone();
-    let thread = std::thread::Builder::new()
-        .name("procmon-bpf".into())
-        .spawn(move || {
-            if let Err(e) = run(&thread_sink, &counters, &stop, &ready_tx) {
-                let _ = ready_tx.send(Err(e));
-            }
+impl Source {
+    pub(crate) fn open() -> anyhow::Result<Source> {
+        // The skeleton borrows its object for as long as it lives; the
+        // monitor lives as long as the daemon, so one small leak per start.
+        let object: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = skel::ProcmonSkelBuilder::default()
+            .open(object)
+            .context("open BPF object")?;
+        let mut skel = open.load().context("load BPF programs")?;
+        skel.attach().context("attach tracepoints")?;
+
+        let queue: Rc<RefCell<VecDeque<ProcEvent>>> = Rc::default();
+        let q = queue.clone();
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&skel.maps.events, move |data: &[u8]| {
+                if let Some(ev) = decode(data) {
+                    q.borrow_mut().push_back(ev);
+                }
+                0
+            })
+            .context("ring buffer")?;
+        let ring = builder.build().context("ring buffer")?;
+        Ok(Source {
+            skel,
+            ring,
+            queue,
+            seen_lost: 0,
+            delivered: Stats::default(),
         })
-        .expect("spawn procmon thread");
-    let outcome = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("procmon thread died")));
-    match outcome {
-        Ok(()) => Ok(thread),
-        Err(e) => {
-            let _ = thread.join();
-            let s = sink.lock().unwrap().take().expect("sink returned");
-            Err((e, s))
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.
+        unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) }
+    }
+
+    fn bss(&self) -> &skel::types::bss {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref()
+            .expect("procmon .bss is mmapped")
+    }
+
+    fn bss_mut(&mut self) -> &mut skel::types::bss {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .expect("procmon .bss is mmapped")
+    }
+
+    /// A counter the BPF programs write concurrently.
+    fn counter(v: &u64) -> u64 {
+        // SAFETY: a u64 in the mmapped .bss; volatile because BPF writes it.
+        unsafe { std::ptr::read_volatile(v) }
+    }
+
+    pub(crate) fn drain(&mut self, out: &mut dyn FnMut(ProcEvent)) {
+        if let Err(e) = self.ring.consume() {
+            log::warn!("procmon ring buffer: {e}");
+        }
+        let events: Vec<ProcEvent> = self.queue.borrow_mut().drain(..).collect();
+        for ev in events {
+            match &ev {
+                ProcEvent::Exec(x) if x.origin == Origin::Rename => self.delivered.rename += 1,
+                ProcEvent::Exec(_) => self.delivered.exec += 1,
+                ProcEvent::Exit { .. } => self.delivered.exit += 1,
+                _ => {}
+            }
+            out(ev);
+        }
+        // Lost events are reported after what did arrive, so the consumer's
+        // reconciling scan comes after all of it.
+        let lost = Self::counter(&self.bss().nr_lost);
+        if lost > self.seen_lost {
+            let n = lost - self.seen_lost;
+            self.seen_lost = lost;
+            out(ProcEvent::Lost(n));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let b = self.bss();
+        Stats {
+            exec_seen: Self::counter(&b.nr_exec),
+            exec: self.delivered.exec,
+            exit: self.delivered.exit,
+            rename: self.delivered.rename,
+            fork_inherited: Self::counter(&b.nr_fork_inherited),
+            fork_reported: Self::counter(&b.nr_fork_moved),
+            lost: Self::counter(&b.nr_lost),
+            lineage_full: Self::counter(&b.nr_lineage_full),
+        }
+    }
+
+    pub(crate) fn seed(&self, pid: u32, seed: Seed) -> anyhow::Result<()> {
+        let v = procmon_lineage {
+            tracked_pid: seed.ancestor.pid,
+            pad: 0,
+            tracked_start: seed.ancestor.start_ticks,
+            cgroup_id: seed.cgroup_id,
+        };
+        // SAFETY: procmon_lineage is plain old data without padding holes
+        // (explicit `pad`), viewed as its bytes for the map update.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&v as *const procmon_lineage).cast::<u8>(),
+                std::mem::size_of::<procmon_lineage>(),
+            )
+        };
+        self.skel
+            .maps
+            .lineage
+            .update(&pid.to_ne_bytes(), bytes, MapFlags::ANY)
+            .with_context(|| format!("lineage map: seed pid {pid}"))
+    }
+
+    pub(crate) fn unseed(&self, pid: u32) {
+        let _ = self.skel.maps.lineage.delete(&pid.to_ne_bytes());
+    }
+
+    pub(crate) fn set_prefilter(&mut self, pf: &Prefilter) -> anyhow::Result<()> {
+        // Let everything through while the trie is rewritten.
+        self.set_flags(true, true, true, true);
+        let (mut argv0, mut exe) = (false, false);
+        {
+            let trie = &self.skel.maps.prefilter;
+            let old: Vec<Vec<u8>> = trie.keys().collect();
+            for k in old {
+                let _ = trie.delete(&k);
+            }
+            for key in &pf.keys {
+                trie.update(&trie_key(key), &[1u8], MapFlags::ANY)
+                    .with_context(|| format!("prefilter: add {key:?}"))?;
+                argv0 |= key.kind == KeyKind::Argv0;
+                exe |= key.kind == KeyKind::Exe;
+            }
+        }
+        self.set_flags(true, pf.pass_all.is_some(), argv0, exe);
+        Ok(())
+    }
+
+    fn set_flags(&mut self, on: bool, pass_all: bool, argv0: bool, exe: bool) {
+        let b = self.bss_mut();
+        // The .bss is shared with the programs, which read these per event.
+        // SAFETY: aligned u32 fields of the mmapped .bss.
+        unsafe {
+            std::ptr::write_volatile(&mut b.filter_on, on as u32);
+            std::ptr::write_volatile(&mut b.pass_all, pass_all as u32);
+            std::ptr::write_volatile(&mut b.want_argv0, argv0 as u32);
+            std::ptr::write_volatile(&mut b.want_exe, exe as u32);
         }
     }
 }
 
-fn run(
-    shared_sink: &std::sync::Mutex<Option<Sink>>,
-    counters: &Counters,
-    stop: &AtomicBool,
-    ready: &std::sync::mpsc::Sender<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    let mut open_object = MaybeUninit::uninit();
-    let open = skel::ProcmonSkelBuilder::default()
-        .open(&mut open_object)
-        .context("open BPF object")?;
-    let mut skel = open.load().context("load BPF programs")?;
-    skel.attach().context("attach tracepoints")?;
+/// The LPM trie key for a prefilter key: (prefix length in bits, kind, text).
+/// An exact key includes the text's NUL, so it matches only that text.
+fn trie_key(k: &crate::PrefilterKey) -> Vec<u8> {
+    let kind = match k.kind {
+        KeyKind::Comm => procmon_key_kind_PM_K_COMM,
+        KeyKind::Argv0 => procmon_key_kind_PM_K_ARGV0,
+        KeyKind::Exe => procmon_key_kind_PM_K_EXE,
+    } as u32;
+    let text = &k.text.as_bytes()[..k.text.len().min(KEY_TEXT_MAX)];
+    let exact = k.exact && k.text.len() <= KEY_TEXT_MAX;
+    let mut s = [0u8; procmon_consts_PM_KEY_LEN as usize];
+    s[..text.len()].copy_from_slice(text);
+    let bytes_matched = 4 + text.len() + exact as usize;
+    let mut key = Vec::with_capacity(4 + 4 + s.len());
+    key.extend_from_slice(&((bytes_matched * 8) as u32).to_ne_bytes());
+    key.extend_from_slice(&kind.to_ne_bytes());
+    key.extend_from_slice(&s);
+    key
+}
 
-    // From here on we cannot fail back to another source: take the sink.
-    // The ring callback and the lost-event check below share it.
-    let sink = RefCell::new(shared_sink.lock().unwrap().take().expect("sink present"));
-    let procfs = ProcFs::default();
-    let mut builder = RingBufferBuilder::new();
-    builder
-        .add(&skel.maps.events, |data: &[u8]| {
-            if let Some(ev) = decode(data, &procfs) {
-                match &ev {
-                    ProcEvent::Exec(_) => counters.exec.fetch_add(1, Ordering::Relaxed),
-                    _ => counters.exit.fetch_add(1, Ordering::Relaxed),
-                };
-                (sink.borrow_mut())(ev);
-            }
-            0
-        })
-        .context("ring buffer")?;
-    let ring = builder.build().context("ring buffer")?;
-    let _ = ready.send(Ok(()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrefilterKey;
 
-    let mut seen_lost = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = ring.poll(POLL_TICK) {
-            if e.kind() != libbpf_rs::ErrorKind::Interrupted {
-                log::warn!("procmon ring buffer poll: {e}");
-            }
-        }
-        // nr_lost lives in .bss, memory shared with the BPF programs.
-        let lost = skel
-            .maps
-            .bss_data
-            .as_ref()
-            // SAFETY: a u64 in the mmapped .bss; volatile because BPF writes it.
-            .map(|b| unsafe { std::ptr::read_volatile(&b.nr_lost) })
-            .unwrap_or(0);
-        if lost > seen_lost {
-            let n = lost - seen_lost;
-            seen_lost = lost;
-            counters.lost.fetch_add(n, Ordering::Relaxed);
-            // Deliver what is queued first, so the consumer's reconciling
-            // scan comes after every event that did arrive.
-            let _ = ring.consume();
-            (sink.borrow_mut())(ProcEvent::Lost(n));
-        }
+    #[test]
+    fn trie_keys_exact_and_prefix() {
+        let k = trie_key(&PrefilterKey {
+            kind: KeyKind::Comm,
+            text: "claude".into(),
+            exact: true,
+        });
+        assert_eq!(k.len(), 4 + 4 + procmon_consts_PM_KEY_LEN as usize);
+        assert_eq!(u32::from_ne_bytes(k[..4].try_into().unwrap()), (4 + 7) * 8);
+        assert_eq!(&k[8..15], b"claude\0");
+        let p = trie_key(&PrefilterKey {
+            kind: KeyKind::Argv0,
+            text: "node".into(),
+            exact: false,
+        });
+        assert_eq!(u32::from_ne_bytes(p[..4].try_into().unwrap()), (4 + 4) * 8);
+        // A literal longer than the kernel compares becomes a prefix.
+        let long = "x".repeat(40);
+        let l = trie_key(&PrefilterKey {
+            kind: KeyKind::Exe,
+            text: long,
+            exact: true,
+        });
+        assert_eq!(
+            u32::from_ne_bytes(l[..4].try_into().unwrap()),
+            (4 + KEY_TEXT_MAX as u32) * 8
+        );
     }
-    Ok(())
 }

@@ -1,31 +1,74 @@
-//! Process events for agentcgd: exec and whole-process exit.
+//! Process events for agentcgd: exec, fork into a tracked lineage, comm
+//! changes and whole-process exit.
 //!
 //! Three sources, best first, each with the same output (`ProcEvent`):
-//! 1. BPF tracepoints (`sched_process_exec`/`sched_process_exit`) over a ring
-//!    buffer: pid, ppid, uid, comm, exe, bounded argv, start time, exit code.
+//! 1. BPF tracepoints over a ring buffer, with the lineage of tracked
+//!    processes and an exec prefilter in the kernel (see bpf/procmon.bpf.c).
 //! 2. The netlink proc connector: pids only, enriched from /proc.
 //! 3. A /proc poll: diffing successive scans (slow, last resort).
 //!
-//! Whatever the source, `ProcEvent::Lost` tells the consumer that some events
-//! were dropped, so it can reconcile with a full /proc scan.
+//! No source runs a thread of its own: the consumer waits on `Monitor::as_fd`
+//! in its own event loop and calls `Monitor::drain`, so one wake-up carries
+//! an event from the kernel to the decision about it. Whatever the source,
+//! `ProcEvent::Lost` tells the consumer that events were dropped, so it can
+//! reconcile with a full /proc scan.
 
 mod bpf;
 mod netlink;
 mod poll;
 pub mod procfs;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 pub use procfs::{ProcFs, ProcInfo};
 
+/// The nearest tracked ancestor of a process, as the kernel-side lineage
+/// knows it (pid and start time, so a reused pid is not mistaken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+/// Why an `Exec` event was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// execve.
+    Exec,
+    /// The process changed its comm (prctl(PR_SET_NAME), process.title).
+    Rename,
+}
+
+/// A process to classify: after execve or a comm change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub info: ProcInfo,
+    pub origin: Origin,
+    /// Its cgroup v2 id at the event, where the source knows it.
+    pub cgroup_id: Option<u64>,
+    /// Its nearest tracked ancestor (itself on a re-exec), where the source
+    /// knows the lineage (BPF); None there means "in no tracked lineage".
+    pub ancestor: Option<Ancestor>,
+    /// `info.argv` was cut short; the whole of it is in /proc/PID/cmdline.
+    pub argv_truncated: bool,
+    /// `info.exe` is the path given to execve, not the resolved executable.
+    pub exe_unresolved: bool,
+}
+
 /// One thing that happened to a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcEvent {
-    /// A process called execve (or was found by a scan).
-    Exec(ProcInfo),
+    Exec(Exec),
+    /// A child was forked. From BPF only for children of a tracked lineage
+    /// that started outside its cgroup (they raced with a move); from the
+    /// proc connector for every fork (`ancestor` None).
+    Fork {
+        pid: u32,
+        ppid: u32,
+        start_ticks: Option<u64>,
+        ancestor: Option<Ancestor>,
+    },
     /// A whole process (thread group) exited.
     Exit {
         pid: u32,
@@ -39,7 +82,7 @@ pub enum ProcEvent {
 }
 
 /// Which source is live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     Bpf,
@@ -75,100 +118,114 @@ impl Default for Options {
     }
 }
 
-/// Counters shared with the monitor thread.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub exec: AtomicU64,
-    pub exit: AtomicU64,
-    pub lost: AtomicU64,
+/// What the source has seen. `exec_seen` counts every exec on the host
+/// where the source sees them all (BPF counts in the kernel, before the
+/// prefilter); `exec` counts those delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub exec_seen: u64,
+    pub exec: u64,
+    pub exit: u64,
+    pub rename: u64,
+    /// Children that joined a tracked lineage at fork (BPF).
+    pub fork_inherited: u64,
+    /// ... of which started outside the lineage's cgroup and were reported.
+    pub fork_reported: u64,
+    pub lost: u64,
+    /// Forks the kernel-side lineage had no room for (reconciled by a scan).
+    pub lineage_full: u64,
 }
 
-/// Consumer of events; runs on the monitor thread, so keep it cheap.
-pub type Sink = Box<dyn FnMut(ProcEvent) + Send>;
+/// A key of the exec prefilter: which attribute, and the text it must equal
+/// (`exact`) or start with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PrefilterKey {
+    pub kind: KeyKind,
+    pub text: String,
+    pub exact: bool,
+}
 
-/// A running process monitor. Dropping it stops the thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyKind {
+    /// /proc/PID/comm.
+    Comm,
+    /// argv[0], whole or its basename.
+    Argv0,
+    /// Any of the executable's last `EXE_DEPTH` path components.
+    Exe,
+}
+
+/// Path components of the executable the kernel looks at.
+pub const EXE_DEPTH: usize = 8;
+/// Longest literal the kernel compares; a longer one is kept as a prefix.
+pub const KEY_TEXT_MAX: usize = 31;
+
+/// Which execs the kernel sends up besides those of tracked lineages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefilter {
+    pub keys: Vec<PrefilterKey>,
+    /// Some rule cannot be reduced to keys: every exec passes (why).
+    pub pass_all: Option<String>,
+}
+
+/// An entry of the kernel-side lineage: the tracked process `pid` (start
+/// `start_ticks`) whose descendants belong in cgroup `cgroup_id` (0: do not
+/// report children forked elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    pub ancestor: Ancestor,
+    pub cgroup_id: u64,
+}
+
+enum Source {
+    Bpf(bpf::Source),
+    Netlink(netlink::Source),
+    Poll(poll::Source),
+}
+
+/// A running process monitor. Not Send: it lives on the consumer's thread.
 pub struct Monitor {
-    backend: Backend,
+    source: Source,
     fallback_reasons: Vec<String>,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
-
-/// How long a source blocks before checking the stop flag.
-const POLL_TICK: Duration = Duration::from_millis(100);
 
 impl Monitor {
     /// Start the best source that works. Errors only when none does.
-    pub fn start(opts: &Options, sink: Sink) -> anyhow::Result<Monitor> {
-        let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
+    pub fn start(opts: &Options) -> anyhow::Result<Monitor> {
         let mut reasons = Vec::new();
-        let mut sink = Some(sink);
-
         if opts.allow_bpf {
-            match bpf::spawn(sink.take().unwrap(), counters.clone(), stop.clone()) {
-                Ok(thread) => return Ok(Self::new(Backend::Bpf, reasons, counters, stop, thread)),
-                Err((e, s)) => {
-                    reasons.push(format!("bpf: {e:#}"));
-                    sink = Some(s);
-                }
+            match bpf::Source::open() {
+                Ok(s) => return Ok(Self::new(Source::Bpf(s), reasons)),
+                Err(e) => reasons.push(format!("bpf: {e:#}")),
             }
         } else {
             reasons.push("bpf: disabled".into());
         }
         if opts.allow_proc_connector {
-            match netlink::spawn(sink.take().unwrap(), counters.clone(), stop.clone()) {
-                Ok(thread) => {
-                    return Ok(Self::new(
-                        Backend::ProcConnector,
-                        reasons,
-                        counters,
-                        stop,
-                        thread,
-                    ))
-                }
-                Err((e, s)) => {
-                    reasons.push(format!("proc_connector: {e:#}"));
-                    sink = Some(s);
-                }
+            match netlink::Source::open() {
+                Ok(s) => return Ok(Self::new(Source::Netlink(s), reasons)),
+                Err(e) => reasons.push(format!("proc_connector: {e:#}")),
             }
         } else {
             reasons.push("proc_connector: disabled".into());
         }
-        let thread = poll::spawn(
-            sink.take().unwrap(),
-            counters.clone(),
-            stop.clone(),
-            opts.poll_interval,
-        )?;
-        Ok(Self::new(
-            Backend::ProcPoll,
-            reasons,
-            counters,
-            stop,
-            thread,
-        ))
+        let s = poll::Source::open(opts.poll_interval)?;
+        Ok(Self::new(Source::Poll(s), reasons))
     }
 
-    fn new(
-        backend: Backend,
-        fallback_reasons: Vec<String>,
-        counters: Arc<Counters>,
-        stop: Arc<AtomicBool>,
-        thread: JoinHandle<()>,
-    ) -> Self {
+    fn new(source: Source, fallback_reasons: Vec<String>) -> Self {
         Self {
-            backend,
+            source,
             fallback_reasons,
-            counters,
-            stop,
-            thread: Some(thread),
         }
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.source {
+            Source::Bpf(_) => Backend::Bpf,
+            Source::Netlink(_) => Backend::ProcConnector,
+            Source::Poll(_) => Backend::ProcPoll,
+        }
     }
 
     /// Why each better source is not the live one.
@@ -176,30 +233,85 @@ impl Monitor {
         &self.fallback_reasons
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Stop the source and wait for its thread (bounded by one poll tick).
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Readable when `drain` has something to deliver.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.source {
+            Source::Bpf(s) => s.as_fd(),
+            Source::Netlink(s) => s.as_fd(),
+            Source::Poll(s) => s.as_fd(),
         }
     }
-}
 
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        self.shutdown();
+    /// Deliver every event that is ready, without blocking.
+    pub fn drain(&mut self, out: &mut dyn FnMut(ProcEvent)) {
+        match &mut self.source {
+            Source::Bpf(s) => s.drain(out),
+            Source::Netlink(s) => s.drain(out),
+            Source::Poll(s) => s.drain(out),
+        }
+    }
+
+    /// Wait up to `timeout` for events and deliver them (for simple callers).
+    pub fn poll(&mut self, timeout: Duration, out: &mut dyn FnMut(ProcEvent)) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ready = {
+            let mut fds = [PollFd::new(self.as_fd(), PollFlags::POLLIN)];
+            let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+            poll(&mut fds, t).unwrap_or(0)
+        };
+        if ready > 0 {
+            self.drain(out);
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        match &self.source {
+            Source::Bpf(s) => s.stats(),
+            Source::Netlink(s) => s.stats,
+            Source::Poll(s) => s.stats,
+        }
+    }
+
+    /// The kernel follows lineages and prefilters execs (BPF only).
+    pub fn kernel_lineage(&self) -> bool {
+        matches!(self.source, Source::Bpf(_))
+    }
+
+    /// Record a tracked process in the kernel-side lineage (BPF only; a
+    /// no-op elsewhere).
+    pub fn seed(&self, pid: u32, seed: Seed) -> anyhow::Result<()> {
+        match &self.source {
+            Source::Bpf(s) => s.seed(pid, seed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forget `pid` in the kernel-side lineage.
+    pub fn unseed(&self, pid: u32) {
+        if let Source::Bpf(s) = &self.source {
+            s.unseed(pid)
+        }
+    }
+
+    /// Install the exec prefilter and switch filtering on (BPF only).
+    pub fn set_prefilter(&mut self, pf: &Prefilter) -> anyhow::Result<()> {
+        match &mut self.source {
+            Source::Bpf(s) => s.set_prefilter(pf),
+            _ => Ok(()),
+        }
     }
 }
 
 /// Build an exec event from /proc, for sources that carry only a pid.
 fn exec_from_proc(procfs: &ProcFs, pid: u32) -> Option<ProcEvent> {
-    procfs.read(pid).ok().map(ProcEvent::Exec)
+    procfs.read(pid).ok().map(|info| {
+        ProcEvent::Exec(Exec {
+            info,
+            origin: Origin::Exec,
+            cgroup_id: None,
+            ancestor: None,
+            argv_truncated: false,
+            exe_unresolved: false,
+        })
+    })
 }

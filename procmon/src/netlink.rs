@@ -2,18 +2,16 @@
 //! notifications carrying pids only; the rest is read from /proc.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::Context;
 
-use crate::{exec_from_proc, Counters, ProcEvent, ProcFs, Sink, POLL_TICK};
+use crate::{exec_from_proc, ProcEvent, ProcFs, Stats};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_FORK: u32 = 0x0000_0001;
 const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
@@ -23,8 +21,20 @@ const CN_MSG_LEN: usize = 20; // cb_id (8) + seq (4) + ack (4) + len (2) + flags
 /// A decoded proc connector message (only the kinds we use).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Message {
-    Exec { tgid: u32, pid: u32 },
-    Exit { tgid: u32, pid: u32, exit_code: u32 },
+    Fork {
+        parent_tgid: u32,
+        child_pid: u32,
+        child_tgid: u32,
+    },
+    Exec {
+        tgid: u32,
+        pid: u32,
+    },
+    Exit {
+        tgid: u32,
+        pid: u32,
+        exit_code: u32,
+    },
     Other,
 }
 
@@ -40,6 +50,12 @@ pub(crate) fn parse(buf: &[u8]) -> Option<Message> {
     let what = u32_at(buf, ev)?;
     let data = ev + 16;
     Some(match what {
+        // fork_proc_event: parent_pid, parent_tgid, child_pid, child_tgid.
+        PROC_EVENT_FORK => Message::Fork {
+            parent_tgid: u32_at(buf, data + 4)?,
+            child_pid: u32_at(buf, data + 8)?,
+            child_tgid: u32_at(buf, data + 12)?,
+        },
         PROC_EVENT_EXEC => Message::Exec {
             pid: u32_at(buf, data)?,
             tgid: u32_at(buf, data + 4)?,
@@ -76,7 +92,7 @@ fn open_socket() -> anyhow::Result<OwnedFd> {
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             libc::NETLINK_CONNECTOR,
         )
     };
@@ -106,82 +122,91 @@ fn open_socket() -> anyhow::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error()).context("subscribe to proc events");
     }
-    // Receive timeout so the thread notices the stop flag.
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: POLL_TICK.as_micros() as libc::suseconds_t,
-    };
-    // SAFETY: tv is a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
     Ok(fd)
 }
 
-pub(crate) fn spawn(
-    mut sink: Sink,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) -> Result<JoinHandle<()>, (anyhow::Error, Sink)> {
-    let fd = match open_socket() {
-        Ok(fd) => fd,
-        Err(e) => return Err((e, sink)),
-    };
-    let thread = std::thread::Builder::new()
-        .name("procmon-netlink".into())
-        .spawn(move || {
-            let procfs = ProcFs::default();
-            let mut buf = vec![0u8; 8192];
-            while !stop.load(Ordering::Relaxed) {
-                // SAFETY: buf is a valid writable buffer of its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    let err = io::Error::last_os_error();
-                    match err.raw_os_error() {
-                        Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-                        Some(libc::ENOBUFS) => {
-                            counters.lost.fetch_add(1, Ordering::Relaxed);
-                            sink(ProcEvent::Lost(0));
-                        }
-                        _ => {
-                            log::error!("proc connector: {err}");
-                            return;
-                        }
+pub(crate) struct Source {
+    fd: OwnedFd,
+    procfs: ProcFs,
+    buf: Vec<u8>,
+    pub(crate) stats: Stats,
+}
+
+impl Source {
+    pub(crate) fn open() -> anyhow::Result<Source> {
+        Ok(Source {
+            fd: open_socket()?,
+            procfs: ProcFs::default(),
+            buf: vec![0u8; 8192],
+            stats: Stats::default(),
+        })
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(crate) fn drain(&mut self, out: &mut dyn FnMut(ProcEvent)) {
+        loop {
+            // SAFETY: buf is a valid writable buffer of its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => {
+                        self.stats.lost += 1;
+                        out(ProcEvent::Lost(0));
+                        continue;
                     }
-                    continue;
-                }
-                match parse(&buf[..n as usize]) {
-                    Some(Message::Exec { tgid, pid }) if tgid == pid => {
-                        counters.exec.fetch_add(1, Ordering::Relaxed);
-                        if let Some(ev) = exec_from_proc(&procfs, tgid) {
-                            sink(ev);
-                        }
+                    Some(libc::EAGAIN) => return,
+                    _ => {
+                        log::error!("proc connector: {err}");
+                        return;
                     }
-                    Some(Message::Exit {
-                        tgid,
-                        pid,
-                        exit_code,
-                    }) if tgid == pid => {
-                        counters.exit.fetch_add(1, Ordering::Relaxed);
-                        sink(ProcEvent::Exit {
-                            pid: tgid,
-                            start_ticks: None,
-                            exit_code: Some(exit_code as i32),
-                        });
-                    }
-                    _ => {}
                 }
             }
-        })
-        .expect("spawn procmon thread");
-    Ok(thread)
+            match parse(&self.buf[..n as usize]) {
+                Some(Message::Fork {
+                    parent_tgid,
+                    child_pid,
+                    child_tgid,
+                }) if child_pid == child_tgid => out(ProcEvent::Fork {
+                    pid: child_tgid,
+                    ppid: parent_tgid,
+                    start_ticks: None,
+                    ancestor: None,
+                }),
+                Some(Message::Exec { tgid, pid }) if tgid == pid => {
+                    self.stats.exec_seen += 1;
+                    if let Some(ev) = exec_from_proc(&self.procfs, tgid) {
+                        self.stats.exec += 1;
+                        out(ev);
+                    }
+                }
+                Some(Message::Exit {
+                    tgid,
+                    pid,
+                    exit_code,
+                }) if tgid == pid => {
+                    self.stats.exit += 1;
+                    out(ProcEvent::Exit {
+                        pid: tgid,
+                        start_ticks: None,
+                        exit_code: Some(exit_code as i32),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +238,15 @@ mod tests {
                 exit_code: 256
             })
         );
-        assert_eq!(parse(&event(0x1, &[1, 1])), Some(Message::Other));
+        assert_eq!(
+            parse(&event(PROC_EVENT_FORK, &[5, 5, 9, 9])),
+            Some(Message::Fork {
+                parent_tgid: 5,
+                child_pid: 9,
+                child_tgid: 9
+            })
+        );
+        assert_eq!(parse(&event(0x4, &[1, 1])), Some(Message::Other));
         assert_eq!(parse(&[0u8; 8]), None);
     }
 

@@ -2,12 +2,13 @@
 //! live shorter than the interval; says so by being named `proc_poll`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
 
-use crate::{Counters, ProcEvent, ProcFs, Sink, POLL_TICK};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
+use crate::{ProcEvent, ProcFs, Stats};
 
 /// Events that turn the `before` snapshot (pid -> start) into `now`.
 pub(crate) fn diff(
@@ -27,47 +28,76 @@ pub(crate) fn diff(
     }
     for p in now {
         if before.get(&p.pid) != Some(&p.start_ticks) {
-            events.push(ProcEvent::Exec(p.clone()));
+            events.push(ProcEvent::Exec(crate::Exec {
+                info: p.clone(),
+                origin: crate::Origin::Exec,
+                cgroup_id: None,
+                ancestor: None,
+                argv_truncated: false,
+                exe_unresolved: false,
+            }));
         }
     }
     (events, next)
 }
 
-pub(crate) fn spawn(
-    mut sink: Sink,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    interval: Duration,
-) -> anyhow::Result<JoinHandle<()>> {
-    let procfs = ProcFs::default();
-    // The consumer does its own start-up scan; start from the present.
-    let mut known: HashMap<u32, u64> = procfs
-        .scan()?
-        .iter()
-        .map(|p| (p.pid, p.start_ticks))
-        .collect();
-    Ok(std::thread::Builder::new()
-        .name("procmon-poll".into())
-        .spawn(move || {
-            let mut next = Instant::now() + interval;
-            while !stop.load(Ordering::Relaxed) {
-                if Instant::now() < next {
-                    std::thread::sleep(POLL_TICK.min(next - Instant::now()));
-                    continue;
+/// A timer that fires every interval; each expiry is one scan and diff.
+pub(crate) struct Source {
+    timer: TimerFd,
+    procfs: ProcFs,
+    known: HashMap<u32, u64>,
+    pub(crate) stats: Stats,
+}
+
+impl Source {
+    pub(crate) fn open(interval: Duration) -> anyhow::Result<Source> {
+        let procfs = ProcFs::default();
+        // The consumer does its own start-up scan; start from the present.
+        let known = procfs
+            .scan()?
+            .iter()
+            .map(|p| (p.pid, p.start_ticks))
+            .collect();
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        timer.set(
+            Expiration::Interval(TimeSpec::from_duration(interval)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        Ok(Source {
+            timer,
+            procfs,
+            known,
+            stats: Stats::default(),
+        })
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.timer.as_fd()
+    }
+
+    pub(crate) fn drain(&mut self, out: &mut dyn FnMut(ProcEvent)) {
+        // Consume the expiry count; nothing to do if the timer did not fire.
+        let mut n = [0u8; 8];
+        if nix::unistd::read(self.timer.as_fd().as_raw_fd(), &mut n).is_err() {
+            return;
+        }
+        let Ok(now) = self.procfs.scan() else { return };
+        let (events, snapshot) = diff(&self.known, &now);
+        self.known = snapshot;
+        for ev in events {
+            match ev {
+                ProcEvent::Exec(_) => {
+                    self.stats.exec_seen += 1;
+                    self.stats.exec += 1;
                 }
-                next += interval;
-                let Ok(now) = procfs.scan() else { continue };
-                let (events, snapshot) = diff(&known, &now);
-                known = snapshot;
-                for ev in events {
-                    match ev {
-                        ProcEvent::Exec(_) => counters.exec.fetch_add(1, Ordering::Relaxed),
-                        _ => counters.exit.fetch_add(1, Ordering::Relaxed),
-                    };
-                    sink(ev);
-                }
-            }
-        })?)
+                _ => self.stats.exit += 1,
+            };
+            out(ev);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -103,8 +133,15 @@ mod tests {
             start_ticks: Some(11),
             exit_code: None
         }));
-        assert!(ev.contains(&ProcEvent::Exec(p(6, 99))));
-        assert!(ev.contains(&ProcEvent::Exec(p(7, 12))));
+        let execs: Vec<u32> = ev
+            .iter()
+            .filter_map(|e| match e {
+                ProcEvent::Exec(x) => Some(x.info.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(execs.len(), 2);
+        assert!(execs.contains(&6) && execs.contains(&7));
         assert_eq!(ev.len(), 4);
         assert_eq!(next.len(), 3);
     }

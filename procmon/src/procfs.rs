@@ -33,6 +33,8 @@ pub struct Stat {
     pub state: char,
     pub ppid: u32,
     pub flags: u64,
+    /// Threads in the process (field 20).
+    pub threads: u32,
     pub start_ticks: u64,
 }
 
@@ -63,6 +65,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
         flags: field(9)?.parse().ok()?,
+        threads: field(20)?.parse().ok()?,
         start_ticks: field(22)?.parse().ok()?,
     })
 }
@@ -174,6 +177,39 @@ impl ProcFs {
         })
     }
 
+    /// The whole argv of `pid` (the caller guards against PID reuse).
+    pub fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
+        fs::read(self.path(pid, "cmdline")).map(|raw| split_argv(&raw))
+    }
+
+    /// The resolved executable of `pid` (the caller guards against PID reuse).
+    pub fn exe(&self, pid: u32) -> io::Result<String> {
+        fs::read_link(self.path(pid, "exe")).map(|p| clean_exe(&p))
+    }
+
+    /// The children of `pid` (all its threads' children when it has more
+    /// than one thread), from /proc/PID/task/TID/children.
+    pub fn children(&self, pid: u32, threads: u32) -> Vec<u32> {
+        let read = |tid: u32, out: &mut Vec<u32>| {
+            let f = self.path(pid, &format!("task/{tid}/children"));
+            if let Ok(text) = fs::read_to_string(f) {
+                out.extend(
+                    text.split_ascii_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        };
+        let mut out = Vec::new();
+        if threads <= 1 {
+            read(pid, &mut out);
+        } else if let Ok(rd) = fs::read_dir(self.path(pid, "task")) {
+            for tid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()) {
+                read(tid, &mut out);
+            }
+        }
+        out
+    }
+
     /// The executable of `pid`, only if it is still the process that started
     /// at `start_ticks` (guards against PID reuse).
     pub fn exe_if_same(&self, pid: u32, start_ticks: u64) -> Option<String> {
@@ -222,6 +258,7 @@ mod tests {
         assert_eq!(s.comm, "bash");
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 17);
+        assert_eq!(s.threads, 1);
         assert_eq!(s.start_ticks, 987654);
         assert!(!s.is_kernel_thread());
     }
@@ -294,6 +331,20 @@ mod tests {
         assert_eq!(all[1].uid, 1000);
         assert_eq!(all[1].ppid, 200);
         assert!(matches!(procfs.read(999), Err(e) if e.kind() == io::ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn real_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let procfs = ProcFs::default();
+        let threads = procfs.stat(me).unwrap().threads;
+        assert!(procfs.children(me, threads).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -1,11 +1,27 @@
 //! Host root tests: the real BPF programs (and the proc connector) on the
 //! running kernel deliver real exec/exit events.
 
+use std::collections::VecDeque;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use procmon::{Backend, Monitor, Options, ProcEvent};
+
+/// A monitor and the events it delivered but the test has not looked at.
+struct Rx {
+    mon: Monitor,
+    queue: VecDeque<ProcEvent>,
+}
+
+impl Rx {
+    fn recv_timeout(&mut self, t: Duration) -> Result<ProcEvent, ()> {
+        if self.queue.is_empty() {
+            let q = &mut self.queue;
+            self.mon.poll(t, &mut |ev| q.push_back(ev));
+        }
+        self.queue.pop_front().ok_or(())
+    }
+}
 
 fn is_root() -> bool {
     nix_uid() == 0
@@ -16,25 +32,20 @@ fn nix_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn start(opts: Options) -> (Monitor, mpsc::Receiver<ProcEvent>) {
-    let (tx, rx) = mpsc::channel();
-    let mon = Monitor::start(
-        &opts,
-        Box::new(move |ev| {
-            let _ = tx.send(ev);
-        }),
-    )
-    .expect("monitor starts");
-    (mon, rx)
+fn start(opts: Options) -> Rx {
+    Rx {
+        mon: Monitor::start(&opts).expect("monitor starts"),
+        queue: VecDeque::new(),
+    }
 }
 
 /// Wait for the exec and the exit of `child`, returning both events.
-fn exec_and_exit(rx: &mpsc::Receiver<ProcEvent>, pid: u32) -> (ProcEvent, ProcEvent) {
+fn exec_and_exit(rx: &mut Rx, pid: u32) -> (ProcEvent, ProcEvent) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut exec, mut exit) = (None, None);
     while Instant::now() < deadline && (exec.is_none() || exit.is_none()) {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ProcEvent::Exec(p)) if p.pid == pid => exec = Some(ProcEvent::Exec(p)),
+            Ok(ProcEvent::Exec(p)) if p.info.pid == pid => exec = Some(ProcEvent::Exec(p)),
             Ok(ev @ ProcEvent::Exit { pid: p, .. }) if p == pid => exit = Some(ev),
             _ => {}
         }
@@ -51,15 +62,15 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
         eprintln!("SKIP: needs root (CAP_BPF/CAP_PERFMON) to load BPF programs");
         return;
     }
-    let (mon, rx) = start(Options {
+    let mut rx = start(Options {
         allow_proc_connector: false,
         ..Options::default()
     });
     assert_eq!(
-        mon.backend(),
+        rx.mon.backend(),
         Backend::Bpf,
         "reasons: {:?}",
-        mon.fallback_reasons()
+        rx.mon.fallback_reasons()
     );
     // sh -c 'exit 7' with a distinctive argument.
     let child = Command::new("/bin/sh")
@@ -69,8 +80,8 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7));
-    let (exec, exit) = exec_and_exit(&rx, pid);
-    let ProcEvent::Exec(info) = exec else {
+    let (exec, exit) = exec_and_exit(&mut rx, pid);
+    let ProcEvent::Exec(procmon::Exec { info, .. }) = exec else {
         unreachable!()
     };
     assert_eq!(
@@ -92,13 +103,7 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
     };
     assert_eq!(exit_code, Some(7 << 8));
     assert_eq!(start_ticks, Some(info.start_ticks));
-    assert!(
-        mon.counters()
-            .exec
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
-    mon.stop();
+    assert!(rx.mon.stats().exec >= 1);
 }
 
 #[test]
@@ -107,16 +112,16 @@ fn bpf_start_time_matches_proc() {
         eprintln!("SKIP: needs root to load BPF programs");
         return;
     }
-    let (mon, rx) = start(Options::default());
-    assert_eq!(mon.backend(), Backend::Bpf);
+    let mut rx = start(Options::default());
+    assert_eq!(rx.mon.backend(), Backend::Bpf);
     let mut child = Command::new("/bin/sleep").arg("2").spawn().unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(5);
     let info = loop {
         assert!(Instant::now() < deadline, "no exec event");
         if let Ok(ProcEvent::Exec(p)) = rx.recv_timeout(Duration::from_millis(100)) {
-            if p.pid == pid {
-                break p;
+            if p.info.pid == pid {
+                break p.info;
             }
         }
     };
@@ -125,16 +130,20 @@ fn bpf_start_time_matches_proc() {
         info.start_ticks, from_proc.start_ticks,
         "PID-reuse guard relies on this"
     );
-    assert_eq!(info.exe, from_proc.exe);
+    // The event carries the path given to execve; /proc has the resolved one.
+    assert_eq!(
+        std::fs::canonicalize(&info.exe).unwrap().to_string_lossy(),
+        from_proc.exe
+    );
     child.kill().unwrap();
     let _ = child.wait();
-    let ProcEvent::Exit { exit_code, .. } = exec_and_exit_after(&rx, pid) else {
+    let ProcEvent::Exit { exit_code, .. } = exec_and_exit_after(&mut rx, pid) else {
         unreachable!()
     };
     assert_eq!(exit_code, Some(libc::SIGKILL));
 }
 
-fn exec_and_exit_after(rx: &mpsc::Receiver<ProcEvent>, pid: u32) -> ProcEvent {
+fn exec_and_exit_after(rx: &mut Rx, pid: u32) -> ProcEvent {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(ev @ ProcEvent::Exit { pid: p, .. }) = rx.recv_timeout(Duration::from_millis(100))
@@ -153,22 +162,23 @@ fn proc_connector_fallback_delivers_events() {
         eprintln!("SKIP: needs root (CAP_NET_ADMIN) for the proc connector");
         return;
     }
-    let (mon, rx) = start(Options {
+    let mut rx = start(Options {
         allow_bpf: false,
         ..Options::default()
     });
-    assert_eq!(mon.backend(), Backend::ProcConnector);
-    assert_eq!(mon.fallback_reasons(), ["bpf: disabled"]);
+    assert_eq!(rx.mon.backend(), Backend::ProcConnector);
+    assert_eq!(rx.mon.fallback_reasons(), ["bpf: disabled"]);
     // A process that lives long enough for /proc enrichment.
     let child = Command::new("/bin/sh")
         .args(["-c", "sleep 0.3; exit 3", "netlink-marker"])
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Events are enriched from /proc when drained: drain while it runs.
+    let (exec, exit) = exec_and_exit(&mut rx, pid);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3));
-    let (exec, exit) = exec_and_exit(&rx, pid);
-    let ProcEvent::Exec(info) = exec else {
+    let ProcEvent::Exec(procmon::Exec { info, .. }) = exec else {
         unreachable!()
     };
     assert_eq!(info.argv.last().map(String::as_str), Some("netlink-marker"));

@@ -1,0 +1,142 @@
+//! The state publisher: a thread of its own that writes the state file
+//! `status` and `explain` read, so that placement never waits for it.
+//!
+//! The daemon offers a snapshot when something changed (at a bounded rate,
+//! dropped if the writer is still busy with the previous one); the writer
+//! adds what changes on its own (scheduler and memcg status, the sessions'
+//! cgroup files), writes only when the content changed, and checks once a
+//! second that the session cgroups still exist.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::cgroup::read_pids;
+use crate::daemon::{Mailbox, Msg};
+use crate::policy::Priority;
+use crate::state::{now_ms, SessionStatus, State};
+
+/// How often the writer looks at the scheduler, memcg and the tree.
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub struct Publisher {
+    tx: Option<SyncSender<State>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct Sources {
+    pub path: PathBuf,
+    pub sessions: Vec<(Priority, PathBuf)>,
+    pub sched: Arc<scheduler::Supervisor>,
+    pub mem: Arc<memcg::Controller>,
+    pub mailbox: Mailbox,
+}
+
+impl Publisher {
+    pub fn spawn(src: Sources) -> std::io::Result<Publisher> {
+        let (tx, rx) = mpsc::sync_channel::<State>(1);
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || writer(src, rx))?;
+        Ok(Publisher {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand over a snapshot; false when the writer has not taken the last
+    /// one yet (the caller offers again later).
+    pub fn offer(&self, s: State) -> bool {
+        match self.tx.as_ref().map(|tx| tx.try_send(s)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_))) => false,
+            _ => true,
+        }
+    }
+
+    /// Write `last` and stop the writer.
+    pub fn finish(mut self, last: State) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(last);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer(src: Sources, rx: mpsc::Receiver<State>) {
+    let mut state: Option<State> = None;
+    let mut written: Vec<u8> = Vec::new();
+    let mut tree_reported = false;
+    loop {
+        let open = match rx.recv_timeout(REFRESH) {
+            Ok(s) => {
+                state = Some(s);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => false,
+        };
+        let missing: Vec<String> = src
+            .sessions
+            .iter()
+            .filter(|(_, d)| !d.is_dir())
+            .map(|(_, d)| d.display().to_string())
+            .collect();
+        let running = state.as_ref().is_some_and(|s| s.running && !s.dry_run);
+        if running && !missing.is_empty() && !tree_reported {
+            tree_reported = src
+                .mailbox
+                .send(Msg::TreeLost(format!("missing {}", missing.join(", "))))
+                .is_ok();
+        } else if missing.is_empty() {
+            tree_reported = false;
+        }
+        if let Some(s) = state.as_mut() {
+            refresh(s, &src);
+            s.updated_at_ms = 0;
+            let body = serde_json::to_vec(s).unwrap_or_default();
+            if body != written {
+                s.updated_at_ms = now_ms();
+                if let Err(e) = s.write(&src.path) {
+                    log::warn!("cannot write state file {}: {e}", src.path.display());
+                }
+                written = body;
+            }
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// What changes without the daemon's doing.
+fn refresh(s: &mut State, src: &Sources) {
+    s.scheduler = serde_json::to_value(src.sched.status()).unwrap_or_default();
+    s.memcg = serde_json::to_value(src.mem.status()).unwrap_or_default();
+    s.sessions = src
+        .sessions
+        .iter()
+        .map(|(p, dir)| SessionStatus {
+            name: p.session().into(),
+            path: dir.display().to_string(),
+            cpu_weight: std::fs::read_to_string(dir.join("cpu.weight"))
+                .ok()
+                .and_then(|w| w.trim().parse().ok()),
+            pids: read_pids(&dir.join("cgroup.procs")).len(),
+            tracked: s.processes.iter().filter(|t| t.priority == *p).count(),
+        })
+        .collect();
+}

@@ -1,0 +1,241 @@
+//! The host-test fixture shared by the daemon's integration tests: its own
+//! ROOT, policy directory and state file per test, the daemon under test,
+//! and helpers to look at where processes are.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentcgd");
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+}
+
+/// Skip (with the missing thing named) unless root with a cgroup2 mount.
+pub fn env_or_skip() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to move processes between cgroups");
+        return None;
+    }
+    let m = cgroup2_mount();
+    if m.is_none() {
+        eprintln!("SKIP: no cgroup2 mount on this host");
+    }
+    m
+}
+
+pub struct Fixture {
+    pub tag: String,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub mount: PathBuf,
+    pub children: Vec<Child>,
+    /// Daemons started here, killed on drop (a failed test must not leave
+    /// one running that places the next test's processes).
+    daemons: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Fixture {
+    pub fn new(name: &str, mount: PathBuf) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
+        fs::create_dir_all(dir.path().join("policies")).unwrap();
+        fs::create_dir_all(dir.path().join("bin")).unwrap();
+        Fixture {
+            tag: name.chars().take(8).collect(),
+            dir,
+            root,
+            mount,
+            children: vec![],
+            daemons: Default::default(),
+        }
+    }
+
+    /// Short unique tag (comm is at most 15 bytes).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    pub fn policy(&self, file: &str, text: &str) {
+        fs::write(self.policies().join(file), text).unwrap();
+    }
+
+    /// A copy of a system binary under a name of our choosing (sets comm/exe).
+    pub fn tool(&self, name: &str, from: &str) -> PathBuf {
+        let p = self.dir.path().join("bin").join(name);
+        fs::copy(from, &p).unwrap();
+        p
+    }
+
+    pub fn daemon(&self, extra: &[&str]) -> Child {
+        Command::new(BIN)
+            .arg(&self.root)
+            .arg("--policies")
+            .arg(self.policies())
+            .arg("--config")
+            .arg(self.dir.path().join("agentcgd.yaml"))
+            .arg("--state")
+            .arg(self.state())
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(self.dir.path().join("daemon.log")).unwrap(),
+            ))
+            .spawn()
+            .map(|c| {
+                self.daemons.borrow_mut().push(c.id());
+                c
+            })
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Wait until the daemon has written its first state.
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_for(Duration::from_secs(10), || self.state().exists()),
+            "daemon did not start; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        // A binary copied a moment ago by a parallel test may still be open
+        // for writing in another thread's fork child: ETXTBSY, retry.
+        let mut tries = 0;
+        let c = loop {
+            match cmd.stdout(Stdio::null()).spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
+        let pid = c.id();
+        self.children.push(c);
+        pid
+    }
+
+    pub fn session(&self, s: &str) -> String {
+        format!(
+            "/{}/{s}",
+            self.root.strip_prefix(&self.mount).unwrap().display()
+        )
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--state"])
+            .arg(self.state())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for &pid in self.daemons.borrow().iter() {
+            if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "agentcgd")
+            {
+                nix_kill(pid, libc::SIGKILL);
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Move anything left (e.g. grandchildren) out, then remove the tree.
+        for s in ["session_high", "session_low", ""] {
+            let d = self.root.join(s);
+            for pid in fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = fs::write(self.mount.join("cgroup.procs"), pid);
+            }
+        }
+        for s in ["session_high", "session_low", ""] {
+            let d = self.root.join(s);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+pub fn cgroup_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn stop(mut d: Child) -> Duration {
+    let t = Instant::now();
+    nix_kill(d.id(), libc::SIGTERM);
+    let st = d.wait().unwrap();
+    assert!(st.success(), "daemon exit status {st}");
+    t.elapsed()
+}
+
+pub fn nix_kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// A family whose agent and tool names are unique to one test: daemons of
+/// tests running in parallel see every exec on the host.
+pub fn families(tag: &str) -> String {
+    format!(
+        "family: fake-agent
+priority: high
+match:
+  - comm: agent-{tag}
+descendants: true
+tools:
+  - match: [{{comm: tool-{tag}}}]
+    priority: low
+"
+    )
+}
