@@ -173,9 +173,14 @@ impl Tree {
     pub fn target(&self, p: Priority) -> Result<Target, CgroupError> {
         let dir = self.session_dir(p);
         let id = cgroup_id(&dir).map_err(io_err(&dir, "stat"))?;
+        let procs = dir.join("cgroup.procs");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(io_err(&procs, "open"))?;
         Ok(Target {
-            priority: p,
-            procs: dir.join("cgroup.procs"),
+            procs,
+            file: Some(std::sync::Arc::new(file)),
             rel: rel_path(&dir),
             id,
         })
@@ -190,11 +195,12 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
 }
 
 /// A cgroup processes are moved into.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Target {
-    pub priority: Priority,
     /// Its cgroup.procs file.
     pub procs: PathBuf,
+    /// cgroup.procs kept open: each move is one write, no path walk.
+    pub file: Option<std::sync::Arc<fs::File>>,
     /// Its path as /proc/PID/cgroup shows it.
     pub rel: String,
     /// Its cgroup id.
@@ -214,7 +220,14 @@ pub enum MoveError {
 impl Target {
     /// Write `pid` to cgroup.procs.
     pub fn admit(&self, pid: u32) -> Result<(), MoveError> {
-        fs::write(&self.procs, pid.to_string()).map_err(|e| match e.raw_os_error() {
+        use std::io::Write;
+        let pid = pid.to_string();
+        let r = match &self.file {
+            // One write(2) per pid: cgroup.procs takes one pid per write.
+            Some(f) => (&**f).write(pid.as_bytes()).map(drop),
+            None => fs::write(&self.procs, pid),
+        };
+        r.map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => MoveError::Vanished,
             Some(libc::ENOENT) | Some(libc::ENODEV) => MoveError::CgroupGone(e),
             _ => MoveError::Io(e),

@@ -165,8 +165,8 @@ fn setup_tree(
             // Nothing is created: ids of 0 never match a real cgroup.
             let dir = tree.session_dir(p);
             return Ok(Target {
-                priority: p,
                 procs: dir.join("cgroup.procs"),
+                file: None,
                 rel: crate::cgroup::rel_path(&dir),
                 id: 0,
             });
@@ -681,7 +681,12 @@ impl Daemon {
                 }
             }
         }
-        let known = if let Some(a) = ancestor {
+        // A process already tracked (a re-exec, or a child the children
+        // walk placed after the kernel stamped this event) is its own
+        // lineage: the event's ancestor may predate that decision.
+        let known = if let Some(me) = self.tracker.get(info.pid, info.start_ticks) {
+            Some(Some(as_lineage(me)))
+        } else if let Some(a) = ancestor {
             Some(self.lineage_of(a))
         } else if self.trust_kernel_lineage {
             Some(None)
