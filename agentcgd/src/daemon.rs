@@ -16,6 +16,7 @@ use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
 use crate::classify::{inherit, own_match, protected, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{PolicySet, Priority};
+use crate::sdnotify::Notifier;
 use crate::state::{
     now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, SessionStatus, State,
     Tracked, Tracker,
@@ -83,9 +84,15 @@ struct Daemon {
     self_pid: u32,
     state: State,
     dirty: bool,
+    /// Reactive actions; the daemon only hands it typed triggers.
+    reactions: reactions::Engine,
+    /// Agent root processes (placed by their family's own rule), by pid:
+    /// start time and what a reaction needs once the process is gone (cwd).
+    agents: std::collections::HashMap<u32, (u64, reactions::Agent)>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    log::info!("agentcgd {} starting", crate::VERSION);
     let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
     let policies = PolicySet::load_dir(&opts.policies)
         .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
@@ -196,11 +203,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     );
     watch_policies(&opts.policies, tx.clone());
     drop(tx);
+    let reactions = start_reactions(&cfg, &opts, &tree, &monitor);
 
     let session_cg =
         [Priority::High, Priority::Low].map(|p| (p, crate::cgroup::rel_path(&tree.session_dir(p))));
     let mut d = Daemon {
         state: State {
+            version: crate::VERSION.to_string(),
             daemon_pid: std::process::id(),
             running: true,
             dry_run: opts.dry_run,
@@ -231,14 +240,25 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         session_cg,
         self_pid: std::process::id(),
         dirty: true,
+        reactions,
+        agents: Default::default(),
     };
     d.adopt_previous_state();
     d.reconcile("start-up scan");
     d.write_state(&monitor);
+    // Ready for systemd (Type=notify): the tree exists, events flow and
+    // what ran before us is placed.
+    let mut notify = Notifier::from_env();
+    notify.ready(&format!(
+        "{} processes tracked; events from {}",
+        d.tracker.len(),
+        monitor.backend()
+    ));
 
     let mut last_write = Instant::now();
     let mut reload_at: Option<Instant> = None;
     loop {
+        notify.watchdog_tick();
         let timeout = reload_at
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(STATE_WRITE_INTERVAL)
@@ -269,7 +289,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             last_write = Instant::now();
         }
     }
+    notify.stopping();
     monitor.stop();
+    d.reactions.shutdown();
     // Detach the scheduler: the kernel is back on its own one when we exit.
     let sched = std::mem::replace(
         &mut d.sched,
@@ -284,6 +306,36 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     d.state.running = false;
     d.write_state_with(None);
     Ok(())
+}
+
+/// The reactions engine, told which triggers this daemon cannot deliver.
+fn start_reactions(
+    cfg: &Config,
+    opts: &Options,
+    tree: &Tree,
+    monitor: &Monitor,
+) -> reactions::Engine {
+    use reactions::TriggerKind;
+    let mut unavailable = vec![(
+        TriggerKind::Idle,
+        "not available until the activity monitor exists".to_string(),
+    )];
+    if monitor.backend() == procmon::Backend::ProcPoll {
+        unavailable.push((
+            TriggerKind::Crash,
+            "the /proc poll event source reports no exit status".to_string(),
+        ));
+    }
+    reactions::Engine::start(
+        cfg.reactions.clone(),
+        reactions::Options {
+            dry_run: opts.dry_run,
+            pressure_file: Some(tree.session_dir(Priority::High).join("memory.pressure")),
+            pressure_session: Priority::High.session().to_string(),
+            unavailable,
+            ..Default::default()
+        },
+    )
 }
 
 fn start_monitor(source: EventSource, tx: mpsc::Sender<Msg>) -> anyhow::Result<Monitor> {
@@ -362,9 +414,25 @@ impl Daemon {
                 self.lineage_memo.remove(&pid);
                 if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
+                    // An agent's root process died by a signal or non-zero.
+                    if let (Reason::Rule { .. }, Some(ws)) = (&t.reason, exit_code) {
+                        let exit = reactions::Exit::from_wait_status(ws);
+                        if exit.is_crash() {
+                            let agent = self.agent_of(&t);
+                            self.reactions
+                                .trigger(reactions::Trigger::Crash { agent, exit });
+                        }
+                    }
                     if exit_code.is_some_and(|c| c & 0x7f == libc::SIGKILL) {
                         self.note_kill(t);
                     }
+                }
+                if self
+                    .agents
+                    .get(&pid)
+                    .is_some_and(|(s, _)| start_ticks.is_none_or(|st| st == *s))
+                {
+                    self.agents.remove(&pid);
                 }
             }
             ProcEvent::Lost(n) => {
@@ -451,6 +519,9 @@ impl Daemon {
             log::debug!("not moving pid {} ({}): {why}", info.pid, info.comm);
             self.counters.protected_skipped += 1;
             return;
+        }
+        if matches!(decision.reason, Reason::Rule { .. }) {
+            self.note_agent(&info, decision.family.as_str());
         }
         let tracked = Tracked {
             pid: info.pid,
@@ -578,6 +649,7 @@ impl Daemon {
         self.recent_kills
             .retain(|(at, _)| at.elapsed() < PAIRING_WINDOW);
         let now = now_ms();
+        let mut killed = Vec::new();
         for rec in self.state.oom_kills.iter_mut().filter(|r| r.pid.is_none()) {
             if now.saturating_sub(rec.at_ms) > PAIRING_WINDOW.as_millis() as u64 {
                 continue;
@@ -597,14 +669,58 @@ impl Daemon {
                 );
                 rec.pid = Some(t.pid);
                 rec.family = Some(t.family.to_string());
-                rec.comm = Some(t.comm);
+                rec.comm = Some(t.comm.clone());
+                killed.push(t);
             }
+        }
+        for t in killed {
+            let agent = self.agent_of(&t);
+            self.reactions
+                .trigger(reactions::Trigger::OomKill { agent, pid: t.pid });
         }
         // Keep the record list bounded.
         let n = self.state.oom_kills.len();
         if n > 256 {
             self.state.oom_kills.drain(..n - 256);
         }
+    }
+
+    /// Remember an agent's root process for reactions: its cwd is gone once
+    /// it has exited. Only read when a rule wants crash or OOM triggers.
+    fn note_agent(&mut self, info: &ProcInfo, family: &str) {
+        use reactions::TriggerKind;
+        if !(self.reactions.wants(TriggerKind::Crash) || self.reactions.wants(TriggerKind::OomKill))
+        {
+            return;
+        }
+        let mut a = reactions::Agent::new(family, info.pid);
+        a.uid = Some(info.uid);
+        a.cwd = std::fs::read_link(format!("/proc/{}/cwd", info.pid)).ok();
+        self.agents.insert(info.pid, (info.start_ticks, a));
+    }
+
+    /// The agent a tracked process belongs to: its nearest ancestor placed
+    /// by its family's own rule (itself, for a root process).
+    fn agent_of(&self, t: &Tracked) -> reactions::Agent {
+        let mut root = t.clone();
+        for _ in 0..MAX_ANCESTRY {
+            let ancestor = match root.reason {
+                Reason::Inherited { ancestor } | Reason::Tool { ancestor, .. } => ancestor,
+                Reason::Rule { .. } | Reason::Adopted => break,
+            };
+            match self.tracker.get_pid(ancestor) {
+                Some(a) if a.start_ticks <= root.start_ticks && a.family == root.family => {
+                    root = a.clone()
+                }
+                _ => break,
+            }
+        }
+        let mut agent = match self.agents.get(&root.pid) {
+            Some((start, a)) if *start == root.start_ticks => a.clone(),
+            _ => reactions::Agent::new(root.family.as_str(), root.pid),
+        };
+        agent.cgroup = Some(self.tree.session_dir(root.priority));
+        agent
     }
 
     /// Steer the OOM killer: low-priority work dies before session_high.
@@ -624,6 +740,8 @@ impl Daemon {
         let dropped = self
             .tracker
             .retain(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+        self.agents
+            .retain(|pid, (start, _)| procfs.start_ticks(*pid) == Some(*start));
         let all = match self.procfs.scan() {
             Ok(all) => all,
             Err(e) => {
@@ -677,7 +795,25 @@ impl Daemon {
                 self.state.policy.last_error = Some(e.to_string());
             }
         }
+        self.reload_reactions();
         self.dirty = true;
+    }
+
+    /// Re-read agentcgd.yaml for its `reactions:` (other sections need a
+    /// restart); a broken file keeps the reactions in force.
+    fn reload_reactions(&mut self) {
+        match Config::load(&self.opts.config) {
+            Ok((cfg, _)) if cfg.reactions != self.cfg.reactions => {
+                log::info!("reactions reloaded: {} rules", cfg.reactions.rules.len());
+                self.reactions.reconfigure(cfg.reactions.clone());
+                self.cfg.reactions = cfg.reactions;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("config reload rejected, keeping the last good reactions: {e}");
+                self.reactions.reload_failed(e);
+            }
+        }
     }
 
     fn write_state(&mut self, monitor: &Monitor) {
@@ -700,6 +836,7 @@ impl Daemon {
         }
         s.scheduler = serde_json::to_value(self.sched.status()).unwrap_or_default();
         s.memcg = serde_json::to_value(self.mem.status()).unwrap_or_default();
+        s.reactions = serde_json::to_value(self.reactions.status()).unwrap_or_default();
         s.counters = self.counters.clone();
         s.processes = self.tracker.iter().cloned().collect();
         s.families = self

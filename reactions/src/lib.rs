@@ -612,7 +612,8 @@ impl Engine {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// [`Engine::stop`] in place; the engine takes no triggers afterwards.
+    pub fn shutdown(&mut self) {
         if self.threads.is_empty() {
             return;
         }
