@@ -435,3 +435,130 @@ fn reconfigure_keeps_debounce_and_reports_unavailable_triggers() {
     assert_eq!(e.status().counters.triggers, 2);
     e.stop();
 }
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_shipped_workspace_checkpoint_saves_edits_without_touching_the_tree() {
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: no git on this machine");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/workspace-checkpoint");
+    let d = tempfile::tempdir().unwrap();
+    let ws = d.path().join("repo");
+    fs::create_dir_all(ws.join("src")).unwrap();
+    git(&ws, &["init", "-q"]);
+    fs::write(ws.join("src/a.txt"), "one\n").unwrap();
+    fs::write(ws.join(".gitignore"), "*.log\n").unwrap();
+    git(&ws, &["add", "-A"]);
+    git(&ws, &["commit", "-qm", "base"]);
+    // The agent's unsaved work: an edit, a new file, an ignored file, and a
+    // staged change that must stay staged.
+    fs::write(ws.join("src/a.txt"), "one\ntwo\n").unwrap();
+    fs::write(ws.join("src/new.txt"), "new\n").unwrap();
+    fs::write(ws.join("debug.log"), "noise\n").unwrap();
+    fs::write(ws.join("staged.txt"), "s\n").unwrap();
+    git(&ws, &["add", "staged.txt"]);
+    let head = git(&ws, &["rev-parse", "HEAD"]);
+    let status_before = git(&ws, &["status", "--porcelain"]);
+    let cfg = config(&format!(
+        "enabled: true\nrules:\n  - name: ckpt\n    on: [crash]\n    action: run\n    command: [{}, --keep, '2']\n    user: agent\n",
+        script.display()
+    ));
+    let e = Engine::start(cfg, Options::default());
+    // The agent ran in a subdirectory of the work tree.
+    e.trigger(Trigger::Crash {
+        agent: agent("claude-code", 1, &ws.join("src")),
+        exit: Exit::Code(1),
+    });
+    assert!(wait_for(Duration::from_secs(20), || e
+        .status()
+        .counters
+        .runs
+        == 1));
+    let st = e.status();
+    let rec = &st.runs[0];
+    assert_eq!(rec.exit.as_deref(), Some("exit:0"), "{rec:#?}");
+    assert!(rec.output.contains("saved"), "{rec:#?}");
+    let refs = git(
+        &ws,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/agentcgd/checkpoints/",
+        ],
+    );
+    let r = refs.lines().next().expect("a checkpoint ref");
+    assert!(r.ends_with("-claude-code-1"), "{r}");
+    assert_eq!(git(&ws, &["show", &format!("{r}:src/a.txt")]), "one\ntwo");
+    assert_eq!(git(&ws, &["show", &format!("{r}:src/new.txt")]), "new");
+    assert_eq!(git(&ws, &["show", &format!("{r}:staged.txt")]), "s");
+    assert!(
+        !git(&ws, &["ls-tree", "-r", "--name-only", r]).contains("debug.log"),
+        "ignored files are not saved"
+    );
+    assert_eq!(git(&ws, &["rev-parse", &format!("{r}^")]), head);
+    assert!(git(&ws, &["log", "-1", "--format=%B", r]).contains("crash of claude-code-1 (exit:1)"));
+    // Nothing the agent left was changed.
+    assert_eq!(git(&ws, &["rev-parse", "HEAD"]), head);
+    assert_eq!(git(&ws, &["status", "--porcelain"]), status_before);
+    assert_eq!(git(&ws, &["stash", "list"]), "");
+    e.stop();
+    // --keep 2: older checkpoints are pruned.
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(1100)); // distinct names
+        let out = std::process::Command::new(&script)
+            .args(["--keep", "2"])
+            .env("AGENTCG_CWD", &ws)
+            .env("AGENTCG_AGENT", format!("x-{i}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let refs = git(
+        &ws,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/agentcgd/checkpoints/",
+        ],
+    );
+    assert_eq!(refs.lines().count(), 2, "{refs}");
+    assert!(
+        !refs.contains("claude-code-1"),
+        "the oldest was pruned: {refs}"
+    );
+    // Not a git work tree: a message, exit 0.
+    let out = std::process::Command::new(&script)
+        .env("AGENTCG_CWD", d.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not in a git work tree"));
+}
