@@ -43,11 +43,11 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
             None => "log".to_string(),
         };
         println!(
-            "     {} on [{}]: {what} (debounce {} s per {:?}, timeout {} s)",
+            "     {} on [{}]: {what} (debounce {} s per {}, timeout {} s)",
             rule.name,
             on.join(" "),
             rule.debounce_s,
-            rule.debounce_per,
+            format!("{:?}", rule.debounce_per).to_lowercase(),
             rule.timeout_s
         );
     }
@@ -248,7 +248,7 @@ fn print_reactions(v: &serde_json::Value) {
     for r in runs.iter().rev().take(5) {
         let s = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
         println!(
-            "  {} {}: {} -> {}{} in {} ms{}",
+            "  {} {}: {} -> {}{}{}{}",
             age(num(r, "started_at_ms")),
             s("rule"),
             s("event"),
@@ -270,7 +270,11 @@ fn print_reactions(v: &serde_json::Value) {
             } else {
                 ""
             },
-            num(r, "duration_ms"),
+            if s("action") == "log" {
+                String::new()
+            } else {
+                format!(" in {} ms", num(r, "duration_ms"))
+            },
             r.get("error")
                 .and_then(|e| e.as_str())
                 .map(|e| format!(": {e}"))

@@ -33,7 +33,9 @@ reactions:
       on: [crash]
       action: log
 C
-agentcgd --no-scheduler --config $W/agentcgd.yaml --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
+# The proc connector reports exit statuses like BPF does and starts at once
+# (the BPF verifier takes minutes under TCG); no scheduler: not under test.
+agentcgd --no-scheduler --events proc-connector --config $W/agentcgd.yaml --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
 i=0; until [ -d $R/session_low ] && agentcgd status --json --state $W/state.json > $W/raw.json 2>/dev/null; do
     i=$((i+1)); [ $i -gt 900 ] && fail "agentcgd did not come up"; usleep 100000; done
 compact < $W/raw.json > $W/st.json
@@ -41,7 +43,7 @@ if ! grep -q '"backend":"\(fallback\|bpf\)' $W/st.json; then
     echo "SKIP: agentcgd does not run the memcg controller here (no memcg backend in status)"
     kill $D; wait $D; exit 0
 fi
-grep -q '"reactions":{"enabled":true' $W/st.json || fail "reactions not enabled in status: $(grep -o '"reactions":{.\{0,300\}' $W/st.json)"
+agentcgd status --state $W/state.json | grep -q '^reactions: 2 rules' || fail "reactions not enabled in status: $(agentcgd status --state $W/state.json | grep '^reactions')"
 echo 120000000 > $R/memory.max || fail "cannot set agentcg memory.max"
 printf 't_s,mem_mb\n0,10\n0.5,100\n1,300\n2,300\n' > $W/big.csv
 ln -sf "$(command -v agentcg-replay)" $W/bin/aider
