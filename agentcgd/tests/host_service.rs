@@ -116,11 +116,6 @@ impl Fx {
             .arg(self.path("state.json"))
             .arg("--no-scheduler")
             .arg("--no-memcg")
-            // Exit statuses come the same way from BPF and the proc
-            // connector; the connector starts in milliseconds, so these
-            // tests do not wait on the BPF verifier (host_daemon.rs covers
-            // the BPF source).
-            .args(["--events", "proc-connector"])
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(

@@ -33,9 +33,8 @@ reactions:
       on: [crash]
       action: log
 C
-# The proc connector reports exit statuses like BPF does and starts at once
-# (the BPF verifier takes minutes under TCG); no scheduler: not under test.
-agentcgd --no-scheduler --events proc-connector --config $W/agentcgd.yaml --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
+# No scheduler: not under test here.
+agentcgd --no-scheduler --config $W/agentcgd.yaml --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
 i=0; until [ -d $R/session_low ] && agentcgd status --json --state $W/state.json > $W/raw.json 2>/dev/null; do
     i=$((i+1)); [ $i -gt 900 ] && fail "agentcgd did not come up"; usleep 100000; done
 compact < $W/raw.json > $W/st.json
