@@ -51,6 +51,17 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
             rule.timeout_s
         );
     }
+    for rule in &r.rules {
+        for f in &rule.families {
+            if set.family(f.as_str()).is_none() {
+                println!(
+                    "     warning: reaction {} names family {} that no policy defines",
+                    rule.name,
+                    f.as_str()
+                );
+            }
+        }
+    }
     println!(
         "policies: {} ({} families, first match wins in this order)",
         policies.display(),

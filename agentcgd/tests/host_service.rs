@@ -362,6 +362,55 @@ fn a_hanging_reaction_is_killed_at_its_timeout_while_placement_goes_on() {
 }
 
 #[test]
+fn dry_run_logs_the_reaction_it_would_run_and_runs_nothing() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fx::new("rdry", mount);
+    let marker = fx.path("ran");
+    let touch = fx.script("touch", &format!("touch {}", marker.display()));
+    fx.config(&format!(
+        "reactions:\n  enabled: true\n  rules:\n    - name: t\n      on: [crash]\n      families: [fake-agent, nosuch]\n      action: run\n      command: [{}]\n      user: agent\n",
+        touch.display()
+    ));
+    let check = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(fx.path("policies"))
+        .arg("--config")
+        .arg(fx.path("agentcgd.yaml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out}");
+    assert!(out.contains("reactions: enabled (1 rules)"), "{out}");
+    assert!(
+        out.contains("names family nosuch that no policy defines"),
+        "{out}"
+    );
+    let daemon = fx.command().arg("--dry-run").spawn().unwrap();
+    fx.wait_ready();
+    let a = fx.run_agent(&fx.path("ws"), "sleep 0.5; exit 7");
+    assert!(
+        wait_for(Duration::from_secs(10), || fx.reactions()["counters"]
+            ["runs"]
+            == 1),
+        "{}\n{}",
+        fx.reactions(),
+        fx.log()
+    );
+    let r = fx.reactions();
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["runs"][0]["dry_run"], true);
+    assert!(!marker.exists(), "dry-run ran the command");
+    let log = fx.log();
+    assert!(
+        log.contains(&format!(
+            "dry-run: reaction t (crash of fake-agent-{a} (pid {a}, exit:7)) would run"
+        )) && log.contains("AGENTCG_EXIT=exit:7"),
+        "{log}"
+    );
+    stop(daemon);
+}
+
+#[test]
 fn broken_reactions_are_refused_at_start_and_kept_on_reload() {
     let Some(mount) = env_or_skip() else { return };
     let fx = Fx::new("rbroken", mount);
