@@ -7,14 +7,18 @@
 #   make test     deps + unit + host root + VM tests
 #   make vm-test  VM tests only
 #   make bench    benchmarks (tables on stdout, JSON under target/bench/)
+#   make install  binaries, systemd unit, config, policies, reaction example
+#                 (PREFIX=/usr/local, DESTDIR= for staging; docs/service.md)
+#   make deb      target/deb/agentcgd_VERSION_amd64.deb with the same content
+#   make deb-test install/check/purge the package in a throw-away root
 SHELL := /bin/bash
 TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 CARGO ?= cargo
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev libzstd-dev pkg-config \
-	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps
+	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps lintian
 
-.PHONY: run deps build static test cargo-test vm-test bench fmt clippy lint install
+.PHONY: run deps build static test cargo-test vm-test bench fmt clippy lint install install-files deb deb-test
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -56,6 +60,7 @@ vm-test: static
 test: deps
 	$(MAKE) cargo-test
 	$(MAKE) vm-test
+	$(MAKE) deb-test
 
 # Benchmarks: figures, not pass/fail. Tables on stdout, JSON in target/bench/.
 bench: deps static
@@ -64,13 +69,46 @@ bench: deps static
 	  case "$$b" in *-guest.sh) continue;; esac; \
 	  [ -x "$$b" ] || continue; echo "### $$b"; "$$b"; done
 
+# Install layout. PREFIX=/usr with UNITDIR=/lib/systemd/system is the
+# Debian package's (packaging/build-deb); configuration is always in /etc.
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/lib/agentcgd
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/agentcgd
+MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+
 install: static
-	install -D -m 0755 $(STATIC_DIR)/agentcgd /usr/local/sbin/agentcgd
-	install -D -m 0755 $(STATIC_DIR)/scx_agentcg /usr/local/sbin/scx_agentcg
-	install -D -m 0755 $(STATIC_DIR)/agentcg-replay /usr/local/bin/agentcg-replay
-	install -d /etc/agentcgd/policies.d
-	[ -f /etc/agentcgd/agentcgd.yaml ] || install -m 0644 policies/agentcgd.yaml /etc/agentcgd/agentcgd.yaml
-	for f in policies/*.yaml; do [ "$$(basename $$f)" = agentcgd.yaml ] || install -m 0644 $$f /etc/agentcgd/policies.d/; done
+	$(MAKE) install-files
+	@echo "installed; the service is not enabled: see $(DOCDIR)/service.md (systemctl daemon-reload; systemctl enable --now agentcgd)"
+
+# What `install` copies, without building (the package stages it).
+install-files:
+	install -D -s -m 0755 $(STATIC_DIR)/agentcgd $(DESTDIR)$(SBINDIR)/agentcgd
+	install -D -s -m 0755 $(STATIC_DIR)/scx_agentcg $(DESTDIR)$(SBINDIR)/scx_agentcg
+	install -D -s -m 0755 $(STATIC_DIR)/agentcg-replay $(DESTDIR)$(BINDIR)/agentcg-replay
+	install -D -m 0755 packaging/workspace-checkpoint $(DESTDIR)$(LIBEXECDIR)/workspace-checkpoint
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' packaging/agentcgd.service.in > $(DESTDIR)$(UNITDIR)/agentcgd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/agentcgd.service
+	install -d $(DESTDIR)$(SYSCONFDIR)/agentcgd/policies.d
+	[ -f $(DESTDIR)$(SYSCONFDIR)/agentcgd/agentcgd.yaml ] || install -m 0644 policies/agentcgd.yaml $(DESTDIR)$(SYSCONFDIR)/agentcgd/agentcgd.yaml
+	for f in policies/*.yaml; do [ "$$(basename $$f)" = agentcgd.yaml ] || install -m 0644 $$f $(DESTDIR)$(SYSCONFDIR)/agentcgd/policies.d/; done
+	install -d $(DESTDIR)$(DOCDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 README.md docs/service.md docs/reactions.md $(DESTDIR)$(DOCDIR)/
+	for m in agentcgd.8 scx_agentcg.8 agentcg-replay.1; do \
+	  gzip -9n < packaging/man/$$m > $(DESTDIR)$(MANDIR)/man$${m##*.}/$$m.gz; chmod 0644 $(DESTDIR)$(MANDIR)/man$${m##*.}/$$m.gz; done
+
+deb: static
+	packaging/build-deb
+
+# Installs the package into a throw-away root (dpkg --root), runs
+# `agentcgd check` from the installed paths there, verifies the unit, purges
+# it and checks nothing is left; lintian where installed.
+deb-test: deb
+	packaging/test-deb target/deb/agentcgd_*_amd64.deb
 
 # The main job. On a host with sched_ext and a cgroup v2 /sys/fs/cgroup that
 # offers cpu and memory, run the daemon here (as root); otherwise show it

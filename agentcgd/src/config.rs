@@ -59,6 +59,8 @@ pub struct Config {
     pub scheduler: scheduler::Config,
     pub memcg: memcg::Config,
     pub activity: ActivityConfig,
+    /// Reactive actions (off unless `reactions.enabled`); see docs/reactions.md.
+    pub reactions: reactions::Config,
 }
 
 impl Config {
@@ -75,6 +77,10 @@ impl Config {
             Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
         };
         let cfg = Self::parse(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+        // Commands and users must exist here (refused at start, kept on reload).
+        cfg.reactions
+            .check_system()
+            .map_err(|e| format!("{}:{}", path.display(), locate_reaction(&text, &e)))?;
         Ok((cfg, path.display().to_string()))
     }
 
@@ -107,7 +113,62 @@ impl Config {
         }
         cfg.scheduler.validate().map_err(|e| format!(" {e}"))?;
         cfg.memcg.validate().map_err(|e| format!(" memcg: {e}"))?;
+        cfg.reactions
+            .validate()
+            .map_err(|e| locate_reaction(text, &e))?;
         Ok(cfg)
+    }
+}
+
+/// `LINE: message` for a reactions error: the line of the key it is about
+/// inside its rule (found by the rule's `name:`), else the rule's line,
+/// else the key's line under `reactions:`.
+fn locate_reaction(text: &str, e: &reactions::ConfigError) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let section = lines
+        .iter()
+        .position(|l| l.starts_with("reactions:"))
+        .unwrap_or(0);
+    let line = match &e.rule {
+        Some(rule) => {
+            let is_name = |l: &str| {
+                let l = l.trim_start().trim_start_matches("- ").trim_start();
+                l.strip_prefix("name:").is_some_and(|v| {
+                    v.trim().trim_matches(|c| c == '"' || c == '\'') == rule.as_str()
+                })
+            };
+            let start = lines
+                .iter()
+                .skip(section)
+                .position(|l| is_name(l))
+                .map(|i| i + section);
+            start.map(|start| {
+                // The rule ends where the next list item at its indent starts.
+                let end = lines
+                    .iter()
+                    .enumerate()
+                    .skip(start + 1)
+                    .find(|(_, l)| l.trim_start().starts_with("- name:"))
+                    .map(|(i, _)| i)
+                    .unwrap_or(lines.len());
+                e.key
+                    .and_then(|k| {
+                        (start..end).find(|&i| {
+                            let t = lines[i].trim_start().trim_start_matches("- ");
+                            t.starts_with(&format!("{k}:"))
+                                || t.contains(&format!("{{{k}:"))
+                                || t.contains(&format!(", {k}:"))
+                        })
+                    })
+                    .unwrap_or(start)
+                    + 1
+            })
+        }
+        None => e.key.and_then(|k| key_line(text, k, "reactions:")),
+    };
+    match line {
+        Some(l) => format!("{l}: {e}"),
+        None => format!(" {e}"),
     }
 }
 
@@ -163,6 +224,37 @@ mod tests {
         assert!(e.starts_with("3: ") && e.contains("out of range"), "{e}");
         let e = Config::parse("scheduler: {enabled: maybe}\n").unwrap_err();
         assert!(e.starts_with("1: "), "{e}");
+    }
+
+    #[test]
+    fn reactions_errors_have_lines() {
+        let text = "sessions:\n  high: {cpu_weight: 150}\nreactions:\n  enabled: true\n  rules:\n    - name: log-it\n      on: [crash]\n      action: log\n    - name: save\n      on: [crash]\n      action: run\n      command: [/bin/true]\n      timeout_s: 0\n      user: root\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(
+            e.starts_with("13: ") && e.contains("rule save: timeout_s 0"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &text
+                .replace("      timeout_s: 0\n", "")
+                .replace("      user: root\n", ""),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("11: ") && e.contains("needs `user:`"), "{e}");
+        let e = Config::parse("reactions:\n  enabled: true\n  max_running: 99\n").unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("max_running"), "{e}");
+        let e = Config::parse("reactions:\n  rules:\n    - name: a\n      on: [crash]\n      action: run\n      command: [sh]\n")
+            .unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("absolute path"), "{e}");
+        // Checked against the system at load: a missing command.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("agentcgd.yaml");
+        std::fs::write(&f, "reactions:\n  rules:\n    - name: a\n      on: [crash]\n      action: run\n      command: [/nonexistent/save]\n      user: root\n").unwrap();
+        let e = Config::load(&f).unwrap_err();
+        assert!(
+            e.contains("agentcgd.yaml:6: ") && e.contains("/nonexistent/save"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -21,10 +21,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use procmon::{Ancestor, Exec, Monitor, Origin, ProcEvent, ProcFs, ProcInfo, Seed};
 
 use crate::cgroup::{cgroup_of, CgroupError, MoveError, SetupReport, Target, Tree};
-use crate::classify::{inherit, own_match, protected, Decision, Lineage};
+use crate::classify::{inherit, own_match, protected, Decision, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{PolicySet, Priority};
 use crate::publish::{Publisher, Sources};
+use crate::sdnotify::Notifier;
 use crate::state::{
     now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, State, Tracked, Tracker,
 };
@@ -140,6 +141,11 @@ struct Daemon {
     self_pid: u32,
     state: State,
     dirty: bool,
+    /// Reactive actions; the daemon only hands it typed triggers.
+    reactions: Arc<reactions::Engine>,
+    /// Agent root processes (placed by their family's own rule), by pid:
+    /// start time and what a reaction needs once the process is gone (cwd).
+    agents: std::collections::HashMap<u32, (u64, reactions::Agent)>,
 }
 
 /// Build the sessions and return where to move processes.
@@ -178,6 +184,7 @@ fn setup_tree(
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    log::info!("agentcgd {} starting", crate::VERSION);
     let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
     let policies = PolicySet::load_dir(&opts.policies)
         .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
@@ -273,6 +280,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
     );
     let policy_watch = watch_policies(&opts.policies);
+    let reactions = Arc::new(start_reactions(&cfg, &opts, &tree, &monitor));
 
     let publisher = Publisher::spawn(Sources {
         path: opts.state.clone(),
@@ -281,6 +289,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .to_vec(),
         sched: sched.clone(),
         mem: mem.clone(),
+        reactions: reactions.clone(),
         mailbox: mailbox.clone(),
     })
     .context("start the state writer")?;
@@ -288,6 +297,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let needs_exe = policies_need_exe(&policies);
     let mut d = Daemon {
         state: State {
+            version: crate::VERSION.to_string(),
             daemon_pid: std::process::id(),
             running: true,
             dry_run: opts.dry_run,
@@ -323,6 +333,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         summary_at: Instant::now(),
         self_pid: std::process::id(),
         dirty: true,
+        reactions: reactions.clone(),
+        agents: Default::default(),
     };
     // The event source runs before the scan, so no exec falls in a gap;
     // the kernel's filter goes on once every tracked process is seeded,
@@ -333,6 +345,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     d.drain_events();
     d.trust_kernel_lineage = d.monitor.kernel_lineage();
     publisher.offer(d.snapshot());
+    // Ready for systemd (Type=notify): the tree exists, events flow and
+    // what ran before us is placed.
+    let mut notify = Notifier::from_env();
+    notify.ready(&format!(
+        "{} processes tracked; events from {}",
+        d.tracker.len(),
+        d.monitor.backend()
+    ));
 
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
     let add = |fd: std::os::fd::BorrowedFd<'_>, token: u64| {
@@ -351,8 +371,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut last_publish = Instant::now();
     let mut reload_at: Option<Instant> = None;
     'run: loop {
+        notify.watchdog_tick();
         let now = Instant::now();
         let mut wait: Option<Duration> = reload_at.map(|t| t.saturating_duration_since(now));
+        if let Some(w) = notify.watchdog_interval() {
+            wait = Some(wait.map_or(w, |x| x.min(w)));
+        }
         if d.dirty {
             let due = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
             wait = Some(wait.map_or(due, |w| w.min(due)));
@@ -411,6 +435,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             d.log_summary(false);
         }
     }
+    notify.stopping();
     d.log_summary(true);
     d.state.running = false;
     let last = d.snapshot();
@@ -424,7 +449,40 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Ok(mem) = Arc::try_unwrap(mem) {
         mem.stop();
     }
+    if let Ok(reactions) = Arc::try_unwrap(reactions) {
+        reactions.stop();
+    }
     Ok(())
+}
+
+/// The reactions engine, told which triggers this daemon cannot deliver.
+fn start_reactions(
+    cfg: &Config,
+    opts: &Options,
+    tree: &Tree,
+    monitor: &Monitor,
+) -> reactions::Engine {
+    use reactions::TriggerKind;
+    let mut unavailable = vec![(
+        TriggerKind::Idle,
+        "not available until the activity monitor exists".to_string(),
+    )];
+    if monitor.backend() == procmon::Backend::ProcPoll {
+        unavailable.push((
+            TriggerKind::Crash,
+            "the /proc poll event source reports no exit status".to_string(),
+        ));
+    }
+    reactions::Engine::start(
+        cfg.reactions.clone(),
+        reactions::Options {
+            dry_run: opts.dry_run,
+            pressure_file: Some(tree.session_dir(Priority::High).join("memory.pressure")),
+            pressure_session: Priority::High.session().to_string(),
+            unavailable,
+            ..Default::default()
+        },
+    )
 }
 
 fn start_monitor(source: EventSource) -> anyhow::Result<Monitor> {
@@ -558,9 +616,25 @@ impl Daemon {
                 if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
                     self.remember_departed(&t);
+                    // An agent's root process died by a signal or non-zero.
+                    if let (Reason::Rule { .. }, Some(ws)) = (&t.reason, exit_code) {
+                        let exit = reactions::Exit::from_wait_status(ws);
+                        if exit.is_crash() {
+                            let agent = self.agent_of(&t);
+                            self.reactions
+                                .trigger(reactions::Trigger::Crash { agent, exit });
+                        }
+                    }
                     if exit_code.is_some_and(|c| c & 0x7f == libc::SIGKILL) {
                         self.note_kill(t);
                     }
+                }
+                if self
+                    .agents
+                    .get(&pid)
+                    .is_some_and(|(s, _)| start_ticks.is_none_or(|st| st == *s))
+                {
+                    self.agents.remove(&pid);
                 }
             }
             ProcEvent::Lost(n) => {
@@ -804,6 +878,9 @@ impl Daemon {
             return;
         }
         let target = self.target(decision.priority).clone();
+        if matches!(decision.reason, Reason::Rule { .. }) {
+            self.note_agent(&info, decision.family.as_str());
+        }
         let tracked = Tracked {
             pid: info.pid,
             start_ticks: info.start_ticks,
@@ -1049,6 +1126,7 @@ impl Daemon {
         self.recent_kills
             .retain(|(at, _)| at.elapsed() < PAIRING_WINDOW);
         let now = now_ms();
+        let mut killed = Vec::new();
         for rec in self.state.oom_kills.iter_mut().filter(|r| r.pid.is_none()) {
             if now.saturating_sub(rec.at_ms) > PAIRING_WINDOW.as_millis() as u64 {
                 continue;
@@ -1068,14 +1146,58 @@ impl Daemon {
                 );
                 rec.pid = Some(t.pid);
                 rec.family = Some(t.family.to_string());
-                rec.comm = Some(t.comm);
+                rec.comm = Some(t.comm.clone());
+                killed.push(t);
             }
+        }
+        for t in killed {
+            let agent = self.agent_of(&t);
+            self.reactions
+                .trigger(reactions::Trigger::OomKill { agent, pid: t.pid });
         }
         // Keep the record list bounded.
         let n = self.state.oom_kills.len();
         if n > 256 {
             self.state.oom_kills.drain(..n - 256);
         }
+    }
+
+    /// Remember an agent's root process for reactions: its cwd is gone once
+    /// it has exited. Only read when a rule wants crash or OOM triggers.
+    fn note_agent(&mut self, info: &ProcInfo, family: &str) {
+        use reactions::TriggerKind;
+        if !(self.reactions.wants(TriggerKind::Crash) || self.reactions.wants(TriggerKind::OomKill))
+        {
+            return;
+        }
+        let mut a = reactions::Agent::new(family, info.pid);
+        a.uid = Some(info.uid);
+        a.cwd = std::fs::read_link(format!("/proc/{}/cwd", info.pid)).ok();
+        self.agents.insert(info.pid, (info.start_ticks, a));
+    }
+
+    /// The agent a tracked process belongs to: its nearest ancestor placed
+    /// by its family's own rule (itself, for a root process).
+    fn agent_of(&self, t: &Tracked) -> reactions::Agent {
+        let mut root = t.clone();
+        for _ in 0..MAX_ANCESTRY {
+            let ancestor = match root.reason {
+                Reason::Inherited { ancestor } | Reason::Tool { ancestor, .. } => ancestor,
+                Reason::Rule { .. } | Reason::Adopted => break,
+            };
+            match self.tracker.get_pid(ancestor) {
+                Some(a) if a.start_ticks <= root.start_ticks && a.family == root.family => {
+                    root = a.clone()
+                }
+                _ => break,
+            }
+        }
+        let mut agent = match self.agents.get(&root.pid) {
+            Some((start, a)) if *start == root.start_ticks => a.clone(),
+            _ => reactions::Agent::new(root.family.as_str(), root.pid),
+        };
+        agent.cgroup = Some(self.tree.session_dir(root.priority));
+        agent
     }
 
     /// Steer the OOM killer: low-priority work dies before session_high.
@@ -1095,6 +1217,8 @@ impl Daemon {
         let dropped = self
             .tracker
             .retain(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+        self.agents
+            .retain(|pid, (start, _)| procfs.start_ticks(*pid) == Some(*start));
         let all = match self.procfs.scan() {
             Ok(all) => all,
             Err(e) => {
@@ -1166,11 +1290,29 @@ impl Daemon {
                 self.state.policy.last_error = Some(e.to_string());
             }
         }
+        self.reload_reactions();
         // A SIGHUP also checks the tree.
         if !self.opts.dry_run && self.targets.iter().any(|t| !t.procs.exists()) {
             self.rebuild_tree("session cgroups missing at reload");
         }
         self.dirty = true;
+    }
+
+    /// Re-read agentcgd.yaml for its `reactions:` (other sections need a
+    /// restart); a broken file keeps the reactions in force.
+    fn reload_reactions(&mut self) {
+        match Config::load(&self.opts.config) {
+            Ok((cfg, _)) if cfg.reactions != self.cfg.reactions => {
+                log::info!("reactions reloaded: {} rules", cfg.reactions.rules.len());
+                self.reactions.reconfigure(cfg.reactions.clone());
+                self.cfg.reactions = cfg.reactions;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("config reload rejected, keeping the last good reactions: {e}");
+                self.reactions.reload_failed(e);
+            }
+        }
     }
 
     /// Placements are debug lines; info gets a count per family.

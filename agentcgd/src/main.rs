@@ -12,12 +12,22 @@ mod policy;
 mod prefilter;
 mod publish;
 mod report;
+mod sdnotify;
 mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `VERSION (git REV)`: shown by `--version`, logged at start, kept in
+/// the state file for `status`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("AGENTCGD_GIT_REV"),
+    ")"
+);
 
 const DEFAULT_ROOT: &str = "/sys/fs/cgroup/agentcg";
 const DEFAULT_CONFIG: &str = "/etc/agentcgd/agentcgd.yaml";
@@ -27,7 +37,7 @@ const DEFAULT_STATE: &str = "/run/agentcgd/state.json";
 #[derive(Parser, Debug)]
 #[command(
     name = "agentcgd",
-    version,
+    version = VERSION,
     about = "Places AI-agent processes into a prioritised cgroup v2 tree by policy",
     long_about = "Places AI-agent processes into ROOT/session_high and ROOT/session_low by \
                   YAML policy (one file per agent family), sets cpu.weight, and keeps the \

@@ -3,7 +3,7 @@
 //!
 //! The daemon offers a snapshot when something changed (at a bounded rate,
 //! dropped if the writer is still busy with the previous one); the writer
-//! adds what changes on its own (scheduler and memcg status, the sessions'
+//! adds what changes on its own (scheduler, memcg and reactions status, the sessions'
 //! cgroup files), writes only when the content changed, and checks once a
 //! second that the session cgroups still exist.
 
@@ -31,6 +31,7 @@ pub struct Sources {
     pub sessions: Vec<(Priority, PathBuf)>,
     pub sched: Arc<scheduler::Supervisor>,
     pub mem: Arc<memcg::Controller>,
+    pub reactions: Arc<reactions::Engine>,
     pub mailbox: Mailbox,
 }
 
@@ -126,6 +127,7 @@ fn writer(src: Sources, rx: mpsc::Receiver<State>) {
 fn refresh(s: &mut State, src: &Sources) {
     s.scheduler = serde_json::to_value(src.sched.status()).unwrap_or_default();
     s.memcg = serde_json::to_value(src.mem.status()).unwrap_or_default();
+    s.reactions = serde_json::to_value(src.reactions.status()).unwrap_or_default();
     s.sessions = src
         .sessions
         .iter()

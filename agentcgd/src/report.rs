@@ -22,6 +22,46 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
         "  scheduler.enabled={} memcg.enabled={} activity.enabled={}",
         cfg.scheduler.enabled, cfg.memcg.enabled, cfg.activity.enabled
     );
+    let r = &cfg.reactions;
+    println!(
+        "  reactions: {} ({} rules{})",
+        if r.enabled { "enabled" } else { "off" },
+        r.rules.len(),
+        if r.dry_run { ", dry-run" } else { "" }
+    );
+    for rule in &r.rules {
+        let on: Vec<&str> = rule.on.iter().map(|k| k.as_str()).collect();
+        let what = match &rule.command {
+            Some(c) => format!(
+                "run {:?} as {}",
+                c.as_slice(),
+                rule.user
+                    .as_ref()
+                    .map(|u| u.to_string())
+                    .unwrap_or_default()
+            ),
+            None => "log".to_string(),
+        };
+        println!(
+            "     {} on [{}]: {what} (debounce {} s per {}, timeout {} s)",
+            rule.name,
+            on.join(" "),
+            rule.debounce_s,
+            format!("{:?}", rule.debounce_per).to_lowercase(),
+            rule.timeout_s
+        );
+    }
+    for rule in &r.rules {
+        for f in &rule.families {
+            if set.family(f.as_str()).is_none() {
+                println!(
+                    "     warning: reaction {} names family {} that no policy defines",
+                    rule.name,
+                    f.as_str()
+                );
+            }
+        }
+    }
     println!(
         "policies: {} ({} families, first match wins in this order)",
         policies.display(),
@@ -70,7 +110,12 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
     }
     let alive = s.running && Path::new(&format!("/proc/{}", s.daemon_pid)).exists();
     println!(
-        "agentcgd pid {} {}{} (state updated {})",
+        "agentcgd {} pid {} {}{} (state updated {})",
+        if s.version.is_empty() {
+            "?"
+        } else {
+            &s.version
+        },
         s.daemon_pid,
         if alive { "running" } else { "not running" },
         if s.dry_run { ", dry-run" } else { "" },
@@ -145,6 +190,7 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
             .unwrap_or("-")
     );
     println!("activity: {}", s.activity);
+    print_reactions(&s.reactions);
     for o in &s.oom_kills {
         println!(
             "oom kill {} in {}: pid {} family {} ({})",
@@ -169,6 +215,83 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn print_reactions(v: &serde_json::Value) {
+    if !v.get("enabled").and_then(|e| e.as_bool()).unwrap_or(false) {
+        println!("reactions: off");
+        return;
+    }
+    let num = |x: &serde_json::Value, k: &str| x.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
+    let c = v.get("counters").cloned().unwrap_or_default();
+    println!(
+        "reactions: {} rules{}, running {}/{}, queued {}/{}; triggers={} runs={} failed={} timed_out={} debounced={} dropped={} logged={}",
+        v.get("rules").and_then(|r| r.as_array()).map_or(0, |r| r.len()),
+        if v.get("dry_run").and_then(|d| d.as_bool()).unwrap_or(false) { " (dry-run)" } else { "" },
+        v.get("running").and_then(|r| r.as_array()).map_or(0, |r| r.len()),
+        num(v, "max_running"),
+        num(v, "queued"),
+        num(v, "queue_capacity"),
+        num(&c, "triggers"),
+        num(&c, "runs"),
+        num(&c, "failed"),
+        num(&c, "timed_out"),
+        num(&c, "debounced"),
+        num(&c, "dropped_queue_full"),
+        num(&c, "logged"),
+    );
+    for u in v
+        .get("unavailable")
+        .and_then(|u| u.as_array())
+        .into_iter()
+        .flatten()
+    {
+        println!("  unavailable: {}", u.as_str().unwrap_or("?"));
+    }
+    if let Some(e) = v.get("last_error").and_then(|e| e.as_str()) {
+        println!("  last reload REJECTED (previous reactions kept): {e}");
+    }
+    let runs = v
+        .get("runs")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for r in runs.iter().rev().take(5) {
+        let s = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        println!(
+            "  {} {}: {} -> {}{}{}{}",
+            age(num(r, "started_at_ms")),
+            s("rule"),
+            s("event"),
+            if r.get("dry_run").and_then(|d| d.as_bool()).unwrap_or(false) {
+                "dry-run".to_string()
+            } else if s("action") == "log" {
+                "logged".to_string()
+            } else {
+                r.get("exit")
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("not run")
+                    .to_string()
+            },
+            if r.get("killed_by_timeout")
+                .and_then(|k| k.as_bool())
+                .unwrap_or(false)
+            {
+                " (killed at timeout)"
+            } else {
+                ""
+            },
+            if s("action") == "log" {
+                String::new()
+            } else {
+                format!(" in {} ms", num(r, "duration_ms"))
+            },
+            r.get("error")
+                .and_then(|e| e.as_str())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn print_scheduler(v: &serde_json::Value) {

@@ -145,6 +145,9 @@ pub struct OomRecord {
 /// Everything `agentcgd status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// `VERSION (git REV)` of the daemon that wrote the file.
+    #[serde(default)]
+    pub version: String,
     pub daemon_pid: u32,
     pub running: bool,
     pub dry_run: bool,
@@ -164,6 +167,9 @@ pub struct State {
     pub memcg: serde_json::Value,
     pub activity: String,
     pub oom_kills: Vec<OomRecord>,
+    /// The reactions engine (`reactions::Status`).
+    #[serde(default)]
+    pub reactions: serde_json::Value,
     pub processes: Vec<Tracked>,
 }
 

@@ -51,7 +51,7 @@ for run in $(seq 20); do
     [ $ok = 1 ] || fail "run $run: $out of $n processes outside session_high after $ms ms"
     [ $ms -gt $worst ] && worst=$ms
     for a in $agents; do for p in $(subtree $a); do kill $p 2>/dev/null; done; done
-    wait 2>/dev/null
+    wait $agents 2>/dev/null
 done
 echo "forking agents: 20 runs x 110 processes all in session_high, slowest run seen complete after $worst ms"
 
