@@ -69,32 +69,44 @@ fn forking_agents_all_placed(events: &str, runs: usize) {
         for _ in 0..10 {
             agents.push(Command::new(&bin).arg("5").spawn().unwrap());
         }
-        let deadline = t0 + Duration::from_secs(1);
+        // Placed within 1 s of the spawn, or of the last fork where the
+        // host is too busy to fork 110 processes in a second.
+        let mut deadline = t0 + Duration::from_secs(1);
+        let mut complete = false;
         let mut last = Vec::new();
+        let mut all: Vec<u32> = Vec::new();
         let ok = loop {
-            let all: Vec<u32> = agents.iter().flat_map(|a| subtree(a.id())).collect();
+            all = agents.iter().flat_map(|a| subtree(a.id())).collect();
+            if !complete && all.len() == 110 {
+                complete = true;
+                deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+            }
             let outside: Vec<(u32, String)> = all
                 .iter()
                 .map(|&p| (p, cgroup_of(p)))
                 .filter(|(_, cg)| cg != &high)
                 .collect();
-            if all.len() == 110 && outside.is_empty() {
+            if complete && outside.is_empty() {
                 break true;
             }
             last = outside;
-            if Instant::now() > deadline {
+            if Instant::now() > deadline && (complete || t0.elapsed() > Duration::from_secs(10)) {
                 break false;
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        for p in all.iter().rev() {
+            nix_kill(*p, libc::SIGKILL);
+        }
         for mut a in agents {
             let _ = a.kill();
             let _ = a.wait();
         }
         assert!(
             ok,
-            "run {run}: {} processes outside {high} 1 s after spawn ({events}): {:?}\nlog:\n{}",
+            "run {run}: {} of {} processes outside {high} 1 s after spawn ({events}): {:?}\nlog:\n{}",
             last.len(),
+            all.len(),
             &last[..last.len().min(10)],
             fx.log()
         );
