@@ -4,10 +4,13 @@
 //! has it. [`detect`] looks for the type and its members in the kernel BTF
 //! before anything is loaded; where absent the reason names what is missing
 //! and the fallback runs. Where present, [`Backend::load`] sets the
-//! program's constants, loads it, attaches the pressure tracepoint and
-//! attaches `high_ops` to session_high and `low_ops` to session_low (a
-//! struct_ops link per cgroup: BPF_LINK_CREATE with the cgroup fd as target,
-//! as in the RFC).
+//! program's constants (from `memcg::Config`), loads it, attaches the
+//! pressure tracepoints and attaches `high_ops` to session_high and
+//! `low_ops` to session_low: one struct_ops link per cgroup, created as the
+//! RFC defines it ([`attach_struct_ops_to_cgroup`]: map value first, then
+//! BPF_LINK_CREATE with the cgroup fd in `link_create.cgroup.relative_fd`).
+//! Dropping the [`Backend`] (or the process exiting, SIGKILL included)
+//! closes the link fds, which detaches the ops.
 
 use crate::{BpfCounters, Config, Sessions};
 use anyhow::{anyhow, bail, Context, Result};
