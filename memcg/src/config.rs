@@ -54,6 +54,14 @@ pub struct Config {
     /// BPF backend: get_high_delay_ms returned for session_low under
     /// pressure (1..=2000, the kernel's cap for memory.high penalties).
     pub bpf_delay_ms: u32,
+    /// BPF backend: session_high growing by this many MB within `window_ms`
+    /// is pressure (a burst), besides its tasks entering reclaim.
+    pub bpf_burst_mb: u64,
+    /// BPF backend: after a burst of session_high, session_low is delayed
+    /// only while the tightest memory limit above it has less than this %
+    /// free (100: whatever the headroom). Reclaim pressure delays it
+    /// regardless.
+    pub bpf_headroom_pct: u32,
 }
 
 impl Default for Config {
@@ -74,6 +82,8 @@ impl Default for Config {
             oom_group_high: false,
             oom_group_low: false,
             bpf_delay_ms: 2000,
+            bpf_burst_mb: 32,
+            bpf_headroom_pct: 50,
         }
     }
 }
@@ -137,6 +147,18 @@ impl Config {
                 self.bpf_delay_ms
             ));
         }
+        if !(1..=1_000_000).contains(&self.bpf_burst_mb) {
+            return Err(format!(
+                "memcg.bpf_burst_mb must be 1..=1000000, got {}",
+                self.bpf_burst_mb
+            ));
+        }
+        if !(1..=100).contains(&self.bpf_headroom_pct) {
+            return Err(format!(
+                "memcg.bpf_headroom_pct must be 1..=100, got {}",
+                self.bpf_headroom_pct
+            ));
+        }
         Ok(())
     }
 
@@ -196,5 +218,7 @@ mod tests {
         assert!(bad(|c| c.oom_score_adj_low = 1001).contains("oom_score_adj_low"));
         assert!(bad(|c| c.oom_score_adj_high = 600).contains("must not exceed"));
         assert!(bad(|c| c.bpf_delay_ms = 0).contains("bpf_delay_ms"));
+        assert!(bad(|c| c.bpf_burst_mb = 0).contains("bpf_burst_mb"));
+        assert!(bad(|c| c.bpf_headroom_pct = 101).contains("bpf_headroom_pct"));
     }
 }

@@ -166,6 +166,7 @@ pub(crate) fn run(
     cfg: Config,
     bpf_verdict: Result<(), String>,
     status: Arc<Mutex<Status>>,
+    bpf_view: Arc<Mutex<Option<bpf::CounterView>>>,
     stop: OwnedFd,
     sink: Sink,
 ) {
@@ -175,6 +176,7 @@ pub(crate) fn run(
     let why_not_bpf = match bpf_verdict {
         Ok(()) => match bpf::Backend::load(&ctx.s, &cfg) {
             Ok(b) => {
+                *bpf_view.lock().unwrap() = b.counter_view();
                 bpf_backend = Some(b);
                 String::new()
             }
@@ -321,9 +323,6 @@ pub(crate) fn run(
                 ctx.status.lock().unwrap().psi = false;
             }
         }
-        if let Some(b) = &bpf_backend {
-            ctx.status.lock().unwrap().bpf = Some(b.counters());
-        }
         if let Some(m) = machine.as_mut() {
             let was = m.active();
             let now = Instant::now();
@@ -360,8 +359,12 @@ pub(crate) fn run(
             ctx.write(*high, "memory.oom.group", v.trim());
         }
     }
-    drop(bpf_backend);
     let mut st = ctx.status.lock().unwrap();
+    if let Some(v) = bpf_view.lock().unwrap().take() {
+        // The last reading stays in the status after the detach.
+        st.bpf = Some(v.read());
+    }
+    drop(bpf_backend);
     st.pressure = false;
     st.high_memory_low = None;
     st.low_memory_high = None;

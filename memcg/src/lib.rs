@@ -117,9 +117,22 @@ pub enum BackendKind {
 /// BPF backend counters (from the program's .bss).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BpfCounters {
+    /// Pressure noted, any source (each extends the window).
     pub pressure_events: u64,
+    /// session_high's tasks entering memcg-limit or direct reclaim.
+    pub reclaim_events: u64,
+    /// session_high grew by `bpf_burst_mb` within `window_ms`.
+    pub burst_events: u64,
+    /// session_high charge-batch refills seen by its get_high_delay_ms.
+    pub high_charges: u64,
+    /// below_low/below_min answered "protected".
     pub protect_calls: u64,
+    /// session_low's get_high_delay_ms returned `bpf_delay_ms`.
     pub throttle_calls: u64,
+    /// handle_cgroup_online/offline calls (cgroups created/removed below
+    /// the sessions, which inherit the ops).
+    pub online: u64,
+    pub offline: u64,
 }
 
 /// The controller's state, for `agentcgd status`.
@@ -173,6 +186,8 @@ pub(crate) type Sink = Box<dyn FnMut(MemEvent) + Send>;
 /// The running memory controller. Dropping it stops it like [`Controller::stop`].
 pub struct Controller {
     status: Arc<Mutex<Status>>,
+    /// The BPF backend's counters, read live by status() (None: no BPF).
+    bpf_view: Arc<Mutex<Option<bpf::CounterView>>>,
     stop_w: Option<std::os::fd::OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -213,14 +228,18 @@ impl Controller {
             Err(e) => return Controller::idle(Status::off(format!("pipe: {e}"))),
         };
         let st = status.clone();
+        let bpf_view = Arc::new(Mutex::new(None));
+        let view = bpf_view.clone();
         let cfg = cfg.clone();
         let thread = std::thread::Builder::new()
             .name("memcg".into())
-            .spawn(move || fallback::run(sessions, cfg, bpf_verdict, st, stop_r, sink))
+            .spawn(move || fallback::run(sessions, cfg, bpf_verdict, st, view, stop_r, sink))
             .expect("spawn memcg thread");
         // Wait until the thread has set the backend line, so that status()
-        // right after start() is meaningful.
-        for _ in 0..500 {
+        // right after start() is meaningful. Loading and verifying the BPF
+        // backend takes well under a second natively but several under
+        // emulation (TCG), hence the long bound.
+        for _ in 0..5000 {
             if !status.lock().unwrap().backend.is_empty() {
                 break;
             }
@@ -228,6 +247,7 @@ impl Controller {
         }
         Controller {
             status,
+            bpf_view,
             stop_w: Some(stop_w),
             thread: Some(thread),
         }
@@ -237,6 +257,7 @@ impl Controller {
     pub fn idle(status: Status) -> Controller {
         Controller {
             status: Arc::new(Mutex::new(status)),
+            bpf_view: Arc::new(Mutex::new(None)),
             stop_w: None,
             thread: None,
         }
@@ -244,7 +265,11 @@ impl Controller {
 
     /// A snapshot of the state.
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap().clone()
+        let mut st = self.status.lock().unwrap().clone();
+        if let Some(v) = self.bpf_view.lock().unwrap().as_ref() {
+            st.bpf = Some(v.read());
+        }
+        st
     }
 
     /// Stops the thread and restores every file it changed (memory.low,

@@ -1,5 +1,5 @@
 #!/bin/sh
-# 44-reactions-oom: a real OOM kill of an agent sets off a reaction. A
+# 51-reactions-oom: a real OOM kill of an agent sets off a reaction. A
 # process named "aider" (family aider, session_low) replays a trace that
 # cannot fit under agentcg/memory.max; the kernel kills it. The reaction
 # `save` (on: [oom_kill]) must run once, outside the agent tree, with
