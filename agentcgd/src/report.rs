@@ -92,6 +92,14 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
             );
         }
     }
+    let pf = crate::prefilter::compile(&set);
+    match &pf.pass_all {
+        None => println!(
+            "exec prefilter: {} keys (execs outside tracked agents reach the daemon only on a hit)",
+            pf.keys.len()
+        ),
+        Some(why) => println!("exec prefilter: lets every exec through: {why}"),
+    }
     println!("ok");
     Ok(())
 }
