@@ -13,7 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 use procmon::{Monitor, ProcEvent, ProcFs, ProcInfo};
 
 use crate::cgroup::{cgroup_of, CgroupError, SetupReport, Tree};
-use crate::classify::{inherit, own_match, protected, Lineage, Reason};
+use crate::classify::{inherit, own_match, protected, user_priority, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{PolicySet, Priority};
 use crate::state::{
@@ -51,6 +51,8 @@ enum Msg {
     Mem(memcg::MemEvent),
     Signal(Signal),
     PolicyChanged,
+    /// `agentcgd run` asks to be moved (see launch.rs).
+    Launch(crate::launch::Request),
 }
 
 /// How often, at most, the state file is rewritten while busy.
@@ -88,7 +90,8 @@ struct Daemon {
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
     let policies = PolicySet::load_dir(&opts.policies)
-        .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
+        .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?
+        .with_shared_tools(cfg.tools.clone(), &opts.config);
     if policies.families.is_empty() {
         log::warn!(
             "no policy files in {}: nothing will be placed",
@@ -195,6 +198,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
     );
     watch_policies(&opts.policies, tx.clone());
+    {
+        let tx = tx.clone();
+        let sock = crate::launch::socket_path(&opts.state);
+        match crate::launch::serve(
+            &sock,
+            Box::new(move |r| {
+                let _ = tx.send(Msg::Launch(r));
+            }),
+        ) {
+            Ok(()) => log::info!("`agentcgd run` requests on {}", sock.display()),
+            Err(e) => log::warn!(
+                "cannot serve {} ({e}): `agentcgd run` works for root only",
+                sock.display()
+            ),
+        }
+    }
     drop(tx);
 
     let session_cg =
@@ -254,6 +273,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Ok(Msg::PolicyChanged) => {
                 reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
             }
+            Ok(Msg::Launch(req)) => d.handle_launch(req),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all event sources stopped"),
         }
@@ -386,6 +406,7 @@ impl Daemon {
             pid: t.pid,
             family: t.family.clone(),
             priority: t.priority,
+            reason: t.reason.clone(),
         };
         if let Some(t) = self.tracker.get(p.pid, p.start_ticks) {
             return Some(as_lineage(t));
@@ -431,7 +452,12 @@ impl Daemon {
         // Own rules first; the ancestry is read only for what they miss.
         let parents = self.procfs.clone();
         let decision = match own_match(&self.policies, &info, &parents) {
-            Some(d) => Some(d),
+            Some(d) => Some(user_priority(
+                d,
+                &info,
+                &self.cfg.user_priority,
+                Path::new("/proc"),
+            )),
             None => self
                 .lineage(&info)
                 .and_then(|lin| inherit(&self.policies, &info, &lin, &parents)),
@@ -540,6 +566,74 @@ impl Daemon {
                     decision.priority.session()
                 );
             }
+        }
+    }
+
+    /// `agentcgd run`: move the asking process itself (the kernel named it)
+    /// into its session before it execs its command.
+    fn handle_launch(&mut self, req: crate::launch::Request) {
+        let reply = self.launch(&req);
+        let _ = req.reply.send(reply);
+    }
+
+    fn launch(&mut self, req: &crate::launch::Request) -> crate::launch::Reply {
+        use crate::launch::Reply;
+        let fam = req.ask.family.as_ref();
+        let defined = fam.and_then(|f| self.policies.family(f.as_str()));
+        let priority = req
+            .ask
+            .priority
+            .or(defined.map(|f| f.priority))
+            .unwrap_or(Priority::High);
+        if priority == Priority::High && !self.cfg.user_priority.may_ask_high(req.uid, &req.gids) {
+            return Reply::error(format!(
+                "uid {} may not ask for session_high (user_priority in {})",
+                req.uid,
+                self.opts.config.display()
+            ));
+        }
+        let Ok(info) = self.procfs.read(req.pid) else {
+            return Reply::error("the asking process is gone");
+        };
+        if info.uid != req.uid {
+            return Reply::error("the asking process changed owner");
+        }
+        if self.opts.dry_run {
+            return Reply::error("agentcgd runs with --dry-run: nothing is moved");
+        }
+        let family = fam.cloned().unwrap_or_else(|| {
+            crate::policy::FamilyName::try_from("agentcgd-run".to_string()).expect("valid name")
+        });
+        if let Err(e) = self.tree.place(req.pid, priority) {
+            self.counters.errors += 1;
+            return Reply::error(format!("cannot move pid {}: {e}", req.pid));
+        }
+        self.counters.placed += 1;
+        *self.placed_by_family.entry(family.to_string()).or_default() += 1;
+        self.steer_oom(req.pid, priority);
+        log::info!(
+            "placed pid {} ({}) in {} [{family}: started by `agentcgd run`, uid {}]",
+            req.pid,
+            info.comm,
+            priority.session(),
+            req.uid
+        );
+        self.track(Tracked {
+            pid: req.pid,
+            start_ticks: info.start_ticks,
+            family: family.clone(),
+            priority,
+            reason: Reason::Launched { uid: req.uid },
+            comm: info.comm,
+            placed_at_ms: now_ms(),
+        });
+        self.dirty = true;
+        Reply {
+            ok: true,
+            error: None,
+            cgroup: Some(crate::cgroup::rel_path(&self.tree.session_dir(priority))),
+            priority: Some(priority),
+            family: Some(family.to_string()),
         }
     }
 
@@ -665,6 +759,7 @@ impl Daemon {
     fn reload(&mut self) {
         match PolicySet::load_dir(&self.opts.policies) {
             Ok(set) => {
+                let set = set.with_shared_tools(self.cfg.tools.clone(), &self.opts.config);
                 log::info!("policies reloaded: {} families", set.families.len());
                 self.policies = set;
                 self.state.policy.last_error = None;
