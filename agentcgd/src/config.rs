@@ -275,6 +275,57 @@ mod tests {
     }
 
     #[test]
+    fn shipped_tools_catch_tool_runs_not_servers() {
+        let tools = default_tools();
+        let is_tool = |comm: &str, argv: &[&str]| {
+            let p = procmon::ProcInfo {
+                pid: 9,
+                ppid: 8,
+                uid: 1000,
+                comm: comm.into(),
+                exe: String::new(),
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                start_ticks: 1,
+                kernel_thread: false,
+            };
+            tools.iter().any(|t| {
+                t.matches
+                    .iter()
+                    .any(|b| b.matches(&p, &crate::policy::NoParents))
+            })
+        };
+        // As the kernel shows them: #! scripts have comm = script name and
+        // argv[0] = the interpreter.
+        for (comm, argv) in [
+            ("pytest", &["/v/bin/python3", "/v/bin/pytest", "-q"][..]),
+            ("python3", &["python3", "-m", "pytest", "-x"][..]),
+            (
+                "pip",
+                &["/usr/bin/python3", "/usr/bin/pip", "install", "x"][..],
+            ),
+            ("node", &["node", "/usr/bin/npm", "install"][..]),
+            ("node", &["node", "/p/node_modules/.bin/jest"][..]),
+            ("cargo", &["cargo", "test"][..]),
+            ("go", &["go", "test", "./..."][..]),
+            ("make", &["make", "-j4"][..]),
+            ("clang-19", &["clang-19", "-c", "x.c"][..]),
+            ("rustc", &["rustc", "--crate-name", "x"][..]),
+        ] {
+            assert!(is_tool(comm, argv), "{comm} {argv:?} is a tool run");
+        }
+        for (comm, argv) in [
+            ("node", &["node", "server.js"][..]),
+            ("clangd", &["clangd"][..]),
+            ("git", &["git", "status"][..]),
+            ("bash", &["/bin/bash", "-c", "ls"][..]),
+            ("python3", &["python3", "app.py"][..]),
+            ("pip", &["/usr/bin/python3", "/usr/bin/pip", "list"][..]),
+        ] {
+            assert!(!is_tool(comm, argv), "{comm} {argv:?} is not a tool run");
+        }
+    }
+
+    #[test]
     fn user_priority_high_needs_listing() {
         let d = UserPriority::default();
         assert!(d.may_ask_high(1000, &[]), "everyone by default");
