@@ -204,7 +204,6 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             reply.error.as_deref().unwrap_or("no reason given")
         ));
     }
-    let priority = reply.priority.unwrap_or(Priority::High);
     if let Some(want) = &reply.cgroup {
         let now = crate::cgroup::cgroup_of(std::process::id()).unwrap_or_default();
         if &now != want {
@@ -214,10 +213,15 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         }
     }
     log::debug!("run: in {:?}, exec {prog}", reply.cgroup);
-    let err = std::process::Command::new(prog)
-        .args(args)
-        .env(PRIORITY_ENV, priority.to_string())
-        .exec();
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args);
+    // An explicit choice travels with the command, so the daemon keeps it
+    // when the command's own rule matches at exec; without one the
+    // policies decide from then on.
+    if let Some(p) = opts.priority {
+        cmd.env(PRIORITY_ENV, p.to_string());
+    }
+    let err = cmd.exec();
     Err(format!("run: cannot run {prog}: {err}"))
 }
 

@@ -91,7 +91,7 @@ enum Cmd {
     },
     /// Run CMD inside its session cgroup from its first instruction: asks the
     /// running daemon (any user, for their own process) to move this process,
-    /// then execs CMD with AGENTCG_PRIORITY set.
+    /// then execs CMD (with AGENTCG_PRIORITY set when --priority is given).
     Run {
         /// high or low (default: the family's priority, else high).
         #[arg(long, value_parser = parse_priority)]
