@@ -11,14 +11,19 @@
 #                 (PREFIX=/usr/local, DESTDIR= for staging; docs/service.md)
 #   make deb      target/deb/agentcgd_VERSION_amd64.deb with the same content
 #   make deb-test install/check/purge the package in a throw-away root
+#   make agents-test    the real agent CLIs (tests/agents/agents.lock) under
+#                       agentcgd on this host: where each process lands
+#   make agents-latest  the same with the newest releases; says what changed
 SHELL := /bin/bash
 TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 CARGO ?= cargo
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev libzstd-dev pkg-config \
-	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps lintian
+	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps lintian \
+	tmux python3-venv
 
-.PHONY: run deps build static test cargo-test vm-test bench fmt clippy lint install install-files deb deb-test
+.PHONY: run deps build static test cargo-test vm-test agents-test agents-latest bench fmt clippy lint \
+	install install-files deb deb-test
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -59,8 +64,18 @@ vm-test: static
 
 test: deps
 	$(MAKE) cargo-test
+	$(MAKE) agents-test
 	$(MAKE) vm-test
 	$(MAKE) deb-test
+
+# Real agent CLIs (pinned in tests/agents/agents.lock, installed into
+# .agents-cache/) started in tmux as a user starts them, under agentcgd with
+# the shipped policies on this host's cgroup2 mount.
+agents-test: static
+	tests/agents/run
+
+agents-latest: static
+	tests/agents/run --latest
 
 # Benchmarks: figures, not pass/fail. Tables on stdout, JSON in target/bench/.
 bench: deps static

@@ -1,22 +1,39 @@
 //! The classifier: which family and session a process belongs to, and why.
-//! Pure: it reads a process and the families of its ancestors, nothing else.
+//! Pure, except `user_priority`, which reads one variable of an agent
+//! root's environment.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use procmon::ProcInfo;
 
-use crate::policy::{FamilyName, ParentLookup, PolicySet, Priority};
+use crate::config::UserPriority;
+use crate::policy::{FamilyName, ParentLookup, PolicySet, Priority, ToolRule};
+
+/// The environment variable a user sets to pick an agent's priority.
+pub const PRIORITY_ENV: &str = "AGENTCG_PRIORITY";
 
 /// Why a decision was made; printed by `explain` and kept in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
-    /// Matched the family's own match block `block` (0-based) in `file`.
-    Rule { file: String, block: usize },
+    /// Matched the family's own match block `block` (0-based) in `file`;
+    /// `env`: the priority came from AGENTCG_PRIORITY in its environment.
+    Rule {
+        file: String,
+        block: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<Priority>,
+    },
     /// Inherited from ancestor `ancestor` (descendants: true).
     Inherited { ancestor: u32 },
+    /// A tracked process exec'd something its own rules do not match: it
+    /// keeps what it had, for the reason it had it.
+    Reexec { previous: Box<Reason> },
+    /// Put there by `agentcgd run` on the request of user `uid`.
+    Launched { uid: u32 },
     /// A descendant that matched tools rule `rule` (0-based) in `file`.
     Tool {
         file: String,
@@ -30,10 +47,18 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Rule { file, block } => write!(f, "match block {} of {file}", block + 1),
+            Reason::Rule { file, block, env } => {
+                write!(f, "match block {} of {file}", block + 1)?;
+                match env {
+                    Some(p) => write!(f, ", {PRIORITY_ENV}={p} in its environment"),
+                    None => Ok(()),
+                }
+            }
             Reason::Inherited { ancestor } => {
                 write!(f, "descendant of pid {ancestor} (descendants: true)")
             }
+            Reason::Reexec { previous } => write!(f, "{previous} (kept across an exec)"),
+            Reason::Launched { uid } => write!(f, "started by `agentcgd run` (uid {uid})"),
             Reason::Tool {
                 file,
                 rule,
@@ -62,6 +87,27 @@ pub struct Lineage {
     pub family: FamilyName,
     /// The session it is in: a tool's children stay with the tool.
     pub priority: Priority,
+    /// Why it is where it is (so a re-exec names the real ancestor).
+    pub reason: Reason,
+}
+
+impl Lineage {
+    pub fn of(pid: u32, d: &Decision) -> Lineage {
+        Lineage {
+            pid,
+            family: d.family.clone(),
+            priority: d.priority,
+            reason: d.reason.clone(),
+        }
+    }
+
+    fn launched(&self) -> bool {
+        match &self.reason {
+            Reason::Launched { .. } => true,
+            Reason::Reexec { previous } => matches!(**previous, Reason::Launched { .. }),
+            _ => false,
+        }
+    }
 }
 
 /// Decide for `p` by its own rules: the first family with a matching block.
@@ -74,6 +120,7 @@ pub fn own_match(set: &PolicySet, p: &ProcInfo, parents: &dyn ParentLookup) -> O
             reason: Reason::Rule {
                 file: fam.file.display().to_string(),
                 block,
+                env: None,
             },
         })
     })
@@ -81,39 +128,168 @@ pub fn own_match(set: &PolicySet, p: &ProcInfo, parents: &dyn ParentLookup) -> O
 
 /// Decide for `p` as a descendant of `lin` (its nearest tracked ancestor,
 /// or itself before a re-exec): the family keeps it when `descendants` is
-/// on, and its `tools` rules may pick another session.
+/// on; its own `tools` rules, then the shared ones (unless the family says
+/// `shared_tools: false`), may pick another session. A process started by
+/// `agentcgd run` under a family no file defines keeps its descendants, with
+/// the shared tools rules.
 pub fn inherit(
     set: &PolicySet,
     p: &ProcInfo,
     lin: &Lineage,
     parents: &dyn ParentLookup,
 ) -> Option<Decision> {
-    let fam = set.family(lin.family.as_str())?;
-    if !fam.descendants {
-        return None;
+    let (own, shared): (&[ToolRule], bool) = match set.family(lin.family.as_str()) {
+        Some(fam) if !fam.descendants => return None,
+        Some(fam) => (&fam.tools, fam.shared_tools),
+        None if lin.launched() => (&[], true),
+        None => return None,
+    };
+    let own_file = set
+        .family(lin.family.as_str())
+        .map(|f| f.file.display().to_string())
+        .unwrap_or_default();
+    let shared_rules: &[ToolRule] = if shared { &set.shared_tools.rules } else { &[] };
+    let tool = own
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, t, own_file.clone()))
+        .chain(
+            shared_rules
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t, set.shared_tools.file.display().to_string())),
+        )
+        .find(|(_, t, _)| t.matches.iter().any(|b| b.matches(p, parents)));
+    // On a re-exec the lineage is the process itself: name its ancestor.
+    let reexec = lin.pid == p.pid;
+    let priority = tool
+        .as_ref()
+        .map(|(_, t, _)| t.priority)
+        .unwrap_or(lin.priority);
+    let reason = match tool {
+        Some((rule, _, file)) => Reason::Tool {
+            file,
+            rule,
+            ancestor: match (&lin.reason, reexec) {
+                (Reason::Tool { ancestor, .. }, true) => *ancestor,
+                (Reason::Inherited { ancestor }, true) => *ancestor,
+                _ => lin.pid,
+            },
+        },
+        None if reexec => match &lin.reason {
+            r @ (Reason::Inherited { .. } | Reason::Tool { .. } | Reason::Reexec { .. }) => {
+                r.clone()
+            }
+            r => Reason::Reexec {
+                previous: Box::new(r.clone()),
+            },
+        },
+        None => Reason::Inherited { ancestor: lin.pid },
+    };
+    Some(Decision {
+        family: lin.family.clone(),
+        priority,
+        reason,
+    })
+}
+
+/// Apply AGENTCG_PRIORITY from an agent root's environment: only to a
+/// decision by the family's own rule, only that variable is read, and its
+/// value is never logged. Asking for high needs `up`'s permission.
+pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &Path) -> Decision {
+    let Reason::Rule { file, block, .. } = &d.reason else {
+        return d;
+    };
+    let Some(want) = env_priority(proc_root, p.pid) else {
+        return d;
+    };
+    if want == Priority::High && !up.may_ask_high(p.uid, &groups(proc_root, p.pid)) {
+        log::info!(
+            "pid {} ({}): uid {} may not ask for session_high (user_priority in agentcgd.yaml); {PRIORITY_ENV} ignored",
+            p.pid,
+            p.comm,
+            p.uid
+        );
+        return d;
     }
-    for (rule, tool) in fam.tools.iter().enumerate() {
-        if tool.matches.iter().any(|b| b.matches(p, parents)) {
-            return Some(Decision {
-                family: fam.family.clone(),
-                priority: tool.priority,
-                reason: Reason::Tool {
-                    file: fam.file.display().to_string(),
-                    rule,
-                    ancestor: lin.pid,
-                },
-            });
+    Decision {
+        priority: want,
+        reason: Reason::Rule {
+            file: file.clone(),
+            block: *block,
+            env: Some(want),
+        },
+        family: d.family,
+    }
+}
+
+/// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
+/// to `high` or `low`. Any other value is ignored (and not logged).
+pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
+    let key = format!("{PRIORITY_ENV}=");
+    let value = raw
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(key.as_bytes()))?;
+    match value {
+        b"high" => Some(Priority::High),
+        b"low" => Some(Priority::Low),
+        _ => {
+            log::warn!("pid {pid}: {PRIORITY_ENV} is neither `high` nor `low`: ignored");
+            None
         }
     }
-    Some(Decision {
-        family: fam.family.clone(),
-        priority: lin.priority,
-        reason: Reason::Inherited { ancestor: lin.pid },
-    })
+}
+
+/// Real gid and supplementary groups of `pid`.
+fn groups(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let status =
+        std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Groups:").or_else(|| {
+                l.strip_prefix("Gid:")
+                    .map(|r| r.split_whitespace().next().unwrap_or(""))
+            })
+        })
+        .flat_map(|r| {
+            r.split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Decide a whole ancestry (oldest first, the process last) the way the
+/// daemon would have as each exec'd: each process by its own rules, else by
+/// its nearest decided ancestor. Used by `explain` without the daemon.
+pub fn decide_chain(
+    set: &PolicySet,
+    chain: &[ProcInfo],
+    up: &UserPriority,
+    proc_root: &Path,
+    parents: &dyn ParentLookup,
+) -> Vec<Option<Decision>> {
+    let mut lineage: Option<Lineage> = None;
+    chain
+        .iter()
+        .map(|p| {
+            let d = match own_match(set, p, parents) {
+                Some(d) => Some(user_priority(d, p, up, proc_root)),
+                None => lineage.as_ref().and_then(|l| inherit(set, p, l, parents)),
+            };
+            if let Some(d) = &d {
+                lineage = Some(Lineage::of(p.pid, d));
+            }
+            d
+        })
+        .collect()
 }
 
 /// Own rules first (first match wins), then the lineage. The daemon calls
 /// the two halves itself so it looks up the lineage only when needed.
+#[cfg(test)]
 pub fn classify(
     set: &PolicySet,
     p: &ProcInfo,
@@ -155,6 +331,7 @@ mod tests {
         .unwrap();
         PolicySet {
             families: vec![a, b],
+            ..Default::default()
         }
     }
 
@@ -176,6 +353,11 @@ mod tests {
             pid: 40,
             family: FamilyName::try_from(f.to_string()).unwrap(),
             priority: Priority::High,
+            reason: Reason::Rule {
+                file: "x".into(),
+                block: 0,
+                env: None,
+            },
         }
     }
 
@@ -188,7 +370,8 @@ mod tests {
             d.reason,
             Reason::Rule {
                 file: "10-claude.yaml".into(),
-                block: 0
+                block: 0,
+                env: None,
             }
         );
     }
@@ -259,6 +442,218 @@ mod tests {
         assert_eq!(
             classify(&set(), &p("git", &[]), Some(&lin("gone")), &NoParents),
             None
+        );
+    }
+
+    fn with_shared(set: PolicySet) -> PolicySet {
+        let rules = crate::config::Config::parse(
+            "tools:\n  - match: [{comm: make}, {argv: [\"python*\", \"-m\", \"pytest\"]}]\n    priority: low\n",
+        )
+        .unwrap()
+        .tools;
+        set.with_shared_tools(rules, Path::new("/etc/agentcgd/agentcgd.yaml"))
+    }
+
+    #[test]
+    fn shared_tools_apply_after_the_familys_own() {
+        let set = with_shared(set());
+        let d = classify(
+            &set,
+            &p("make", &["make"]),
+            Some(&lin("claude-code")),
+            &NoParents,
+        )
+        .unwrap();
+        assert_eq!(d.priority, Priority::Low);
+        assert_eq!(
+            d.reason,
+            Reason::Tool {
+                file: "/etc/agentcgd/agentcgd.yaml".into(),
+                rule: 0,
+                ancestor: 40
+            }
+        );
+        // The family's own rule comes first.
+        let d = classify(
+            &set,
+            &p("python3", &["python3", "-m", "pytest"]),
+            Some(&lin("claude-code")),
+            &NoParents,
+        )
+        .unwrap();
+        assert!(
+            matches!(&d.reason, Reason::Tool { file, .. } if file == "10-claude.yaml"),
+            "{:?}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn family_can_override_or_drop_shared_tools() {
+        let fam = parse_family(
+            Path::new("30-x.yaml"),
+            "family: x\npriority: high\nshared_tools: false\nmatch: [{comm: xagent}]\n",
+        )
+        .unwrap();
+        let up = parse_family(
+            Path::new("40-y.yaml"),
+            "family: y\npriority: high\nmatch: [{comm: yagent}]\ntools:\n  - match: [{comm: make}]\n    priority: high\n",
+        )
+        .unwrap();
+        let set = with_shared(PolicySet {
+            families: vec![fam, up],
+            ..Default::default()
+        });
+        let d = classify(&set, &p("make", &[]), Some(&lin("x")), &NoParents).unwrap();
+        assert_eq!(d.priority, Priority::High, "shared_tools: false");
+        assert_eq!(d.reason, Reason::Inherited { ancestor: 40 });
+        let d = classify(&set, &p("make", &[]), Some(&lin("y")), &NoParents).unwrap();
+        assert_eq!(d.priority, Priority::High, "own rule overrides");
+        assert!(matches!(d.reason, Reason::Tool { rule: 0, .. }));
+    }
+
+    #[test]
+    fn reexec_names_the_real_ancestor() {
+        let set = set();
+        // pid 50 was placed as a descendant of 40, then exec'd: still 40.
+        let me = Lineage {
+            pid: 50,
+            reason: Reason::Inherited { ancestor: 40 },
+            ..lin("claude-code")
+        };
+        let d = classify(&set, &p("node", &["node"]), Some(&me), &NoParents).unwrap();
+        assert_eq!(d.reason, Reason::Inherited { ancestor: 40 });
+        // An agent root that exec'd something its rules miss.
+        let root = Lineage {
+            pid: 50,
+            ..lin("claude-code")
+        };
+        let d = classify(&set, &p("node", &["node"]), Some(&root), &NoParents).unwrap();
+        assert!(matches!(d.reason, Reason::Reexec { .. }), "{:?}", d.reason);
+        assert!(!d.reason.to_string().contains("pid 50"), "{}", d.reason);
+    }
+
+    #[test]
+    fn launched_without_a_family_file_keeps_descendants() {
+        let set = with_shared(set());
+        let l = Lineage {
+            reason: Reason::Launched { uid: 1000 },
+            ..lin("my-bot")
+        };
+        let d = classify(&set, &p("bash", &["bash"]), Some(&l), &NoParents).unwrap();
+        assert_eq!((d.family.as_str(), d.priority), ("my-bot", Priority::High));
+        let d = classify(&set, &p("make", &["make"]), Some(&l), &NoParents).unwrap();
+        assert_eq!(d.priority, Priority::Low);
+    }
+
+    fn fake_proc(pid: u32, environ: &[u8], status: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("environ"), environ).unwrap();
+        std::fs::write(dir.join("status"), status).unwrap();
+        d
+    }
+
+    #[test]
+    fn agentcg_priority_in_the_environment() {
+        let set = set();
+        let claude = p("claude", &["claude"]);
+        let d = own_match(&set, &claude, &NoParents).unwrap();
+        let root = fake_proc(
+            50,
+            b"HOME=/h\0AGENTCG_PRIORITY=low\0X=1\0",
+            "Gid:\t5\t5\t5\t5\nGroups:\t5 6\n",
+        );
+        let up = UserPriority::default();
+        let got = user_priority(d.clone(), &claude, &up, root.path());
+        assert_eq!(got.priority, Priority::Low);
+        assert!(
+            got.reason.to_string().contains("AGENTCG_PRIORITY=low"),
+            "{}",
+            got.reason
+        );
+        // Not set, or a bad value: the family's priority.
+        let none = fake_proc(50, b"HOME=/h\0NOT_AGENTCG_PRIORITY=low\0", "");
+        assert_eq!(
+            user_priority(d.clone(), &claude, &up, none.path()).priority,
+            Priority::High
+        );
+        let bad = fake_proc(50, b"AGENTCG_PRIORITY=urgent\0", "");
+        assert_eq!(user_priority(d.clone(), &claude, &up, bad.path()), d);
+        // Asking for high needs permission (uid 0 always has it).
+        let mut user = claude.clone();
+        user.uid = 4321;
+        let low_fam = Decision {
+            priority: Priority::Low,
+            ..d.clone()
+        };
+        let high = fake_proc(
+            50,
+            b"AGENTCG_PRIORITY=high\0",
+            "Gid:\t5\t5\t5\t5\nGroups:\t5 6\n",
+        );
+        let only_6 = UserPriority {
+            high_users: vec![],
+            high_groups: vec!["6".into()],
+        };
+        let only_7 = UserPriority {
+            high_users: vec![],
+            high_groups: vec!["7".into()],
+        };
+        assert_eq!(
+            user_priority(low_fam.clone(), &user, &only_6, high.path()).priority,
+            Priority::High
+        );
+        assert_eq!(
+            user_priority(low_fam.clone(), &user, &only_7, high.path()).priority,
+            Priority::Low
+        );
+        // Descendants never read it: only an agent root's own rule does.
+        let desc = Decision {
+            reason: Reason::Inherited { ancestor: 1 },
+            ..d.clone()
+        };
+        assert_eq!(user_priority(desc.clone(), &claude, &up, root.path()), desc);
+    }
+
+    #[test]
+    fn chain_decides_like_the_daemon() {
+        let set = with_shared(set());
+        let mut chain = vec![
+            p("bash", &["bash"]),
+            p("claude", &["claude"]),
+            p("bash", &["/bin/bash", "-c", "x"]),
+            p("python3", &["python3", "-m", "pytest"]),
+            p("python3", &["python3", "worker.py"]),
+        ];
+        for (i, c) in chain.iter_mut().enumerate() {
+            c.pid = 100 + i as u32;
+        }
+        let empty = tempfile::tempdir().unwrap();
+        let ds = decide_chain(
+            &set,
+            &chain,
+            &UserPriority::default(),
+            empty.path(),
+            &NoParents,
+        );
+        assert_eq!(ds[0], None);
+        let pr: Vec<_> = ds[1..]
+            .iter()
+            .map(|d| d.as_ref().unwrap().priority)
+            .collect();
+        assert_eq!(
+            pr,
+            [Priority::High, Priority::High, Priority::Low, Priority::Low]
+        );
+        assert_eq!(
+            ds[2].as_ref().unwrap().reason,
+            Reason::Inherited { ancestor: 101 }
+        );
+        assert_eq!(
+            ds[4].as_ref().unwrap().reason,
+            Reason::Inherited { ancestor: 103 }
         );
     }
 

@@ -5,6 +5,74 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::ToolRule;
+
+/// The shipped agentcgd.yaml: its `tools:` list is also the default when a
+/// host's file has no `tools:` key (or there is no file at all).
+const SHIPPED: &str = include_str!("../../policies/agentcgd.yaml");
+
+/// The shared tools rules of the shipped agentcgd.yaml.
+pub fn default_tools() -> Vec<ToolRule> {
+    #[derive(Deserialize)]
+    struct ToolsOnly {
+        #[serde(default)]
+        tools: Vec<ToolRule>,
+    }
+    static TOOLS: std::sync::OnceLock<Vec<ToolRule>> = std::sync::OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            serde_norway::from_str::<ToolsOnly>(SHIPPED)
+                .expect("the shipped policies/agentcgd.yaml parses (a unit test checks it)")
+                .tools
+        })
+        .clone()
+}
+
+/// Who may ask for a priority themselves: `AGENTCG_PRIORITY=high|low` in an
+/// agent's environment, `agentcgd run --priority`. Asking for low is always
+/// allowed; asking for high only for the users and groups listed here (by
+/// name or number; `"*"` is everyone). root always may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserPriority {
+    pub high_users: Vec<String>,
+    pub high_groups: Vec<String>,
+}
+
+impl Default for UserPriority {
+    fn default() -> Self {
+        Self {
+            high_users: vec!["*".into()],
+            high_groups: vec![],
+        }
+    }
+}
+
+impl UserPriority {
+    /// May a process of `uid` with groups `gids` ask for session_high?
+    pub fn may_ask_high(&self, uid: u32, gids: &[u32]) -> bool {
+        use nix::unistd::{Group, User};
+        if uid == 0 || self.high_users.iter().any(|u| u == "*") {
+            return true;
+        }
+        let user_ok = self.high_users.iter().any(|u| match u.parse::<u32>() {
+            Ok(n) => n == uid,
+            Err(_) => User::from_name(u)
+                .ok()
+                .flatten()
+                .is_some_and(|x| x.uid.as_raw() == uid),
+        });
+        user_ok
+            || self.high_groups.iter().any(|g| {
+                let gid = match g.parse::<u32>() {
+                    Ok(n) => Some(n),
+                    Err(_) => Group::from_name(g).ok().flatten().map(|x| x.gid.as_raw()),
+                };
+                gid.is_some_and(|gid| gids.contains(&gid))
+            })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
@@ -52,7 +120,7 @@ impl Default for ActivityConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sessions: Sessions,
@@ -61,6 +129,24 @@ pub struct Config {
     pub activity: ActivityConfig,
     /// Reactive actions (off unless `reactions.enabled`); see docs/reactions.md.
     pub reactions: reactions::Config,
+    /// Tools rules shared by every family (tried after a family's own):
+    /// test runners, package installs, compilers, builds.
+    pub tools: Vec<ToolRule>,
+    pub user_priority: UserPriority,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sessions: Sessions::default(),
+            scheduler: scheduler::Config::default(),
+            memcg: memcg::Config::default(),
+            activity: ActivityConfig::default(),
+            reactions: reactions::Config::default(),
+            tools: default_tools(),
+            user_priority: UserPriority::default(),
+        }
+    }
 }
 
 impl Config {
@@ -255,6 +341,99 @@ mod tests {
             e.contains("agentcgd.yaml:6: ") && e.contains("/nonexistent/save"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shared_tools_default_to_the_shipped_list() {
+        let c = Config::parse("").unwrap();
+        let blocks: usize = c.tools.iter().map(|t| t.matches.len()).sum();
+        assert!(blocks > 30, "shipped tools blocks: {blocks}");
+        assert!(c
+            .tools
+            .iter()
+            .all(|t| t.priority == crate::policy::Priority::Low));
+        let own = Config::parse("tools:\n  - match: [{comm: make}]\n    priority: high\n").unwrap();
+        assert_eq!(own.tools.len(), 1, "a tools: key replaces the defaults");
+        let none = Config::parse("tools: []\n").unwrap();
+        assert!(none.tools.is_empty());
+        let e =
+            Config::parse("tools:\n  - match: [{comm: make}]\n    priority: mid\n").unwrap_err();
+        assert!(e.starts_with("3: "), "{e}");
+        // Every shipped rule can be prefiltered at exec time.
+        for t in &c.tools {
+            for b in &t.matches {
+                assert!(
+                    crate::prefilter::block_key(b).is_some(),
+                    "no prefilter key: {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_tools_catch_tool_runs_not_servers() {
+        let tools = default_tools();
+        let is_tool = |comm: &str, argv: &[&str]| {
+            let p = procmon::ProcInfo {
+                pid: 9,
+                ppid: 8,
+                uid: 1000,
+                comm: comm.into(),
+                exe: String::new(),
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                start_ticks: 1,
+                kernel_thread: false,
+            };
+            tools.iter().any(|t| {
+                t.matches
+                    .iter()
+                    .any(|b| b.matches(&p, &crate::policy::NoParents))
+            })
+        };
+        // As the kernel shows them: #! scripts have comm = script name and
+        // argv[0] = the interpreter.
+        for (comm, argv) in [
+            ("pytest", &["/v/bin/python3", "/v/bin/pytest", "-q"][..]),
+            ("python3", &["python3", "-m", "pytest", "-x"][..]),
+            (
+                "pip",
+                &["/usr/bin/python3", "/usr/bin/pip", "install", "x"][..],
+            ),
+            ("node", &["node", "/usr/bin/npm", "install"][..]),
+            ("node", &["node", "/p/node_modules/.bin/jest"][..]),
+            ("cargo", &["cargo", "test"][..]),
+            ("go", &["go", "test", "./..."][..]),
+            ("make", &["make", "-j4"][..]),
+            ("clang-19", &["clang-19", "-c", "x.c"][..]),
+            ("rustc", &["rustc", "--crate-name", "x"][..]),
+        ] {
+            assert!(is_tool(comm, argv), "{comm} {argv:?} is a tool run");
+        }
+        for (comm, argv) in [
+            ("node", &["node", "server.js"][..]),
+            ("clangd", &["clangd"][..]),
+            ("git", &["git", "status"][..]),
+            ("bash", &["/bin/bash", "-c", "ls"][..]),
+            ("python3", &["python3", "app.py"][..]),
+            ("pip", &["/usr/bin/python3", "/usr/bin/pip", "list"][..]),
+        ] {
+            assert!(!is_tool(comm, argv), "{comm} {argv:?} is not a tool run");
+        }
+    }
+
+    #[test]
+    fn user_priority_high_needs_listing() {
+        let d = UserPriority::default();
+        assert!(d.may_ask_high(1000, &[]), "everyone by default");
+        let c =
+            Config::parse("user_priority: {high_users: [\"4242\"], high_groups: [\"77\", root]}\n")
+                .unwrap()
+                .user_priority;
+        assert!(c.may_ask_high(0, &[]), "root always");
+        assert!(c.may_ask_high(4242, &[]));
+        assert!(!c.may_ask_high(4243, &[5]));
+        assert!(c.may_ask_high(4243, &[5, 77]));
+        assert!(c.may_ask_high(4243, &[0]), "group root by name");
     }
 
     #[test]

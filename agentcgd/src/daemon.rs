@@ -21,7 +21,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use procmon::{Ancestor, Exec, Monitor, Origin, ProcEvent, ProcFs, ProcInfo, Seed};
 
 use crate::cgroup::{cgroup_of, CgroupError, MoveError, SetupReport, Target, Tree};
-use crate::classify::{inherit, own_match, protected, Decision, Lineage, Reason};
+use crate::classify::{inherit, own_match, protected, user_priority, Decision, Lineage, Reason};
 use crate::config::Config;
 use crate::policy::{PolicySet, Priority};
 use crate::publish::{Publisher, Sources};
@@ -61,6 +61,8 @@ pub enum Msg {
     Mem(memcg::MemEvent),
     /// The session cgroups are gone (found by the publisher).
     TreeLost(String),
+    /// `agentcgd run` asks to be moved (see launch.rs).
+    Launch(crate::launch::Request),
 }
 
 /// Sends messages to the daemon thread and wakes it.
@@ -187,7 +189,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("agentcgd {} starting", crate::VERSION);
     let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
     let policies = PolicySet::load_dir(&opts.policies)
-        .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?;
+        .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?
+        .with_shared_tools(cfg.tools.clone(), &opts.config);
     if policies.families.is_empty() {
         log::warn!(
             "no policy files in {}: nothing will be placed",
@@ -281,6 +284,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     );
     let policy_watch = watch_policies(&opts.policies);
     let reactions = Arc::new(start_reactions(&cfg, &opts, &tree, &monitor));
+    {
+        let mb = mailbox.clone();
+        let sock = crate::launch::socket_path(&opts.state);
+        match crate::launch::serve(
+            &sock,
+            Box::new(move |r| {
+                let _ = mb.send(Msg::Launch(r));
+            }),
+        ) {
+            Ok(()) => log::info!("`agentcgd run` requests on {}", sock.display()),
+            Err(e) => log::warn!(
+                "cannot serve {} ({e}): `agentcgd run` works for root only",
+                sock.display()
+            ),
+        }
+    }
 
     let publisher = Publisher::spawn(Sources {
         path: opts.state.clone(),
@@ -617,7 +636,9 @@ impl Daemon {
                     self.dirty = true;
                     self.remember_departed(&t);
                     // An agent's root process died by a signal or non-zero.
-                    if let (Reason::Rule { .. }, Some(ws)) = (&t.reason, exit_code) {
+                    let root =
+                        placed_by(&t.reason).is_none() && !matches!(t.reason, Reason::Adopted);
+                    if let (true, Some(ws)) = (root, exit_code) {
                         let exit = reactions::Exit::from_wait_status(ws);
                         if exit.is_crash() {
                             let agent = self.agent_of(&t);
@@ -648,6 +669,7 @@ impl Daemon {
         match m {
             Msg::Mem(ev) => self.handle_mem(ev),
             Msg::TreeLost(why) => self.rebuild_tree(&why),
+            Msg::Launch(req) => self.handle_launch(req),
         }
     }
 
@@ -717,7 +739,13 @@ impl Daemon {
     fn decide(&mut self, info: &ProcInfo, known: Option<Option<Lineage>>) -> Option<Decision> {
         let parents = self.procfs.clone();
         if let Some(d) = own_match(&self.policies, info, &parents) {
-            return Some(d);
+            // An agent root may pick its session (AGENTCG_PRIORITY).
+            return Some(user_priority(
+                d,
+                info,
+                &self.cfg.user_priority,
+                Path::new("/proc"),
+            ));
         }
         let lin = match known {
             Some(lin) => lin,
@@ -949,11 +977,7 @@ impl Daemon {
                     decision.reason
                 );
                 self.steer_oom(info.pid, decision.priority);
-                let lin = Lineage {
-                    pid: info.pid,
-                    family: decision.family,
-                    priority: decision.priority,
-                };
+                let lin = Lineage::of(info.pid, &decision);
                 self.place_children(info.pid, threads, &lin);
             }
             Moved::TreeLost => {
@@ -988,11 +1012,7 @@ impl Daemon {
                 let Some(d) = self.decide(&info, Some(Some(lin.clone()))) else {
                     continue;
                 };
-                let child_lin = Lineage {
-                    pid: info.pid,
-                    family: d.family.clone(),
-                    priority: d.priority,
-                };
+                let child_lin = Lineage::of(info.pid, &d);
                 let threads = self.procfs.stat(info.pid).map(|s| s.threads).unwrap_or(1);
                 let placed_before = self.counters.placed;
                 self.apply_shallow(info, d);
@@ -1091,6 +1111,86 @@ impl Daemon {
         self.reconcile("tree rebuilt");
     }
 
+    /// `agentcgd run`: move the asking process itself (the kernel named it)
+    /// into its session before it execs its command.
+    fn handle_launch(&mut self, req: crate::launch::Request) {
+        let reply = self.launch(&req);
+        let _ = req.reply.send(reply);
+    }
+
+    fn launch(&mut self, req: &crate::launch::Request) -> crate::launch::Reply {
+        use crate::launch::Reply;
+        let fam = req.ask.family.as_ref();
+        let defined = fam.and_then(|f| self.policies.family(f.as_str()));
+        let priority = req
+            .ask
+            .priority
+            .or(defined.map(|f| f.priority))
+            .unwrap_or(Priority::High);
+        if priority == Priority::High && !self.cfg.user_priority.may_ask_high(req.uid, &req.gids) {
+            return Reply::error(format!(
+                "uid {} may not ask for session_high (user_priority in {})",
+                req.uid,
+                self.opts.config.display()
+            ));
+        }
+        let Ok(info) = self.procfs.read(req.pid) else {
+            return Reply::error("the asking process is gone");
+        };
+        if info.uid != req.uid {
+            return Reply::error("the asking process changed owner");
+        }
+        if self.opts.dry_run {
+            return Reply::error("agentcgd runs with --dry-run: nothing is moved");
+        }
+        let family = fam.cloned().unwrap_or_else(|| {
+            crate::policy::FamilyName::try_from("agentcgd-run".to_string()).expect("valid name")
+        });
+        let target = self.target(priority).clone();
+        self.track(
+            Tracked {
+                pid: req.pid,
+                start_ticks: info.start_ticks,
+                family: family.clone(),
+                priority,
+                reason: Reason::Launched { uid: req.uid },
+                comm: info.comm.clone(),
+                placed_at_ms: now_ms(),
+            },
+            target.id,
+        );
+        match self.move_to(req.pid, info.start_ticks, &target) {
+            Moved::Yes { .. } => {}
+            Moved::TreeLost => {
+                self.untrack(req.pid, info.start_ticks);
+                self.rebuild_tree("a session cgroup vanished during a move");
+                return Reply::error("the session cgroups were missing; try again");
+            }
+            _ => {
+                self.untrack(req.pid, info.start_ticks);
+                return Reply::error(format!("cannot move pid {}", req.pid));
+            }
+        }
+        self.counters.placed += 1;
+        *self.placed_by_family.entry(family.to_string()).or_default() += 1;
+        self.steer_oom(req.pid, priority);
+        log::debug!(
+            "placed pid {} ({}) in {} [{family}: started by `agentcgd run`, uid {}]",
+            req.pid,
+            info.comm,
+            priority.session(),
+            req.uid
+        );
+        self.dirty = true;
+        Reply {
+            ok: true,
+            error: None,
+            cgroup: Some(crate::cgroup::rel_path(&self.tree.session_dir(priority))),
+            priority: Some(priority),
+            family: Some(family.to_string()),
+        }
+    }
+
     fn handle_mem(&mut self, ev: memcg::MemEvent) {
         self.dirty = true;
         if let memcg::MemEvent::OomKill { session, count } = ev {
@@ -1181,9 +1281,8 @@ impl Daemon {
     fn agent_of(&self, t: &Tracked) -> reactions::Agent {
         let mut root = t.clone();
         for _ in 0..MAX_ANCESTRY {
-            let ancestor = match root.reason {
-                Reason::Inherited { ancestor } | Reason::Tool { ancestor, .. } => ancestor,
-                Reason::Rule { .. } | Reason::Adopted => break,
+            let Some(ancestor) = placed_by(&root.reason) else {
+                break;
             };
             match self.tracker.get_pid(ancestor) {
                 Some(a) if a.start_ticks <= root.start_ticks && a.family == root.family => {
@@ -1276,6 +1375,8 @@ impl Daemon {
     fn reload(&mut self) {
         match PolicySet::load_dir(&self.opts.policies) {
             Ok(set) => {
+                let set = set.with_shared_tools(self.cfg.tools.clone(), &self.opts.config);
+                let set = set.with_shared_tools(self.cfg.tools.clone(), &self.opts.config);
                 log::info!("policies reloaded: {} families", set.families.len());
                 self.needs_exe = policies_need_exe(&set);
                 self.policies = set;
@@ -1369,10 +1470,21 @@ impl Daemon {
     }
 }
 
+/// The tracked ancestor a reason names (None: the process is its agent's
+/// root, placed by its own rule or by `agentcgd run`).
+fn placed_by(r: &Reason) -> Option<u32> {
+    match r {
+        Reason::Inherited { ancestor } | Reason::Tool { ancestor, .. } => Some(*ancestor),
+        Reason::Reexec { previous } => placed_by(previous),
+        Reason::Rule { .. } | Reason::Adopted | Reason::Launched { .. } => None,
+    }
+}
+
 fn as_lineage(t: &Tracked) -> Lineage {
     Lineage {
         pid: t.pid,
         family: t.family.clone(),
         priority: t.priority,
+        reason: t.reason.clone(),
     }
 }

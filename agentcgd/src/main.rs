@@ -7,6 +7,7 @@ mod cgroup;
 mod classify;
 mod config;
 mod daemon;
+mod launch;
 mod logging;
 mod policy;
 mod prefilter;
@@ -94,9 +95,43 @@ enum Cmd {
         pid: u32,
         #[arg(long, default_value = DEFAULT_POLICIES)]
         policies: PathBuf,
+        /// Daemon-wide settings (shared tools rules, user_priority).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
     },
+    /// Run CMD inside its session cgroup from its first instruction: asks the
+    /// running daemon (any user, for their own process) to move this process,
+    /// then execs CMD (with AGENTCG_PRIORITY set when --priority is given).
+    Run {
+        /// high or low (default: the family's priority, else high).
+        #[arg(long, value_parser = parse_priority)]
+        priority: Option<policy::Priority>,
+        /// The family to count it under (default: its own rules decide).
+        #[arg(long, value_parser = parse_family)]
+        family: Option<policy::FamilyName>,
+        /// The running daemon's state file (its socket sits beside it).
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        /// ROOT, for root without a running daemon.
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn parse_priority(s: &str) -> Result<policy::Priority, String> {
+    match s {
+        "high" => Ok(policy::Priority::High),
+        "low" => Ok(policy::Priority::Low),
+        _ => Err(format!("{s:?}: want high or low")),
+    }
+}
+
+fn parse_family(s: &str) -> Result<policy::FamilyName, String> {
+    policy::FamilyName::try_from(s.to_string())
 }
 
 fn main() -> ExitCode {
@@ -108,8 +143,22 @@ fn main() -> ExitCode {
         Some(Cmd::Explain {
             pid,
             policies,
+            config,
             state,
-        }) => report::explain(pid, &policies, &state),
+        }) => report::explain(pid, &policies, &config, &state),
+        Some(Cmd::Run {
+            priority,
+            family,
+            state,
+            root,
+            cmd,
+        }) => launch::run(launch::RunOptions {
+            priority,
+            family,
+            state,
+            root,
+            cmd,
+        }),
         None => daemon::run(daemon::Options {
             root: cli.root,
             config: cli.config,

@@ -261,8 +261,13 @@ pub struct Family {
     /// Children that exec something unmatched stay in the family.
     #[serde(default = "default_true")]
     pub descendants: bool,
+    /// Its own tools rules, tried before the shared ones of agentcgd.yaml.
     #[serde(default)]
     pub tools: Vec<ToolRule>,
+    /// Whether the shared `tools:` rules of agentcgd.yaml apply after the
+    /// family's own (`false`: only the family's own rules).
+    #[serde(default = "default_true")]
+    pub shared_tools: bool,
     /// Where it came from (not part of the file format).
     #[serde(skip_deserializing, default)]
     pub file: PathBuf,
@@ -334,10 +339,19 @@ fn family_line(text: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// The whole validated policy: families in file-name order.
+/// The whole validated policy: families in file-name order, and the
+/// `tools:` rules shared by every family (from agentcgd.yaml).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PolicySet {
     pub families: Vec<Family>,
+    pub shared_tools: SharedTools,
+}
+
+/// The shared `tools:` rules and the file they came from (for reasons).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SharedTools {
+    pub file: PathBuf,
+    pub rules: Vec<ToolRule>,
 }
 
 impl PolicySet {
@@ -390,6 +404,15 @@ impl PolicySet {
 
     pub fn family(&self, name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.family.as_str() == name)
+    }
+
+    /// The same families with the shared tools rules of `file`.
+    pub fn with_shared_tools(mut self, rules: Vec<ToolRule>, file: &Path) -> PolicySet {
+        self.shared_tools = SharedTools {
+            file: file.to_path_buf(),
+            rules,
+        };
+        self
     }
 }
 
@@ -600,11 +623,94 @@ tools:
             "claude-code",
             "codex",
             "gemini-cli",
+            "qwen-code",
             "aider",
             "opencode",
+            "copilot",
+            "amp",
+            "pi",
+            "cline",
+            "auggie",
             "openhands",
         ] {
-            assert!(set.family(fam).is_some(), "shipped policies lack {fam}");
+            let f = set
+                .family(fam)
+                .unwrap_or_else(|| panic!("shipped policies lack {fam}"));
+            // Shipped defaults: interactive agents in session_high.
+            assert_eq!(f.priority, Priority::High, "{fam}");
+            assert!(f.descendants && f.shared_tools, "{fam}");
+            // Every block can be prefiltered at exec time.
+            for b in &f.matches {
+                assert!(
+                    crate::prefilter::block_key(b).is_some(),
+                    "{fam}: no prefilter key: {b:?}"
+                );
+            }
+        }
+    }
+
+    /// The shipped rules against the processes the real agents showed
+    /// (see each file's comments for the versions).
+    #[test]
+    fn shipped_policies_match_real_process_shapes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let set = PolicySet::load_dir(&dir).unwrap();
+        let nm = "/usr/local/lib/node_modules";
+        let node = "/usr/bin/node";
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            ("claude-code", "claude", &format!("{nm}/@anthropic-ai/claude-code/bin/claude.exe"), &["/usr/local/bin/claude"]),
+            ("claude-code", "claude.exe", &format!("{nm}/@anthropic-ai/claude-code/bin/claude.exe"), &[&format!("{nm}/@anthropic-ai/claude-code/bin/claude.exe")]),
+            ("claude-code", "claude", "/home/u/.local/share/claude/versions/2.1.330", &["claude"]),
+            ("claude-code", "node", node, &["node", "/usr/local/bin/claude"]),
+            ("claude-code", "node", node, &["node", &format!("{nm}/@anthropic-ai/claude-code/cli.js")]),
+            ("codex", "codex", &format!("{nm}/@openai/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"), &["x"]),
+            ("codex", "codex", "/home/u/.codex/packages/app-server-daemon/releases/0.169.0-x86_64-unknown-linux-musl/bin/codex", &["x", "app-server"]),
+            ("codex", "node", node, &["node", "/usr/local/bin/codex"]),
+            ("gemini-cli", "node", node, &["node", "/usr/local/bin/gemini"]),
+            ("gemini-cli", "node", node, &[node, "--max-old-space-size=12051", "/usr/local/bin/gemini"]),
+            ("qwen-code", "node", node, &[node, "--expose-gc", &format!("{nm}/@qwen-code/qwen-code/cli.js")]),
+            ("aider", "aider", "/usr/bin/python3.11", &["/v/bin/python3", "/v/bin/aider"]),
+            ("opencode", "opencode", &format!("{nm}/opencode-ai/bin/opencode.exe"), &["opencode"]),
+            ("copilot", "MainThread", &format!("{nm}/@github/copilot/node_modules/@github/copilot-linux-x64/copilot"), &["x"]),
+            ("copilot", "node", node, &["node", "/usr/local/bin/copilot"]),
+            ("amp", "amp", &format!("{nm}/@sourcegraph/amp/node_modules/@ampcode/cli/bin/amp.exe"), &["amp"]),
+            ("pi", "pi", "/opt/node22/bin/node", &["pi"]),
+            ("cline", ".cline", &format!("{nm}/cline/bin/.cline"), &["x"]),
+            ("auggie", "node", node, &["node", "/usr/local/bin/auggie"]),
+        ];
+        for (fam, comm, exe, argv) in cases {
+            let p = proc(comm, exe, argv, 1000);
+            let got = set
+                .families
+                .iter()
+                .find(|f| f.matches.iter().any(|b| b.matches(&p, &NoParents)))
+                .map(|f| f.family.as_str());
+            assert_eq!(got, Some(*fam), "{comm} {exe} {argv:?}");
+        }
+        // Not agents: a user's own `pi` binary, node servers, the shells.
+        for (comm, exe, argv) in [
+            ("pi", "/usr/local/bin/pi", &["pi"][..]),
+            ("node", node, &["node", "server.js"][..]),
+            ("bash", "/usr/bin/bash", &["/bin/bash", "-c", "claude"][..]),
+            (
+                "node",
+                node,
+                &[
+                    "node",
+                    "/usr/bin/npm",
+                    "install",
+                    "-g",
+                    "@google/gemini-cli",
+                ][..],
+            ),
+        ] {
+            let p = proc(comm, exe, argv, 1000);
+            assert!(
+                !set.families
+                    .iter()
+                    .any(|f| f.matches.iter().any(|b| b.matches(&p, &NoParents))),
+                "{comm} {argv:?} matched"
+            );
         }
     }
 }

@@ -74,7 +74,7 @@ fn exe_key(g: &Glob) -> Option<PrefilterKey> {
 
 /// The cheapest sufficient key of one block: comm (no extra reads in the
 /// kernel), then exe, then argv[0].
-fn block_key(b: &MatchBlock) -> Option<PrefilterKey> {
+pub fn block_key(b: &MatchBlock) -> Option<PrefilterKey> {
     b.comm
         .as_ref()
         .and_then(comm_key)

@@ -5,7 +5,7 @@ use std::path::Path;
 use procmon::ProcFs;
 
 use crate::cgroup::cgroup_of;
-use crate::classify::{classify, protected, Lineage};
+use crate::classify::{decide_chain, protected, PRIORITY_ENV};
 use crate::config::Config;
 use crate::policy::PolicySet;
 use crate::state::State;
@@ -78,9 +78,10 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
         );
         for (j, b) in f.matches.iter().enumerate() {
             println!(
-                "       match {}: {}",
+                "       match {}: {}{}",
                 j + 1,
-                serde_json::to_string(b).unwrap_or_default()
+                serde_json::to_string(b).unwrap_or_default(),
+                no_prefilter_note(b)
             );
         }
         for (j, t) in f.tools.iter().enumerate() {
@@ -91,6 +92,9 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
                 serde_json::to_string(&t.matches).unwrap_or_default()
             );
         }
+        if !f.shared_tools {
+            println!("       shared tools: off (shared_tools: false)");
+        }
     }
     let pf = crate::prefilter::compile(&set);
     match &pf.pass_all {
@@ -100,8 +104,38 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
         ),
         Some(why) => println!("exec prefilter: lets every exec through: {why}"),
     }
+    println!(
+        "shared tools ({}, after each family's own; {} rules):",
+        src,
+        cfg.tools.len()
+    );
+    for (j, t) in cfg.tools.iter().enumerate() {
+        println!(
+            "  {:>3}. -> {} when {}",
+            j + 1,
+            t.priority.session(),
+            serde_json::to_string(&t.matches).unwrap_or_default()
+        );
+    }
+    let who = &cfg.user_priority;
+    println!(
+        "user_priority: session_high may be asked for by users [{}] groups [{}] (and root); low by anyone",
+        who.high_users.join(" "),
+        who.high_groups.join(" ")
+    );
     println!("ok");
     Ok(())
+}
+
+/// A block with no literal or `prefix*` on comm, on the exe's last two
+/// components, or on argv[0]'s basename makes an exec prefilter pass
+/// every exec: say so.
+fn no_prefilter_note(b: &crate::policy::MatchBlock) -> &'static str {
+    if crate::prefilter::block_key(b).is_some() {
+        ""
+    } else {
+        "  (note: no literal comm, exe name or argv[0] to prefilter on: every exec is checked against it)"
+    }
 }
 
 fn age(ms: u64) -> String {
@@ -343,8 +377,14 @@ fn print_scheduler(v: &serde_json::Value) {
     }
 }
 
-pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
-    let set = PolicySet::load_dir(policies).map_err(|e| e.to_string())?;
+/// Which rule places (or would place) `pid`, decided from its ancestry in
+/// /proc the way the daemon decides at each exec, so it works without a
+/// running daemon; with one, also what the daemon recorded.
+pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result<(), String> {
+    let (cfg, _) = Config::load(config)?;
+    let set = PolicySet::load_dir(policies)
+        .map_err(|e| e.to_string())?
+        .with_shared_tools(cfg.tools.clone(), config);
     let procfs = ProcFs::default();
     let info = procfs
         .read(pid)
@@ -361,50 +401,90 @@ pub fn explain(pid: u32, policies: &Path, state: &Path) -> Result<(), String> {
         println!("never moved: {why}");
         return Ok(());
     }
-    // Tracked ancestors come from the daemon's state, when it runs.
-    let st = State::read(state).ok();
-    let tracked = |p: u32, start: Option<u64>| {
-        st.as_ref().and_then(|s| {
-            s.processes
-                .iter()
-                .find(|t| t.pid == p && start.is_none_or(|st| st == t.start_ticks))
-                .cloned()
-        })
-    };
-    if let Some(t) = tracked(pid, Some(info.start_ticks)) {
-        println!(
+    // What a running daemon recorded, if one runs.
+    let st = State::read(state)
+        .ok()
+        .filter(|s| s.running && Path::new(&format!("/proc/{}", s.daemon_pid)).exists());
+    let tracked = st.as_ref().and_then(|s| {
+        s.processes
+            .iter()
+            .find(|t| t.pid == pid && t.start_ticks == info.start_ticks)
+            .cloned()
+    });
+    match (&st, &tracked) {
+        (Some(_), Some(t)) => println!(
             "daemon: placed in {} as {} ({})",
             t.priority.session(),
             t.family,
             t.reason
-        );
-    }
-    // Reproduce the decision as it was made: from the nearest tracked
-    // ancestor, not from the process's own entry.
-    let mut lineage = None;
-    let mut cur = info.ppid;
-    while lineage.is_none() && cur > 1 {
-        if let Some(t) = tracked(cur, None) {
-            lineage = Some(Lineage {
-                pid: cur,
-                family: t.family,
-                priority: t.priority,
-            });
-            break;
-        }
-        cur = procfs.stat(cur).map(|s| s.ppid).unwrap_or(0);
-    }
-    match classify(&set, &info, lineage.as_ref(), &procfs) {
-        Some(d) => println!(
-            "policy: family {} -> {} because {}",
-            d.family,
-            d.priority.session(),
-            d.reason
         ),
-        None => println!(
-            "policy: no rule in {} matches and no tracked ancestor keeps it: agentcgd leaves it alone",
+        (Some(s), None) => println!(
+            "daemon: pid {} runs; it has not placed this process",
+            s.daemon_pid
+        ),
+        (None, _) => println!(
+            "daemon: not running (no live state at {}); deciding from /proc",
+            state.display()
+        ),
+    }
+    // The ancestry, oldest first, as the daemon saw it exec by exec.
+    let mut chain = vec![info.clone()];
+    let mut cur = info.ppid;
+    while cur > 1 && chain.len() < 64 {
+        match procfs.read(cur) {
+            Ok(p) if p.start_ticks <= chain.last().map(|c| c.start_ticks).unwrap_or(u64::MAX) => {
+                cur = p.ppid;
+                chain.push(p);
+            }
+            _ => break,
+        }
+    }
+    chain.reverse();
+    let decisions = decide_chain(
+        &set,
+        &chain,
+        &cfg.user_priority,
+        Path::new("/proc"),
+        &procfs,
+    );
+    // An orphan (reparented to pid 1 or a subreaper) cannot be traced; the
+    // daemon keeps what it recorded for such a process.
+    let mine = decisions.last().cloned().flatten();
+    match (mine, &tracked) {
+        (Some(d), _) => {
+            println!(
+                "policy: family {} -> {} because {}",
+                d.family,
+                d.priority.session(),
+                d.reason
+            );
+            let ancestors: Vec<String> = chain
+                .iter()
+                .zip(&decisions)
+                .rev()
+                .skip(1)
+                .filter_map(|(p, d)| {
+                    d.as_ref()
+                        .map(|d| format!("{} ({}) {}", p.pid, p.comm, d.priority.session()))
+                })
+                .collect();
+            if !ancestors.is_empty() {
+                println!("  placed ancestors: {}", ancestors.join(" <- "));
+            }
+        }
+        (None, Some(t)) => println!(
+            "policy: no rule or traceable ancestor now; the daemon keeps it as {} ({})",
+            t.family, t.reason
+        ),
+        (None, None) => println!(
+            "policy: no rule in {} matches and no ancestor is an agent: agentcgd leaves it alone",
             policies.display()
         ),
+    }
+    if std::fs::read(format!("/proc/{pid}/environ")).is_err() {
+        println!(
+            "  (cannot read its environment: an {PRIORITY_ENV} there is not taken into account)"
+        );
     }
     Ok(())
 }

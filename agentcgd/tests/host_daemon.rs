@@ -289,3 +289,178 @@ fn refuses_non_cgroup2_root() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not on a cgroup v2"));
 }
+
+/// AGENTCG_PRIORITY in an agent root's environment picks its session; its
+/// descendants follow; tools still go low; explain (no daemon) says why.
+#[test]
+fn agentcg_priority_env_picks_the_session() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("envprio", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    let pids = fx.dir.path().join("pids");
+    let script = format!("sleep 30 & echo $! > {}; wait", pids.display());
+    let low_agent = fx.spawn(
+        Command::new(&agent)
+            .args(["-c", &script])
+            .env("AGENTCG_PRIORITY", "low"),
+    );
+    // (`; true`: bash would exec a lone command and stop being the agent)
+    let plain = fx.spawn(Command::new(&agent).args(["-c", "sleep 30; true"]));
+    let bad = fx.spawn(
+        Command::new(&agent)
+            .args(["-c", "sleep 30; true"])
+            .env("AGENTCG_PRIORITY", "secret-value-7781"),
+    );
+    let high = fx.session("session_high");
+    let low = fx.session("session_low");
+    assert!(
+        wait_for(Duration::from_secs(3), || cgroup_of(low_agent) == low),
+        "AGENTCG_PRIORITY=low agent in {}",
+        cgroup_of(low_agent)
+    );
+    assert!(wait_for(Duration::from_secs(3), || fs::read_to_string(
+        &pids
+    )
+    .is_ok_and(|s| !s.trim().is_empty())));
+    let child: u32 = fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(child) == low),
+        "its child in {}",
+        cgroup_of(child)
+    );
+    assert!(wait_for(Duration::from_secs(2), || cgroup_of(plain) == high));
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(bad) == high),
+        "a bad value is ignored"
+    );
+    assert!(
+        !fx.log().contains("secret-value-7781"),
+        "the variable's value must never be logged"
+    );
+    stop(daemon);
+    // explain without a daemon reads the same variable and says so.
+    let out = Command::new(BIN)
+        .args(["explain", &low_agent.to_string(), "--policies"])
+        .arg(fx.policies())
+        .arg("--state")
+        .arg(fx.state())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daemon: not running"), "{text}");
+    assert!(
+        text.contains("-> session_low because match block 1 of")
+            && text.contains("AGENTCG_PRIORITY=low"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["explain", &child.to_string(), "--policies"])
+        .arg(fx.policies())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "-> session_low because descendant of pid {low_agent}"
+        )),
+        "{text}"
+    );
+}
+
+/// `agentcgd run` as an ordinary user: the command is in its session from
+/// its first instruction (it reads its own cgroup), the daemon tracks it,
+/// and asking for session_high obeys user_priority.
+#[test]
+fn run_places_itself_before_exec_for_an_ordinary_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some(mount) = env_or_skip() else { return };
+    let fx = Fixture::new("run", mount);
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        fx.dir.path().join("agentcgd.yaml"),
+        "user_priority: {high_users: [\"0\"], high_groups: []}\n",
+    )
+    .unwrap();
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&[]);
+    fx.wait_ready();
+    assert!(wait_for(Duration::from_secs(5), || fx
+        .dir
+        .path()
+        .join("agentcgd.sock")
+        .exists()));
+    let nobody = 65534;
+    let run = |prio: &str, cmd: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--priority", prio, "--family", "my-bot", "--state"])
+            .arg(fx.state())
+            .arg("--")
+            .args(cmd)
+            .uid(nobody)
+            .gid(nobody)
+            .output()
+            .unwrap()
+    };
+    let out = run("low", &["cat", "/proc/self/cgroup"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == format!("0::{}", fx.session("session_low"))),
+        "the command's first look at its cgroup: {text}"
+    );
+    let env = run("low", &["printenv", "AGENTCG_PRIORITY"]);
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), "low");
+    // nobody may not ask for session_high here.
+    let out = run("high", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not ask for session_high"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A long-running one is tracked as started by `agentcgd run`.
+    let mut child = Command::new(BIN)
+        .args(["run", "--priority", "low", "--family", "my-bot", "--state"])
+        .arg(fx.state())
+        .args(["--", "sleep", "30"])
+        .uid(nobody)
+        .gid(nobody)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            fx.status_json()["processes"].as_array().is_some_and(|a| {
+                a.iter().any(|p| {
+                    p["pid"] == pid
+                    && p["family"] == "my-bot"
+                    // "launched", or after the exec "reexec" of it
+                    && (p["reason"]["kind"] == "launched"
+                        || p["reason"]["previous"]["kind"] == "launched")
+                })
+            })
+        }),
+        "{}",
+        fx.status_json()["processes"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    stop(daemon);
+    // Without a daemon an ordinary user is refused, never run unplaced.
+    let out = run("low", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to start true outside its cgroup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,13 +7,16 @@ agentcgd /sys/fs/cgroup/agentcg > /tmp/agentcgd.log 2>&1 &
 D=$!
 i=0; until [ -s /run/agentcgd/state.json ]; do i=$((i+1)); [ $i -gt 300 ] && break; usleep 100000; done
 mkdir -p /tmp/agents
-# Two busy "Claude Code" sessions (high) and two busy "Aider" sessions (low):
-# four CPU hogs on two CPUs, so cpu.weight 150:50 decides who runs.
+# Two busy "Claude Code" sessions (high) and two busy "Aider" sessions
+# started with AGENTCG_PRIORITY=low (a user's per-launch choice; agents are
+# session_high by default): four CPU hogs on two CPUs, so cpu.weight 150:50
+# decides who runs.
 printf '#!/bin/sh\n/tmp/agents/pytest &\nwhile :; do :; done\n' > /tmp/agents/claude
 printf '#!/bin/sh\nwhile :; do :; done\n' > /tmp/agents/aider
 printf '#!/bin/sh\nsleep 60\n' > /tmp/agents/pytest
 chmod +x /tmp/agents/*
-for a in claude claude aider aider; do /tmp/agents/$a & done
+for a in claude claude; do /tmp/agents/$a & done
+for a in aider aider; do AGENTCG_PRIORITY=low /tmp/agents/$a & done
 usage() { awk '$1 == "usage_usec" { print $2 }' $R/$1/cpu.stat; }
 sleep 2
 h0=$(usage session_high); l0=$(usage session_low)

@@ -114,7 +114,9 @@ impl Fixture {
     /// Wait until the daemon has written its first state.
     pub fn wait_ready(&self) {
         assert!(
-            wait_for(Duration::from_secs(10), || self.state().exists()),
+            // BPF verification of the procmon programs takes 20 s and more
+            // on a loaded 2-core host: wait generously for the first state.
+            wait_for(Duration::from_secs(90), || self.state().exists()),
             "daemon did not start; log:\n{}",
             self.log()
         );

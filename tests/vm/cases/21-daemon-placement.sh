@@ -16,8 +16,10 @@ agentcgd check > $W/check.txt || fail "agentcgd check rejects the shipped polici
 grep -q "claude-code -> session_high" $W/check.txt || fail "check output: $(cat $W/check.txt)"
 
 # An agent that was running before the daemon: found by the start-up scan.
+# (aider is session_high by default; AGENTCG_PRIORITY=low in its
+# environment, as a user sets it per launch, sends it to session_low.)
 printf '#!/bin/sh\nsleep 60\n' > $W/bin/aider; chmod +x $W/bin/aider
-$W/bin/aider & early=$!
+AGENTCG_PRIORITY=low $W/bin/aider & early=$!
 
 agentcgd /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
 i=0; until [ -s /run/agentcgd/state.json ]; do i=$((i+1)); [ $i -gt 300 ] && fail "no state file"; usleep 100000; done

@@ -14,8 +14,9 @@
 #             shipped config and policies (scheduler on where the kernel has
 #             sched_ext, memcg controller: fallback backend on this kernel).
 #             The replays are placed by policy: HIGH runs as `claude`
-#             (claude-code, high), each LOW as `aider` (aider, low); the
-#             daemon also writes their oom_score_adj.
+#             (claude-code, high), each LOW as `aider` started with
+#             AGENTCG_PRIORITY=low (aider is high by default); the daemon
+#             also writes their oom_score_adj.
 #
 # In both modes the replay binary is exec'd through a symlink with that name
 # (comm claude / aider). Under agentcgd a small #! wrapper of the same name is
@@ -277,8 +278,8 @@ for f in "$HIGH_T" "$LOW_T"; do [ -r "$f" ] || fail "trace $f not readable"; don
 REPLAY=$(command -v agentcg-replay) || fail "agentcg-replay not on PATH"
 command -v agentcgd >/dev/null || fail "agentcgd not on PATH"
 agentcgd check > $W/check.txt || fail "agentcgd check: $(cat $W/check.txt)"
-grep -q 'claude-code -> session_high' $W/check.txt && grep -q 'aider -> session_low' $W/check.txt ||
-    fail "shipped policies do not put claude-code high and aider low: $(cat $W/check.txt)"
+grep -q 'claude-code -> session_high' $W/check.txt && grep -q 'aider -> session_high' $W/check.txt ||
+    fail "shipped policies do not put claude-code and aider in session_high: $(cat $W/check.txt)"
 
 # The tree as the daemon builds it, so that baseline differs only by the daemon.
 echo +memory > $CG/cgroup.subtree_control || fail "cannot enable the memory controller"
@@ -328,7 +329,8 @@ run_one() {
     rm -f $W/placed.$2 $W/unplaced.$2
     args="--trace $5 --speed $SPEED --json --label $2"
     if [ $1 != baseline ]; then
-        $W/wrap/$3 $4 $2 $args > $W/out.$2 2>&1 &
+        # The user's per-launch choice: AGENTCG_PRIORITY=high|low.
+        AGENTCG_PRIORITY=${4#session_} $W/wrap/$3 $4 $2 $args > $W/out.$2 2>&1 &
     else
         sh -c "echo \$\$ > $R/$4/cgroup.procs && exec $W/bin/$3 $args" > $W/out.$2 2>&1 &
     fi

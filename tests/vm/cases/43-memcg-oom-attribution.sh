@@ -1,7 +1,8 @@
 #!/bin/sh
 # 43-memcg-oom-attribution: an OOM kill inside the agentcg tree is seen in
 # memory.events and attributed, in `agentcgd status --json`, to its session
-# and family. A process named "aider" (policy family aider, priority low)
+# and family. A process named "aider" (policy family aider, started with
+# AGENTCG_PRIORITY=low as a user picks per launch: session_low)
 # replays a trace that cannot fit under agentcg/memory.max; the kernel kills
 # it; status must show the kill in session_low for family aider.
 #
@@ -28,7 +29,7 @@ fi
 echo 120000000 > $R/memory.max || fail "cannot set agentcg memory.max"
 printf 't_s,mem_mb\n0,10\n0.5,100\n1,300\n2,300\n' > $W/big.csv
 ln -sf "$(command -v agentcg-replay)" $W/bin/aider
-$W/bin/aider --trace $W/big.csv --speed 1 > $W/aider.out 2>&1 & a=$!
+AGENTCG_PRIORITY=low $W/bin/aider --trace $W/big.csv --speed 1 > $W/aider.out 2>&1 & a=$!
 wait $a; rc=$?
 [ $rc = 137 ] || fail "aider replay was not SIGKILLed (rc $rc): $(cat $W/aider.out)"
 echo "session_low memory.events: $(tr '\n' ' ' < $R/session_low/memory.events)"
