@@ -363,7 +363,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     d.install_prefilter();
     d.drain_events();
     d.trust_kernel_lineage = d.monitor.kernel_lineage();
-    publisher.offer(d.snapshot());
+    // The first state is written here, before READY=1 (the writer thread
+    // takes over with the next snapshot).
+    let first = d.snapshot();
+    if let Err(e) = first.write(&d.opts.state) {
+        log::warn!("cannot write state file {}: {e}", d.opts.state.display());
+    }
+    publisher.offer(first);
     // Ready for systemd (Type=notify): the tree exists, events flow and
     // what ran before us is placed.
     let mut notify = Notifier::from_env();
@@ -1075,17 +1081,28 @@ impl Daemon {
         self.counters.tree_rebuilds += 1;
         self.state.tree_error = Some(format!("{why} (at {} ms)", now_ms()));
         self.dirty = true;
-        match setup_tree(&self.tree, &self.cfg, false) {
-            Ok((setup, targets)) => {
-                self.state.cgroup = setup;
-                self.targets = targets;
+        // mkdir fails with EBUSY while the kernel still tears down the
+        // removed cgroup of the same name: retry briefly (a rare repair,
+        // not periodic work); the state writer reports the loss again
+        // every second until the tree is back.
+        let mut tries = 0;
+        let built = loop {
+            match setup_tree(&self.tree, &self.cfg, false) {
+                Ok(b) => break b,
+                Err(e) if tries < 20 => {
+                    log::debug!("rebuilding the cgroup tree: {e:#}; retrying");
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => {
+                    log::error!("cannot rebuild the cgroup tree: {e:#}");
+                    self.counters.errors += 1;
+                    return;
+                }
             }
-            Err(e) => {
-                log::error!("cannot rebuild the cgroup tree: {e:#}");
-                self.counters.errors += 1;
-                return;
-            }
-        }
+        };
+        self.state.cgroup = built.0;
+        self.targets = built.1;
         let all: Vec<Tracked> = self.tracker.iter().cloned().collect();
         let mut again = 0;
         for t in all {

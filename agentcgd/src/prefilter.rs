@@ -114,6 +114,7 @@ mod tests {
         let fam = parse_family(Path::new("f.yaml"), yaml).unwrap();
         compile(&PolicySet {
             families: vec![fam],
+            ..PolicySet::default()
         })
     }
 

@@ -80,7 +80,7 @@ impl Drop for Publisher {
 fn writer(src: Sources, rx: mpsc::Receiver<State>) {
     let mut state: Option<State> = None;
     let mut written: Vec<u8> = Vec::new();
-    let mut tree_reported = false;
+    let mut last_report: Option<std::time::Instant> = None;
     loop {
         let open = match rx.recv_timeout(REFRESH) {
             Ok(s) => {
@@ -96,14 +96,14 @@ fn writer(src: Sources, rx: mpsc::Receiver<State>) {
             .filter(|(_, d)| !d.is_dir())
             .map(|(_, d)| d.display().to_string())
             .collect();
+        // Reported on every pass while missing: a rebuild that failed
+        // (the old cgroup still being torn down) is tried again.
         let running = state.as_ref().is_some_and(|s| s.running && !s.dry_run);
-        if running && !missing.is_empty() && !tree_reported {
-            tree_reported = src
+        if running && !missing.is_empty() && last_report.is_none_or(|t| t.elapsed() >= REFRESH) {
+            let _ = src
                 .mailbox
-                .send(Msg::TreeLost(format!("missing {}", missing.join(", "))))
-                .is_ok();
-        } else if missing.is_empty() {
-            tree_reported = false;
+                .send(Msg::TreeLost(format!("missing {}", missing.join(", "))));
+            last_report = Some(std::time::Instant::now());
         }
         if let Some(s) = state.as_mut() {
             refresh(s, &src);

@@ -74,7 +74,7 @@ fn forking_agents_all_placed(events: &str, runs: usize) {
         let mut deadline = t0 + Duration::from_secs(1);
         let mut complete = false;
         let mut last = Vec::new();
-        let mut all: Vec<u32> = Vec::new();
+        let mut all: Vec<u32>;
         let ok = loop {
             all = agents.iter().flat_map(|a| subtree(a.id())).collect();
             if !complete && all.len() == 110 {
