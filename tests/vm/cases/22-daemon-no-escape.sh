@@ -9,7 +9,7 @@ R=/sys/fs/cgroup/agentcg
 W=/tmp/t22
 mkdir -p $W/bin $W/pol
 D=
-fail() { echo "FAIL: $*"; echo "--- agentcgd log"; tail -30 $W/log 2>/dev/null; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1; }
+fail() { echo "FAIL: $*"; echo "--- agentcgd log"; grep -v DEBUG $W/log 2>/dev/null | tail -30; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1; }
 cg() { sed -n 's/^0:://p' /proc/$1/cgroup 2>/dev/null; }
 # Every process below $1 (itself included), from the children files.
 fk_pids() { awk 'FNR == 1 && $0 == "agentcg-fk" { split(FILENAME, a, "/"); print a[3] }' /proc/[0-9]*/comm 2>/dev/null; }
@@ -28,7 +28,7 @@ printf '#!/bin/sh\nfor i in 1 2 3 4 5; do ( ( read x < %s ) & read x < %s ) & do
     $W/fifo $W/fifo $W/fifo > $W/bin/agentcg-fk
 chmod +x $W/bin/agentcg-fk
 
-agentcgd --policies $W/pol /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
+RUST_LOG=debug agentcgd --policies $W/pol /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
 i=0; until [ -s /run/agentcgd/state.json ]; do i=$((i+1)); [ $i -gt 300 ] && fail "no state file"; usleep 100000; done
 grep -q "process events from bpf" $W/log || fail "not on BPF events: $(grep 'process events' $W/log)"
 
@@ -52,7 +52,14 @@ for run in $(seq 20); do
     done
     now=$(cut -d' ' -f1 /proc/uptime)
     ms=$(echo "$t0 $now" | awk '{ printf "%d", ($2 - $1) * 1000 }')
-    [ $ok = 1 ] || fail "run $run: $2 of $1 agent processes in session_high after $ms ms"
+    if [ $ok != 1 ]; then
+        for p in $(fk_pids); do
+            c=$(cg $p); [ "$c" = /agentcg/session_high ] && continue
+            echo "outside: pid $p ppid $(cut -d' ' -f4 /proc/$p/stat) in $c"
+            grep -w "pid $p" $W/log | tail -3
+        done
+        fail "run $run: $2 of $1 agent processes in session_high after $ms ms"
+    fi
     [ $ms -gt $worst ] && worst=$ms
     kill $(fk_pids) 2>/dev/null
     wait $agents 2>/dev/null
