@@ -3,59 +3,47 @@
  * agentcg: agentcgd's flattened-cgroup sched_ext scheduler.
  *
  * Shares. The cgroup tree is flattened: every cgroup with runnable tasks
- * competes with every other one, with its hierarchical weight (hweight) as
- * its share of the machine, the product over its ancestors of its share
- * among its active siblings:
+ * competes with every other one with its hierarchical weight (hweight),
+ * the product over its ancestors of its share among active siblings:
  *
  *   root + t (100) + a (200) + x (100)     x: 1 * 200/300 * 100/400 = 1/6
  *                  |         \ y (300)     y: 1 * 200/300 * 300/400 = 1/2
  *                  \ b (100)               b: 1 * 100/300           = 1/3
  *
- * Activity changes walk up the tree and bump a generation; hweights are
- * cached and recomputed when a cgroup's task starts running after a change.
+ * Activity and weight changes bump a generation; a cached hweight is
+ * recomputed when a task of the cgroup starts running after a change.
  *
  * Cgroup virtual time. Every nanosecond a task runs is charged to its
- * cgroup's cvtime as ran / hweight, whichever path brought the task to the
- * CPU. In a fully loaded machine where each cgroup gets its share, all
- * cvtimes advance at the same rate; a cgroup behind the others is owed CPU.
- * ops.dispatch() serves, among three candidates, the one whose cgroup has
- * the lowest cvtime:
- *  - the tree: the cgroups with tasks on their own DSQ (vtime-ordered by
- *    task vtime) sit in an rbtree keyed by cvtime; the first one gives a
- *    task this CPU may run;
- *  - this CPU's per-CPU DSQ (FIFO): tasks allowed on this CPU only;
- *  - the previous task, if still runnable (the kernel keeps running it
- *    when nothing is dispatched); it is charged up to now first.
- * Between candidates of one cgroup, the lower task vtime wins. A tree key
- * lags the charges made while the node is queued; a popped node whose key
- * is behind its cgroup's cvtime goes back with the current one first.
- * A cgroup that wakes up from idle keeps at most half the CPUs' worth of
- * one slice of credit against the cgroup clock (the highest cvtime served).
+ * cgroup's cvtime as ran / hweight, whatever path brought it to the CPU.
+ * When every cgroup gets its share all cvtimes advance alike, so the
+ * lowest is owed CPU. ops.dispatch() serves, of three candidates, the one
+ * whose cgroup has the lowest cvtime (of one cgroup, the lower task vtime):
+ * the first cgroup of an rbtree of the cgroups with tasks on their DSQ
+ * (keyed by cvtime; a stale key is refreshed first); this CPU's per-CPU
+ * DSQ; the previous task if still runnable (charged up to now first). A
+ * dispatch charges one slice / hweight ahead, settled by the runtime or
+ * refunded, so CPUs deciding at once see each other's choices. A cgroup
+ * back from idle keeps at most nr_cpus / 2 slices of credit against the
+ * clock (the highest cvtime served).
  *
- * Task placement at enqueue:
- *  - woken with an idle CPU available: that CPU's local DSQ;
- *  - per-CPU kernel threads: their CPU's local DSQ;
- *  - other single-CPU tasks (taskset, a one-CPU cpuset): their CPU's
- *    per-CPU DSQ, and that CPU is kicked (or preempted, see below);
- *  - everyone else, including tasks allowed on a subset of the online
- *    CPUs, their cgroup's DSQ: a CPU takes the first task it may run
- *    (scx_bpf_dsq_move_to_local() skips the others), and passes over a
- *    cgroup with nothing for it, so a subset-restricted cgroup is served
- *    in cvtime order by the CPUs it may use.
- * A waking task whose cgroup is behind the cgroup running on its CPU by
- * more than a wake-up granularity preempts it.
+ * Placement: a synchronous wake-up goes to the waker's CPU if nothing
+ * waits there, a wake-up with an idle CPU to that CPU, a per-CPU kthread
+ * to its CPU's local DSQ, another single-CPU task to its CPU's per-CPU DSQ
+ * (the CPU kicked or preempted), everything else, subset-restricted tasks
+ * included, to its cgroup's DSQ: a CPU takes the first task it may run and
+ * passes over a cgroup with none, so the CPUs a restricted cgroup may use
+ * serve it in cvtime order. A waking task whose cgroup is behind the one
+ * running on its CPU by over slice / 8 preempts it.
  *
- * A single-CPU task that has waited AGCG starve_slices slices is served
- * first. Global cvtime order alone would starve it where a cgroup that can
- * use only that CPU stays behind forever (it is below its share because it
- * cannot use the others) while the task's own cgroup is over its share on
- * the other CPUs (38-sched-cpuset shows the case).
+ * A single-CPU task that waited starve_slices slices is served first:
+ * cvtime order alone starves it where a cgroup confined to its CPU stays
+ * below its share for good while the task's own cgroup is over its share
+ * on the other CPUs (38-sched-cpuset).
  *
- * Invariants, checked with scx_bpf_error(): a cgroup with tasks on its DSQ
- * (nr_queued > 0, counted before the insertion the kernel completes after
- * ops.enqueue returns) has its node on the tree or held by a dispatching
- * CPU; a cgroup whose node is neither there nor in its stash is lost; the
- * count never goes negative and is 0 when the cgroup goes away.
+ * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
+ * before the insertion (completed after ops.enqueue returns), never goes
+ * negative and is 0 when the cgroup exits; while it is not 0 the cgroup's
+ * node is on the tree or held by a dispatching CPU, else in its stash.
  */
 #include <scx/common.bpf.h>
 #include "flatcg_intf.h"
@@ -98,6 +86,8 @@ struct cpu_ctx {
 	u64 run_cvtime;		/* its cvtime when it started */
 	u64 run_hweight;
 	u64 run_at;
+	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
+	u64 reserved;		/* cvtime reserved, until a task of it runs here */
 };
 
 struct {
@@ -161,6 +151,7 @@ struct task_ctx {
 	u64 cgid;		/* cgroup when last enqueued */
 	u64 queued_cgid;	/* cgroup whose nr_queued counts it, or 0 */
 	u64 queued_at;		/* when it was put on a per-CPU DSQ */
+	u64 reserved;		/* cvtime charged ahead for its current run */
 };
 
 struct {
@@ -240,6 +231,29 @@ static void advance_clock(u64 cvtime)
 {
 	if (vtime_before(cvtime_now, cvtime))
 		cvtime_now = cvtime;
+}
+
+/*
+ * With @amount 0, charge one slice / hweight to @cgid ahead of the run a
+ * dispatch starts, so that a CPU deciding meanwhile sees it (the task's
+ * charges settle it) and return it; else refund @amount, unused.
+ */
+static u64 reserve(u64 cgid, u64 amount)
+{
+	struct cgrp_ctx *cgc;
+	struct cgroup *cgrp;
+	u64 r = 0;
+
+	cgrp = bpf_cgroup_from_id(cgid);
+	if (!cgrp)
+		return 0;
+	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	if (cgc) {
+		r = amount ?: scale_by_hweight(slice_ns, cgc->hweight);
+		__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
+	}
+	bpf_cgroup_release(cgrp);
+	return r;
 }
 
 /* The task left its cgroup's DSQ: it runs, was re-enqueued, or left us. */
@@ -322,11 +336,13 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	if (tctx->started_at && vtime_before(tctx->started_at, now))
 		ran = now - tctx->started_at;
 	tctx->started_at = now;
+	/* the reservation made when it was dispatched is part of the charge */
+	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
+	tctx->reserved = 0;
 	if (!ran)
 		return;
 
 	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
-	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight));
 	st = stats_of(cgrp->kn->id);
 	if (st)
 		__sync_fetch_and_add(&st->cpu_time_ns, ran);
@@ -373,8 +389,24 @@ static void maybe_preempt(s32 cpu, u64 cgid, u64 cvtime)
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
+	struct task_struct *waker = (void *)bpf_get_current_task_btf();
 	bool is_idle = false;
 	s32 cpu;
+
+	/*
+	 * A synchronous wake-up (the waker is about to sleep, e.g. a pipe
+	 * write) goes to the waker's CPU when nothing else waits there: it
+	 * runs when the waker blocks, without waking another CPU.
+	 */
+	cpu = bpf_get_smp_processor_id();
+	if ((wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+	    bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
+	    !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
+	    !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu))) {
+		gstat_inc(AGCG_GS_LOCAL);
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+		return cpu;
+	}
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (is_idle) {
@@ -574,8 +606,14 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (cpuc) {
+		if (cpuc->res_cgid == cgrp->kn->id) {
+			tctx->reserved += cpuc->reserved;
+			cpuc->reserved = 0;
+			cpuc->res_cgid = 0;
+		}
 		cpuc->run_cgid = cgrp->kn->id;
-		cpuc->run_cvtime = cgc->cvtime;
+		/* as dispatch() will see it: the reservation settles then */
+		cpuc->run_cvtime = cgc->cvtime - tctx->reserved;
 		cpuc->run_hweight = cgc->hweight;
 		cpuc->run_at = now;
 	}
@@ -673,17 +711,18 @@ enum pick_ret {
  * of which this CPU may run is passed over (parked in @cpu's skip slots);
  * one with none is retired to its stash.
  */
-static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
+static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_skipped)
 {
+	struct agcg_cgrp_stats *st;
+	struct task_struct *head;
 	struct node_slot *slot;
 	struct bpf_rb_node *rb;
-	struct agcg_cgrp_stats *st;
 	struct cg_node *node;
-	struct cgrp_ctx *cgc;
+	struct cgrp_ctx *cgc = NULL;
 	struct cgroup *cgrp;
-	struct task_struct *head;
-	u64 cgid, key, tvtime = 0;
-	u32 idx;
+	u32 idx = cpu * MAX_SKIP + *nr_skipped;
+	u64 cgid, key;
+	bool retire;
 
 	bpf_spin_lock(&cg_tree_lock);
 	rb = bpf_rbtree_first(&cg_tree);
@@ -708,14 +747,12 @@ static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
 	node = container_of(rb, struct cg_node, rb_node);
 
 	cgrp = bpf_cgroup_from_id(cgid);
-	if (!cgrp) {
-		/* the cgroup went away with its node on the tree */
-		bpf_obj_drop(node);
-		return PICK_AGAIN;
-	}
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-	if (!cgc) {
+	if (cgrp) {
+		cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
 		bpf_cgroup_release(cgrp);
+	}
+	if (!cgc) {
+		/* the cgroup went away with its node on the tree */
 		bpf_obj_drop(node);
 		return PICK_AGAIN;
 	}
@@ -723,7 +760,6 @@ static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
 	/* charged since it was keyed: requeue with the current cvtime */
 	if (vtime_before(key, cgc->cvtime)) {
 		node->cvtime = cgc->cvtime;
-		bpf_cgroup_release(cgrp);
 		tree_add(node);
 		return PICK_AGAIN;
 	}
@@ -731,10 +767,7 @@ static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
 	/* the same cgroup as @best: the lower task vtime wins */
 	if (best->cgid == cgid) {
 		head = __COMPAT_scx_bpf_dsq_peek(cgid);
-		if (head)
-			tvtime = head->scx.dsq_vtime;
-		if (!head || !vtime_before(tvtime, best->tvtime)) {
-			bpf_cgroup_release(cgrp);
+		if (!head || !vtime_before(head->scx.dsq_vtime, best->tvtime)) {
 			tree_add(node);
 			return PICK_NONE;
 		}
@@ -742,8 +775,10 @@ static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
 
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		advance_clock(cgc->cvtime);
+		cpuc->res_cgid = cgid;
+		cpuc->reserved = scale_by_hweight(slice_ns, cgc->hweight);
+		__sync_fetch_and_add(&cgc->cvtime, cpuc->reserved);
 		node->cvtime = cgc->cvtime;
-		bpf_cgroup_release(cgrp);
 		tree_add(node);
 		st = stats_of(cgid);
 		if (st)
@@ -752,60 +787,48 @@ static int pick_one(s32 cpu, struct cand *best, u32 *nr_skipped)
 		return PICK_DONE;
 	}
 
-	if (cgc->nr_queued > 0) {
-		/* tasks queued (or on their way), none for this CPU */
-		bpf_cgroup_release(cgrp);
+	retire = cgc->nr_queued <= 0;
+	if (!retire) {
+		/* tasks queued (or on their way), none for this CPU: park it */
 		gstat_inc(AGCG_GS_SKIP);
-		idx = cpu * MAX_SKIP + *nr_skipped;
-		slot = NULL;
-		if (cpu < MAX_CPUS && *nr_skipped < MAX_SKIP)
-			slot = bpf_map_lookup_elem(&skipped, &idx);
+		slot = *nr_skipped < MAX_SKIP ? bpf_map_lookup_elem(&skipped, &idx) : NULL;
 		if (!slot) {
 			tree_add(node);
 			return PICK_NONE;
 		}
-		node = bpf_kptr_xchg(&slot->node, node);
-		if (node) {
-			scx_bpf_error("skip slot %u of CPU %d was not empty", idx, cpu);
-			bpf_obj_drop(node);
-			return PICK_NONE;
-		}
 		(*nr_skipped)++;
-		return PICK_AGAIN;
-	}
-
-	/*
-	 * Empty: retire the node to its stash, then clear queued. An enqueue
-	 * that sets queued after the clear takes the node from the stash; one
-	 * that found queued still set counted its task in nr_queued before,
-	 * so the check below sees it and takes the node back.
-	 */
-	gstat_inc(AGCG_GS_RETIRE);
-	slot = bpf_map_lookup_elem(&cg_stash, &cgid);
-	if (!slot) {
-		bpf_cgroup_release(cgrp);
-		bpf_obj_drop(node);
-		return PICK_AGAIN;
+	} else {
+		/*
+		 * Empty: retire the node to its stash, then clear queued. An
+		 * enqueue that sets queued after the clear takes the node from
+		 * the stash; one that found it set counted its task before, so
+		 * the check below sees it and takes the node back.
+		 */
+		gstat_inc(AGCG_GS_RETIRE);
+		slot = bpf_map_lookup_elem(&cg_stash, &cgid);
+		if (!slot) {
+			bpf_obj_drop(node);
+			return PICK_AGAIN;
+		}
 	}
 	node = bpf_kptr_xchg(&slot->node, node);
 	if (node) {
-		bpf_cgroup_release(cgrp);
-		scx_bpf_error("cgroup %llu has two nodes", cgid);
+		scx_bpf_error("cgroup %llu: its node is in two places", cgid);
 		bpf_obj_drop(node);
 		return PICK_NONE;
 	}
+	if (!retire)
+		return PICK_AGAIN;
 	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
 	if (cgc->nr_queued > 0 && !__sync_val_compare_and_swap(&cgc->queued, 0, 1)) {
 		node = bpf_kptr_xchg(&slot->node, NULL);
 		if (!node) {
-			bpf_cgroup_release(cgrp);
 			scx_bpf_error("cgroup %llu: node lost while retiring", cgid);
 			return PICK_NONE;
 		}
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
 	}
-	bpf_cgroup_release(cgrp);
 	return PICK_AGAIN;
 }
 
@@ -846,14 +869,23 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	u64 now = bpf_ktime_get_ns();
 	u32 nr_skipped = 0, i, idx, zero = 0;
 
+	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
+	if (!cpuc) {
+		scx_bpf_error("no CPU context");
+		return;
+	}
+	/* the last dispatch's reservation that no task used */
+	if (cpuc->reserved) {
+		reserve(cpuc->res_cgid, cpuc->reserved);
+		cpuc->reserved = 0;
+		cpuc->res_cgid = 0;
+	}
+
 	/* the previous task, still runnable: charged up to now */
 	if (prev && (prev->scx.flags & SCX_TASK_QUEUED) &&
-	    cand_of(prev, &best, true, now)) {
-		cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
-		if (cpuc && cpuc->run_cgid) {
-			cpuc->run_cvtime = best.cvtime;
-			cpuc->run_at = now;
-		}
+	    cand_of(prev, &best, true, now) && cpuc->run_cgid) {
+		cpuc->run_cvtime = best.cvtime;
+		cpuc->run_at = now;
 	}
 
 	/* the head of this CPU's single-CPU tasks */
@@ -862,6 +894,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		tctx = bpf_task_storage_get(&task_ctxs, head, 0, 0);
 		if (tctx && now - tctx->queued_at > starve_slices * slice_ns) {
 			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
+				cpuc->res_cgid = local.cgid;
+				cpuc->reserved = reserve(local.cgid, 0);
 				gstat_inc(AGCG_GS_PCPU_AGED);
 				return;
 			}
@@ -873,7 +907,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 
 	bpf_for(i, 0, MAX_PICKS) {
-		int ret = pick_one(cpu, &best, &nr_skipped);
+		int ret = pick_one(cpu, cpuc, &best, &nr_skipped);
 
 		more = ret == PICK_AGAIN;
 		if (!more) {
@@ -901,12 +935,17 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		return;
 	advance_clock(best.cvtime);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
+		cpuc->res_cgid = best.cgid;
+		cpuc->reserved = reserve(best.cgid, 0);
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
 	if (prev && (prev->scx.flags & SCX_TASK_QUEUED)) {
 		/* nothing dispatched: the kernel keeps running @prev */
 		scx_bpf_task_set_slice(prev, slice_ns);
+		tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
+		if (tctx)
+			tctx->reserved += reserve(tctx->cgid, 0);
 		gstat_inc(AGCG_GS_PICK_PREV);
 	}
 }
@@ -1020,7 +1059,11 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 	if (!from_c || !to_c)
 		return;
 
-	/* keep the task's lag relative to its cgroup's clock */
+	/* its reservation moves along; its lag against the task clock too */
+	if (tctx && tctx->reserved) {
+		__sync_fetch_and_sub(&from_c->cvtime, tctx->reserved);
+		__sync_fetch_and_add(&to_c->cvtime, tctx->reserved);
+	}
 	delta = p->scx.dsq_vtime - from_c->tvtime_now;
 	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + delta);
 }
