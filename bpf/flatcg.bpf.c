@@ -336,6 +336,8 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	if (tctx->started_at && vtime_before(tctx->started_at, now))
 		ran = now - tctx->started_at;
 	tctx->started_at = now;
+	/* a task kept running never passes ops.running(): refresh here too */
+	refresh_hweight(cgrp, cgc);
 	/* the reservation made when it was dispatched is part of the charge */
 	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
 	tctx->reserved = 0;
