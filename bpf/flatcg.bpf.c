@@ -21,8 +21,9 @@
  * the first cgroup of an rbtree of the cgroups with tasks on their DSQ
  * (keyed by cvtime; a stale key is refreshed first); this CPU's per-CPU
  * DSQ; the previous task if still runnable (charged up to now first). A
- * dispatch charges one slice / hweight ahead, settled by the runtime or
- * refunded, so CPUs deciding at once see each other's choices. A cgroup
+ * dispatch charges the task's last run (at most a slice) / hweight ahead,
+ * settled by the runtime or refunded, so CPUs deciding at once see each
+ * other's choices. A cgroup
  * back from idle keeps at most nr_cpus / 2 slices of credit against the
  * clock (the highest cvtime served).
  *
@@ -152,6 +153,8 @@ struct task_ctx {
 	u64 queued_cgid;	/* cgroup whose nr_queued counts it, or 0 */
 	u64 queued_at;		/* when it was put on a per-CPU DSQ */
 	u64 reserved;		/* cvtime charged ahead for its current run */
+	u64 run_ns;		/* length of its current run so far */
+	u64 last_run_ns;	/* length of its last run: what a dispatch reserves */
 };
 
 struct {
@@ -234,11 +237,11 @@ static void advance_clock(u64 cvtime)
 }
 
 /*
- * With @amount 0, charge one slice / hweight to @cgid ahead of the run a
+ * With @amount 0, charge @run_ns / hweight to @cgid ahead of the run a
  * dispatch starts, so that a CPU deciding meanwhile sees it (the task's
  * charges settle it) and return it; else refund @amount, unused.
  */
-static u64 reserve(u64 cgid, u64 amount)
+static u64 reserve(u64 cgid, u64 amount, u64 run_ns)
 {
 	struct cgrp_ctx *cgc;
 	struct cgroup *cgrp;
@@ -249,11 +252,21 @@ static u64 reserve(u64 cgid, u64 amount)
 		return 0;
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
 	if (cgc) {
-		r = amount ?: scale_by_hweight(slice_ns, cgc->hweight);
+		r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
 		__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
 	}
 	bpf_cgroup_release(cgrp);
 	return r;
+}
+
+/* What a dispatch of @p reserves: its last run, at most a slice. */
+static u64 expected_run(struct task_struct *p)
+{
+	struct task_ctx *tctx = p ? bpf_task_storage_get(&task_ctxs, p, 0, 0) : NULL;
+
+	if (!tctx || !tctx->last_run_ns || tctx->last_run_ns > slice_ns)
+		return slice_ns;
+	return tctx->last_run_ns;
 }
 
 /* The task left its cgroup's DSQ: it runs, was re-enqueued, or left us. */
@@ -336,6 +349,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	if (tctx->started_at && vtime_before(tctx->started_at, now))
 		ran = now - tctx->started_at;
 	tctx->started_at = now;
+	tctx->run_ns += ran;
 	/* a task kept running never passes ops.running(): refresh here too */
 	refresh_hweight(cgrp, cgc);
 	/* the reservation made when it was dispatched is part of the charge */
@@ -647,6 +661,8 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	if (cgc)
 		charge(p, tctx, cgrp, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
+	tctx->last_run_ns = tctx->run_ns;
+	tctx->run_ns = 0;
 	bpf_cgroup_release(cgrp);
 }
 
@@ -767,8 +783,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	}
 
 	/* the same cgroup as @best: the lower task vtime wins */
+	head = __COMPAT_scx_bpf_dsq_peek(cgid);
 	if (best->cgid == cgid) {
-		head = __COMPAT_scx_bpf_dsq_peek(cgid);
 		if (!head || !vtime_before(head->scx.dsq_vtime, best->tvtime)) {
 			tree_add(node);
 			return PICK_NONE;
@@ -778,7 +794,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		advance_clock(cgc->cvtime);
 		cpuc->res_cgid = cgid;
-		cpuc->reserved = scale_by_hweight(slice_ns, cgc->hweight);
+		cpuc->reserved = scale_by_hweight(expected_run(head), cgc->hweight);
 		__sync_fetch_and_add(&cgc->cvtime, cpuc->reserved);
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
@@ -878,7 +894,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 	/* the last dispatch's reservation that no task used */
 	if (cpuc->reserved) {
-		reserve(cpuc->res_cgid, cpuc->reserved);
+		reserve(cpuc->res_cgid, cpuc->reserved, 0);
 		cpuc->reserved = 0;
 		cpuc->res_cgid = 0;
 	}
@@ -897,7 +913,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		if (tctx && now - tctx->queued_at > starve_slices * slice_ns) {
 			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 				cpuc->res_cgid = local.cgid;
-				cpuc->reserved = reserve(local.cgid, 0);
+				cpuc->reserved = reserve(local.cgid, 0, expected_run(head));
 				gstat_inc(AGCG_GS_PCPU_AGED);
 				return;
 			}
@@ -938,7 +954,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	advance_clock(best.cvtime);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 		cpuc->res_cgid = best.cgid;
-		cpuc->reserved = reserve(best.cgid, 0);
+		cpuc->reserved = reserve(best.cgid, 0, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
@@ -947,7 +963,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		scx_bpf_task_set_slice(prev, slice_ns);
 		tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
 		if (tctx)
-			tctx->reserved += reserve(tctx->cgid, 0);
+			tctx->reserved += reserve(tctx->cgid, 0, expected_run(prev));
 		gstat_inc(AGCG_GS_PICK_PREV);
 	}
 }
