@@ -415,18 +415,13 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 	 * runs when the waker blocks, without waking another CPU.
 	 */
 	cpu = bpf_get_smp_processor_id();
-	if ((wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
-	    bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
-	    !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
-	    !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu))) {
-		gstat_inc(AGCG_GS_LOCAL);
-		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-		return cpu;
-	}
-
-	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
+	is_idle = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+		  bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
+		  !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
+		  !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu));
+	if (!is_idle)
+		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (is_idle) {
-		/* nothing else wants this CPU; stopping() charges the cgroup */
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	}
@@ -471,36 +466,28 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		gstat_inc(AGCG_GS_PCPU);
 		tctx->queued_at = bpf_ktime_get_ns();
 		scx_bpf_dsq_insert(p, PCPU_DSQ(cpu), slice_ns, enq_flags);
-		if (scx_bpf_test_and_clear_cpu_idle(cpu)) {
-			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
-			gstat_inc(AGCG_GS_KICK);
-		} else if (enq_flags & SCX_ENQ_WAKEUP) {
-			maybe_preempt(cpu, cgid, cgc->cvtime);
-		}
-		bpf_cgroup_release(cgrp);
-		return;
+		if (!scx_bpf_test_and_clear_cpu_idle(cpu))
+			cpu = -1;
+	} else {
+		/* a task that slept keeps at most one slice of credit */
+		tvtime = p->scx.dsq_vtime;
+		if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
+			tvtime = cgc->tvtime_now - slice_ns;
+		/* counted before the insertion, which the kernel completes later */
+		__sync_fetch_and_add(&cgc->nr_queued, 1);
+		tctx->queued_cgid = cgid;
+		scx_bpf_dsq_insert_vtime(p, cgid, slice_ns, tvtime, enq_flags);
+		gstat_inc(p->nr_cpus_allowed < nr_online ? AGCG_GS_SUBSET : AGCG_GS_CGROUP);
+		cgrp_enqueued(cgrp, cgc);
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	}
 
-	/* a task that slept keeps at most one slice of credit */
-	tvtime = p->scx.dsq_vtime;
-	if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
-		tvtime = cgc->tvtime_now - slice_ns;
-
-	/* counted before the insertion, which the kernel completes later */
-	__sync_fetch_and_add(&cgc->nr_queued, 1);
-	tctx->queued_cgid = cgid;
-	scx_bpf_dsq_insert_vtime(p, cgid, slice_ns, tvtime, enq_flags);
-	gstat_inc(AGCG_GS_CGROUP);
-	if (p->nr_cpus_allowed < nr_online)
-		gstat_inc(AGCG_GS_SUBSET);
-	cgrp_enqueued(cgrp, cgc);
-
-	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
-		maybe_preempt(scx_bpf_task_cpu(p), cgid, cgc->cvtime);
+		maybe_preempt(p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
+			      scx_bpf_task_cpu(p), cgid, cgc->cvtime);
 	}
 	bpf_cgroup_release(cgrp);
 }
@@ -520,19 +507,14 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 	if (!cgc)
 		return;
 
-	if (runnable) {
-		if (__sync_fetch_and_add(&cgc->nr_runnable, 1))
-			return;
-		gstat_inc(AGCG_GS_ACT);
-		/* back from idle: at most max_credit behind the clock */
-		if (vtime_before(cgc->cvtime, cvtime_now - max_credit)) {
-			cgc->cvtime = cvtime_now - max_credit;
-			gstat_inc(AGCG_GS_CREDIT_CAP);
-		}
-	} else {
-		if (__sync_sub_and_fetch(&cgc->nr_runnable, 1))
-			return;
-		gstat_inc(AGCG_GS_DEACT);
+	if (runnable ? __sync_fetch_and_add(&cgc->nr_runnable, 1) :
+		       __sync_sub_and_fetch(&cgc->nr_runnable, 1))
+		return;
+	gstat_inc(runnable ? AGCG_GS_ACT : AGCG_GS_DEACT);
+	/* back from idle: at most max_credit behind the clock */
+	if (runnable && vtime_before(cgc->cvtime, cvtime_now - max_credit)) {
+		cgc->cvtime = cvtime_now - max_credit;
+		gstat_inc(AGCG_GS_CREDIT_CAP);
 	}
 
 	bpf_for(idx, 0, cgrp->level) {
@@ -548,16 +530,12 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 			break;
 
 		bpf_spin_lock(&cg_tree_lock);
-		if (runnable) {
-			if (!c->nr_active++) {
-				pc->child_weight_sum += c->weight;
-				propagate = true;
-			}
-		} else {
-			if (c->nr_active && !--c->nr_active) {
-				pc->child_weight_sum -= c->weight;
-				propagate = true;
-			}
+		if (runnable && !c->nr_active++) {
+			pc->child_weight_sum += c->weight;
+			propagate = true;
+		} else if (!runnable && c->nr_active && !--c->nr_active) {
+			pc->child_weight_sum -= c->weight;
+			propagate = true;
 		}
 		bpf_spin_unlock(&cg_tree_lock);
 
@@ -573,24 +551,24 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 		__sync_fetch_and_add(&hweight_gen, 1);
 }
 
-void BPF_STRUCT_OPS(agcg_runnable, struct task_struct *p, u64 enq_flags)
+static void task_active(struct task_struct *p, bool runnable)
 {
 	struct cgroup *cgrp = scx_bpf_task_cgroup(p);
 
-	if (!cgrp)
-		return;
-	update_active(cgrp, true);
-	bpf_cgroup_release(cgrp);
+	if (cgrp) {
+		update_active(cgrp, runnable);
+		bpf_cgroup_release(cgrp);
+	}
+}
+
+void BPF_STRUCT_OPS(agcg_runnable, struct task_struct *p, u64 enq_flags)
+{
+	task_active(p, true);
 }
 
 void BPF_STRUCT_OPS(agcg_quiescent, struct task_struct *p, u64 deq_flags)
 {
-	struct cgroup *cgrp = scx_bpf_task_cgroup(p);
-
-	if (!cgrp)
-		return;
-	update_active(cgrp, false);
-	bpf_cgroup_release(cgrp);
+	task_active(p, false);
 }
 
 void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
@@ -706,15 +684,6 @@ struct cand {
 	u64 cvtime;
 	u64 tvtime;
 };
-
-static bool cand_before(struct cand *a, u64 cgid, u64 cvtime, u64 tvtime)
-{
-	if (!a->cgid)
-		return false;
-	if (a->cgid != cgid)
-		return !vtime_before(cvtime, a->cvtime);
-	return !vtime_before(tvtime, a->tvtime);
-}
 
 enum pick_ret {
 	PICK_DONE,	/* a task of the tree's first cgroup is on the local DSQ */
@@ -918,7 +887,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 				return;
 			}
 		}
-		if (!best.cgid || cand_before(&local, best.cgid, best.cvtime, best.tvtime)) {
+		if (!best.cgid || (best.cgid != local.cgid ?
+				   !vtime_before(best.cvtime, local.cvtime) :
+				   !vtime_before(best.tvtime, local.tvtime))) {
 			best = local;
 			from_local = true;
 		}
@@ -989,9 +960,10 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 			     struct scx_cgroup_init_args *args)
 {
-	struct agcg_cgrp_stats st = {};
-	struct node_slot empty = {}, *stash;
-	struct cg_node *node;
+	struct agcg_cgrp_stats st = { .weight = args->weight, .level = cgrp->level,
+				      .hweight = AGCG_HWEIGHT_ONE };
+	struct node_slot empty = {}, *stash = NULL;
+	struct cg_node *node = NULL;
 	struct cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
 	s32 ret;
@@ -999,54 +971,29 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	ret = scx_bpf_create_dsq(cgid, -1);
 	if (ret)
 		return ret;
-
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!cgc) {
-		ret = -ENOMEM;
-		goto err_dsq;
+	ret = bpf_map_update_elem(&cg_stash, &cgid, &empty, BPF_NOEXIST);
+	if (cgc && !ret)
+		stash = bpf_map_lookup_elem(&cg_stash, &cgid);
+	if (stash)
+		node = bpf_obj_new(struct cg_node);
+	if (!node) {
+		bpf_map_delete_elem(&cg_stash, &cgid);
+		scx_bpf_destroy_dsq(cgid);
+		return ret ?: -ENOMEM;
 	}
 	cgc->weight = args->weight;
 	cgc->hweight = AGCG_HWEIGHT_ONE;
 	cgc->cvtime = cvtime_now;
-
-	st.weight = args->weight;
-	st.hweight = AGCG_HWEIGHT_ONE;
-	st.level = cgrp->level;
-	bpf_map_update_elem(&cgrp_stats, &cgid, &st, BPF_ANY);
-
-	ret = bpf_map_update_elem(&cg_stash, &cgid, &empty, BPF_NOEXIST);
-	if (ret) {
-		if (ret != -ENOMEM)
-			scx_bpf_error("cannot create node stash for %llu (%d)", cgid, ret);
-		goto err_stats;
-	}
-	stash = bpf_map_lookup_elem(&cg_stash, &cgid);
-	if (!stash) {
-		ret = -ENOENT;
-		goto err_stash;
-	}
-	node = bpf_obj_new(struct cg_node);
-	if (!node) {
-		ret = -ENOMEM;
-		goto err_stash;
-	}
 	node->cgid = cgid;
 	node = bpf_kptr_xchg(&stash->node, node);
 	if (node) {
 		bpf_obj_drop(node);
 		scx_bpf_error("node stash for %llu was not empty", cgid);
-		ret = -EBUSY;
-		goto err_stash;
+		return -EBUSY;
 	}
+	bpf_map_update_elem(&cgrp_stats, &cgid, &st, BPF_ANY);
 	return 0;
-
-err_stash:
-	bpf_map_delete_elem(&cg_stash, &cgid);
-err_stats:
-	bpf_map_delete_elem(&cgrp_stats, &cgid);
-err_dsq:
-	scx_bpf_destroy_dsq(cgid);
-	return ret;
 }
 
 void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)

@@ -25,7 +25,7 @@ enum agcg_consts {
 enum agcg_gstat {
 	AGCG_GS_LOCAL,		/* woke up on an idle CPU: straight to its local DSQ */
 	AGCG_GS_CGROUP,		/* queued on its cgroup's DSQ (the weighted path) */
-	AGCG_GS_SUBSET,		/* ... of which allowed on a subset of the online CPUs */
+	AGCG_GS_SUBSET,		/* ... the same, allowed on a subset of the online CPUs */
 	AGCG_GS_KTHREAD,	/* per-CPU kernel thread: its CPU's local DSQ */
 	AGCG_GS_PCPU,		/* single-CPU task: its CPU's per-CPU DSQ */
 	AGCG_GS_ACT,		/* a cgroup became active */

@@ -61,7 +61,7 @@ global_counters! {
     local = agcg_gstat_AGCG_GS_LOCAL;
     /// Queued on its cgroup's queue: the weighted path.
     cgroup = agcg_gstat_AGCG_GS_CGROUP;
-    /// Of those, allowed on a subset of the online CPUs.
+    /// The same, for tasks allowed on a subset of the online CPUs.
     subset = agcg_gstat_AGCG_GS_SUBSET;
     /// Per-CPU kernel threads, run on their CPU's local queue.
     kthread = agcg_gstat_AGCG_GS_KTHREAD;
@@ -143,7 +143,7 @@ impl From<GlobalCounters> for GlobalStats {
     fn from(c: GlobalCounters) -> Self {
         Self {
             local_dispatches: c.local,
-            cgroup_dispatches: c.cgroup,
+            cgroup_dispatches: c.cgroup + c.subset,
             fallbacks: c.kthread + c.pcpu,
             pinned_dispatches: c.kthread,
             fallback_dispatches: c.pcpu,
