@@ -14,31 +14,33 @@ typedef unsigned long long u64;
 enum agcg_consts {
 	/* hierarchical weight of a cgroup that owns the whole machine */
 	AGCG_HWEIGHT_ONE = 1 << 16,
-	/* dispatch queue for tasks with a restricted (not single-CPU) cpumask */
-	AGCG_FALLBACK_DSQ_SHIFT = 60,
+	/* per-CPU dispatch queues: AGCG_PCPU_DSQ_BASE | cpu */
+	AGCG_PCPU_DSQ_SHIFT = 60,
 };
 
-/* Global counters, a per-CPU array indexed by these. */
+/*
+ * Global counters, a per-CPU array indexed by these. The Rust side names
+ * them in scheduler/src/stats.rs (one declaration each).
+ */
 enum agcg_gstat {
 	AGCG_GS_LOCAL,		/* woke up on an idle CPU: straight to its local DSQ */
 	AGCG_GS_CGROUP,		/* queued on its cgroup's DSQ (the weighted path) */
-	AGCG_GS_PINNED,		/* per-CPU kernel thread: straight to its CPU */
-	AGCG_GS_FALLBACK,	/* restricted cpumask (taskset) or no cgroup context */
+	AGCG_GS_SUBSET,		/* ... the same, allowed on a subset of the online CPUs */
+	AGCG_GS_KTHREAD,	/* per-CPU kernel thread: its CPU's local DSQ */
+	AGCG_GS_PCPU,		/* single-CPU task: its CPU's per-CPU DSQ */
 	AGCG_GS_ACT,		/* a cgroup became active */
 	AGCG_GS_DEACT,		/* a cgroup became idle */
 	AGCG_GS_HWT_UPDATE,	/* hierarchical weights recomputed */
-	AGCG_GS_PICK,		/* a CPU picked the cgroup with the lowest vtime */
-	AGCG_GS_PICK_EMPTY,	/* ... which had nothing left */
-	AGCG_GS_PICK_GONE,	/* ... which had been removed */
-	AGCG_GS_KEEP,		/* a CPU stayed with its cgroup inside the slice */
-	AGCG_GS_EXPIRE,		/* a CPU's cgroup slice expired */
-	AGCG_GS_BUDGET_CAP,	/* idle credit capped on requeue */
+	AGCG_GS_PICK,		/* dispatch served the lowest-cvtime cgroup of the tree */
+	AGCG_GS_PICK_PCPU,	/* ... served the per-CPU queue instead */
+	AGCG_GS_PICK_PREV,	/* ... kept the previous task running instead */
+	AGCG_GS_RETIRE,		/* a cgroup's queue ran empty: its node left the tree */
+	AGCG_GS_SKIP,		/* a cgroup had queued tasks, none for this CPU */
+	AGCG_GS_CREDIT_CAP,	/* a waking cgroup's idle credit was capped */
 	AGCG_GS_KICK,		/* idle CPU kicked after a queueing */
-	AGCG_GS_GUARD_KICK,	/* idle CPU kicked by the guard timer (work queued) */
-	AGCG_GS_AGED,		/* fallback task served early: waited over 2 slices */
-	AGCG_GS_REQUEUE,	/* cgroup with queued tasks found off the tree, requeued */
-	AGCG_GS_RESCUE,		/* cgroup task served out of turn after waiting 2 s */
-	AGCG_GS_LEAD_CAP,	/* a cgroup's cvtime lead (debt) capped at settle */
+	AGCG_GS_PREEMPT,	/* CPU preempted for a waking task of a cgroup behind */
+	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting AGCG_STARVE slices */
+	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of its pick budget */
 	AGCG_NR_GSTATS,
 };
 

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
-use scx_utils::{scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited};
+use scx_utils::{scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_read};
 
 use crate::stats::{GlobalCounters, RawCgroupStats};
 
@@ -17,7 +17,7 @@ use crate::stats::{GlobalCounters, RawCgroupStats};
     non_snake_case,
     unsafe_op_in_unsafe_fn
 )]
-mod intf {
+pub(crate) mod intf {
     include!(concat!(env!("OUT_DIR"), "/flatcg_intf.rs"));
 }
 #[allow(
@@ -42,7 +42,11 @@ pub const OPS_NAME: &str = "agentcg";
 pub const HWEIGHT_ONE: u32 = intf::agcg_consts_AGCG_HWEIGHT_ONE;
 
 /// Number of global counters in the BPF `gstats` array.
-const NR_GSTATS: u32 = intf::agcg_gstat_AGCG_NR_GSTATS;
+pub(crate) const NR_GSTATS: u32 = intf::agcg_gstat_AGCG_NR_GSTATS;
+
+/// Slices a single-CPU task may wait before it is served first (see the
+/// header comment of bpf/flatcg.bpf.c).
+pub const STARVE_SLICES: u32 = 25;
 
 /// Load-time parameters.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,9 @@ pub struct RawExit {
     pub exit_code: i64,
     pub reason: String,
     pub msg: String,
+    /// The kernel or the BPF side asked for a restart
+    /// (`SCX_ECODE_ACT_RESTART`, scx_utils' `should_restart()`).
+    pub restart: bool,
 }
 
 /// A loaded and attached scheduler. Dropping it detaches it: the kernel goes
@@ -66,6 +73,15 @@ pub struct RawExit {
 pub struct Scheduler<'obj> {
     skel: FlatcgSkel<'obj>,
     link: Option<Link>,
+}
+
+/// Online CPUs (a task allowed on fewer is affinity-restricted). The
+/// kernel restarts the scheduler on CPU hotplug, so the count at load holds.
+fn online_cpus() -> Result<u32> {
+    let path = "/sys/devices/system/cpu/online";
+    let list = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let cpus = scx_utils::read_cpulist(list.trim()).with_context(|| format!("parsing {path}"))?;
+    Ok(cpus.len().max(1) as u32)
 }
 
 fn cstr(bytes: &[std::os::raw::c_char]) -> String {
@@ -98,14 +114,15 @@ impl<'obj> Scheduler<'obj> {
             *dst = src as _;
         }
 
-        let nr_cpus = libbpf_rs::num_possible_cpus().context("counting possible CPUs")?;
+        let nr_online = online_cpus()?;
         let rodata = open
             .maps
             .rodata_data
             .as_mut()
             .context("BPF object has no .rodata")?;
-        rodata.nr_cpus = nr_cpus as u32;
+        rodata.nr_online = nr_online;
         rodata.slice_ns = opts.slice_us.saturating_mul(1000);
+        rodata.starve_slices = STARVE_SLICES;
 
         let mut skel = scx_ops_load!(open, agentcg_ops, uei)?;
         let link = scx_ops_attach!(skel, agentcg_ops)?;
@@ -130,11 +147,13 @@ impl<'obj> Scheduler<'obj> {
         if kind == 0 {
             return None;
         }
+        let uei = uei_read!(&self.skel, uei);
         Some(RawExit {
             kind,
             exit_code: data.uei.exit_code,
             reason: cstr(&data.uei.reason),
             msg: cstr(&data.uei.msg),
+            restart: uei.should_restart(),
         })
     }
 
@@ -179,28 +198,7 @@ impl<'obj> Scheduler<'obj> {
                     .sum();
             }
         }
-        let g = |i: u32| sums[i as usize];
-        GlobalCounters {
-            local: g(intf::agcg_gstat_AGCG_GS_LOCAL),
-            cgroup: g(intf::agcg_gstat_AGCG_GS_CGROUP),
-            pinned: g(intf::agcg_gstat_AGCG_GS_PINNED),
-            fallback: g(intf::agcg_gstat_AGCG_GS_FALLBACK),
-            activations: g(intf::agcg_gstat_AGCG_GS_ACT),
-            deactivations: g(intf::agcg_gstat_AGCG_GS_DEACT),
-            hweight_updates: g(intf::agcg_gstat_AGCG_GS_HWT_UPDATE),
-            picks: g(intf::agcg_gstat_AGCG_GS_PICK),
-            pick_empty: g(intf::agcg_gstat_AGCG_GS_PICK_EMPTY),
-            pick_gone: g(intf::agcg_gstat_AGCG_GS_PICK_GONE),
-            keeps: g(intf::agcg_gstat_AGCG_GS_KEEP),
-            expires: g(intf::agcg_gstat_AGCG_GS_EXPIRE),
-            budget_caps: g(intf::agcg_gstat_AGCG_GS_BUDGET_CAP),
-            idle_kicks: g(intf::agcg_gstat_AGCG_GS_KICK),
-            guard_kicks: g(intf::agcg_gstat_AGCG_GS_GUARD_KICK),
-            aged_fallbacks: g(intf::agcg_gstat_AGCG_GS_AGED),
-            requeues: g(intf::agcg_gstat_AGCG_GS_REQUEUE),
-            rescues: g(intf::agcg_gstat_AGCG_GS_RESCUE),
-            lead_caps: g(intf::agcg_gstat_AGCG_GS_LEAD_CAP),
-        }
+        GlobalCounters::from_sums(&sums)
     }
 
     /// Detach now (also done on drop).

@@ -97,13 +97,17 @@ fn run(opts: &Opts) -> i32 {
             let exit = sched.exit_info();
             drop(sched);
             let Some(exit) = exit else { return 1 };
-            let (kind, _) = classify_exit(exit.kind, exit.exit_code);
+            let (kind, _) = classify_exit(exit.kind, exit.restart);
             if exit.msg.is_empty() {
                 eprintln!("scx_agentcg: EXIT {kind}: {}", exit.reason);
             } else {
                 eprintln!("scx_agentcg: EXIT {kind}: {} ({})", exit.reason, exit.msg);
             }
-            return if exit.kind >= 1024 { 1 } else { 0 };
+            return if exit.kind >= scx_utils::ScxExitKind::Error as i32 {
+                1
+            } else {
+                0
+            };
         }
         if opts.stats && last.elapsed() >= interval {
             let secs = last.elapsed().as_secs_f64();
@@ -168,20 +172,11 @@ fn print_stats(
             r.dispatches
         );
     }
-    println!(
-        "global: local={} cgroup={} pinned={} fallback={} picks={} hweight_updates={} budget_caps={} \
-         guard_kicks={} aged_fallbacks={} requeues={} rescues={} lead_caps={}",
-        global.local_dispatches,
-        global.cgroup_dispatches,
-        global.pinned_dispatches,
-        global.fallback_dispatches,
-        global.counters.picks,
-        global.counters.hweight_updates,
-        global.counters.budget_caps,
-        global.counters.guard_kicks,
-        global.counters.aged_fallbacks,
-        global.counters.requeues,
-        global.counters.rescues,
-        global.counters.lead_caps
-    );
+    let counters: Vec<String> = global
+        .counters
+        .named()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("global: {}", counters.join(" "));
 }

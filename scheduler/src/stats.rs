@@ -21,44 +21,78 @@ pub struct RawCgroupStats {
     pub level: u32,
 }
 
-/// Global counters, summed over CPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct GlobalCounters {
-    /// Woke up on an idle CPU and went straight to its local queue.
-    pub local: u64,
+/// Declares [`GlobalCounters`]: one line per counter of the BPF `gstats`
+/// array (`enum agcg_gstat` in bpf/flatcg_intf.h): doc, field, index, and
+/// whether it is an anomaly (a counter that must stay 0).
+macro_rules! global_counters {
+    ($( #[doc = $doc:literal] $name:ident = $idx:ident $(, $anomaly:ident)?; )*) => {
+        /// Global counters, summed over CPUs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+        pub struct GlobalCounters {
+            $( #[doc = $doc] pub $name: u64, )*
+        }
+
+        impl GlobalCounters {
+            /// From the per-counter sums, indexed by `enum agcg_gstat`.
+            pub(crate) fn from_sums(sums: &[u64]) -> Self {
+                use crate::bpf::intf;
+                let get = |i: u32| sums.get(i as usize).copied().unwrap_or(0);
+                Self { $( $name: get(intf::$idx), )* }
+            }
+
+            /// `(name, value)` of every counter, in declaration order.
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+
+            /// `(name, value)` of the anomaly counters, which stay 0 unless
+            /// the scheduler misbehaves.
+            pub fn anomalies(&self) -> Vec<(&'static str, u64)> {
+                let mut v = Vec::new();
+                $( $( let _ = stringify!($anomaly); v.push((stringify!($name), self.$name)); )? )*
+                v
+            }
+        }
+    };
+}
+
+global_counters! {
+    /// Woke up with an idle CPU available: straight to its local queue.
+    local = agcg_gstat_AGCG_GS_LOCAL;
     /// Queued on its cgroup's queue: the weighted path.
-    pub cgroup: u64,
-    /// Single-CPU tasks (per-CPU kernel threads, `taskset -c N`).
-    pub pinned: u64,
-    /// Restricted cpumask (or no cgroup context): the shared fallback queue.
-    pub fallback: u64,
-    pub activations: u64,
-    pub deactivations: u64,
-    pub hweight_updates: u64,
-    /// A CPU picked the cgroup with the lowest cgroup vtime.
-    pub picks: u64,
-    pub pick_empty: u64,
-    pub pick_gone: u64,
-    /// A CPU stayed with its cgroup inside the slice.
-    pub keeps: u64,
-    /// A CPU's cgroup slice expired.
-    pub expires: u64,
+    cgroup = agcg_gstat_AGCG_GS_CGROUP;
+    /// The same, for tasks allowed on a subset of the online CPUs.
+    subset = agcg_gstat_AGCG_GS_SUBSET;
+    /// Per-CPU kernel threads, run on their CPU's local queue.
+    kthread = agcg_gstat_AGCG_GS_KTHREAD;
+    /// Single-CPU tasks (taskset -c N, one-CPU cpusets): per-CPU queue.
+    pcpu = agcg_gstat_AGCG_GS_PCPU;
+    /// A cgroup became active.
+    activations = agcg_gstat_AGCG_GS_ACT;
+    /// A cgroup became idle.
+    deactivations = agcg_gstat_AGCG_GS_DEACT;
+    /// Hierarchical weights recomputed.
+    hweight_updates = agcg_gstat_AGCG_GS_HWT_UPDATE;
+    /// Dispatch served the cgroup with the lowest cgroup vtime.
+    picks = agcg_gstat_AGCG_GS_PICK;
+    /// Dispatch served the CPU's single-CPU queue instead.
+    picks_pcpu = agcg_gstat_AGCG_GS_PICK_PCPU;
+    /// Dispatch kept the previous task running instead.
+    picks_prev = agcg_gstat_AGCG_GS_PICK_PREV;
+    /// A cgroup's queue ran empty and it left the tree.
+    retires = agcg_gstat_AGCG_GS_RETIRE;
+    /// A CPU passed over a cgroup whose queued tasks it may not run.
+    skips = agcg_gstat_AGCG_GS_SKIP;
     /// A waking cgroup's idle credit was capped.
-    pub budget_caps: u64,
-    pub idle_kicks: u64,
-    /// Idle CPUs kicked by the guard timer because work was queued.
-    pub guard_kicks: u64,
-    /// Fallback tasks served ahead of turn after waiting over two slices.
-    pub aged_fallbacks: u64,
-    /// Cgroups with queued tasks found off the rbtree and requeued (should
-    /// stay 0: each one would have been a stranded task).
-    pub requeues: u64,
-    /// Cgroup tasks served out of turn after waiting over 2 s (0 unless a
-    /// cgroup's affinity-restricted tasks used up its share).
-    pub rescues: u64,
-    /// A cgroup's lead over the cgroup clock was capped (its fallback or
-    /// idle-CPU runtime went beyond its share).
-    pub lead_caps: u64,
+    credit_caps = agcg_gstat_AGCG_GS_CREDIT_CAP;
+    /// Idle CPUs kicked after a queueing.
+    idle_kicks = agcg_gstat_AGCG_GS_KICK;
+    /// CPUs preempted for a waking task whose cgroup was behind.
+    preempts = agcg_gstat_AGCG_GS_PREEMPT;
+    /// Single-CPU tasks served first after waiting 25 slices.
+    pcpu_aged = agcg_gstat_AGCG_GS_PCPU_AGED;
+    /// Anomaly: a dispatch ran out of its pick budget (1024 cgroups).
+    pick_budget = agcg_gstat_AGCG_GS_PICK_BUDGET, anomaly;
 }
 
 /// Per-cgroup statistics in `status`.
@@ -91,13 +125,16 @@ pub struct GlobalStats {
     pub local_dispatches: u64,
     /// Dispatches through the per-cgroup queues (the weighted path).
     pub cgroup_dispatches: u64,
-    /// Dispatches around the cgroup queues for tasks that cannot use them:
-    /// pinned + fallback (their CPU time is charged to the cgroup after).
+    /// Dispatches around the cgroup queues: per-CPU kernel threads and
+    /// single-CPU tasks (their CPU time is charged to their cgroup all
+    /// the same).
     pub fallbacks: u64,
-    /// Of which single-CPU tasks.
+    /// Of which per-CPU kernel threads.
     pub pinned_dispatches: u64,
-    /// Of which restricted-cpumask tasks through the shared fallback queue.
+    /// Of which single-CPU user tasks through their CPU's queue.
     pub fallback_dispatches: u64,
+    /// Sum of the anomaly counters (0 unless the scheduler misbehaves).
+    pub anomalies: u64,
     /// All counters.
     pub counters: GlobalCounters,
 }
@@ -106,10 +143,11 @@ impl From<GlobalCounters> for GlobalStats {
     fn from(c: GlobalCounters) -> Self {
         Self {
             local_dispatches: c.local,
-            cgroup_dispatches: c.cgroup,
-            fallbacks: c.pinned + c.fallback,
-            pinned_dispatches: c.pinned,
-            fallback_dispatches: c.fallback,
+            cgroup_dispatches: c.cgroup + c.subset,
+            fallbacks: c.kthread + c.pcpu,
+            pinned_dispatches: c.kthread,
+            fallback_dispatches: c.pcpu,
+            anomalies: c.anomalies().iter().map(|(_, v)| v).sum(),
             counters: c,
         }
     }
@@ -359,12 +397,16 @@ mod tests {
     #[test]
     fn global_fallbacks_sum() {
         let g = GlobalStats::from(GlobalCounters {
-            pinned: 3,
-            fallback: 4,
+            kthread: 3,
+            pcpu: 4,
             local: 1,
+            pick_budget: 2,
             ..Default::default()
         });
         assert_eq!(g.fallbacks, 7);
         assert_eq!(g.local_dispatches, 1);
+        assert_eq!(g.anomalies, 2);
+        assert_eq!(g.counters.anomalies(), vec![("pick_budget", 2)]);
+        assert_eq!(g.counters.named().len(), crate::bpf::NR_GSTATS as usize);
     }
 }

@@ -14,18 +14,18 @@ use crate::bpf::{LoadOpts, RawExit, Scheduler};
 use crate::stats::{cgroup_rows, CgroupPaths, CgroupStats, GlobalStats};
 use crate::Config;
 
-// enum scx_exit_kind (include/linux/sched/ext.h); stable kernel ABI.
-const EXIT_NONE: i32 = 0;
-const EXIT_DONE: i32 = 1;
-const EXIT_UNREG: i32 = 64;
-const EXIT_UNREG_BPF: i32 = 65;
-const EXIT_UNREG_KERN: i32 = 66;
-const EXIT_SYSRQ: i32 = 67;
-const EXIT_ERROR: i32 = 1024;
-const EXIT_ERROR_BPF: i32 = 1025;
-const EXIT_ERROR_STALL: i32 = 1026;
-// SCX_ECODE_ACT_RESTART: the BPF side asks to be restarted.
-const ECODE_ACT_RESTART: i64 = 1 << 48;
+use scx_utils::ScxExitKind;
+
+// enum scx_exit_kind, as scx_utils generates it from the kernel's BTF
+const EXIT_NONE: i32 = ScxExitKind::None as i32;
+const EXIT_DONE: i32 = ScxExitKind::Done as i32;
+const EXIT_UNREG: i32 = ScxExitKind::Unreg as i32;
+const EXIT_UNREG_BPF: i32 = ScxExitKind::UnregBPF as i32;
+const EXIT_UNREG_KERN: i32 = ScxExitKind::UnregKern as i32;
+const EXIT_SYSRQ: i32 = ScxExitKind::SysRq as i32;
+const EXIT_ERROR: i32 = ScxExitKind::Error as i32;
+const EXIT_ERROR_BPF: i32 = ScxExitKind::ErrorBPF as i32;
+const EXIT_ERROR_STALL: i32 = ScxExitKind::ErrorStall as i32;
 
 /// How long the scheduler must run before its failure count is forgiven.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -123,9 +123,10 @@ pub enum ExitAction {
 
 /// Name an exit kind and decide what follows it. Errors (including stalls)
 /// and sysrq-S restart with backoff and count as failures; a kernel-side
-/// unregistration (e.g. CPU hotplug) or a BPF-requested restart restarts
-/// without counting; a deliberate unregistration stays down.
-pub fn classify_exit(kind: i32, exit_code: i64) -> (String, ExitAction) {
+/// unregistration (e.g. CPU hotplug) or an exit whose code asks for a
+/// restart (`restart_requested`: scx_utils' `UserExitInfo::should_restart()`)
+/// restarts without counting; a deliberate unregistration stays down.
+pub fn classify_exit(kind: i32, restart_requested: bool) -> (String, ExitAction) {
     let name = match kind {
         EXIT_NONE => "none",
         EXIT_DONE => "done",
@@ -145,9 +146,7 @@ pub fn classify_exit(kind: i32, exit_code: i64) -> (String, ExitAction) {
     };
     let action = match kind {
         EXIT_NONE | EXIT_DONE | EXIT_UNREG => ExitAction::Stay,
-        EXIT_UNREG_BPF if exit_code & ECODE_ACT_RESTART != 0 => {
-            ExitAction::Restart { failure: false }
-        }
+        EXIT_UNREG_BPF if restart_requested => ExitAction::Restart { failure: false },
         EXIT_UNREG_BPF => ExitAction::Stay,
         EXIT_UNREG_KERN => ExitAction::Restart { failure: false },
         _ => ExitAction::Restart { failure: true },
@@ -476,6 +475,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                     exit_code: 0,
                     reason: "unknown".to_string(),
                     msg: String::new(),
+                    restart: false,
                 }));
             }
             if last_stats.elapsed() >= interval {
@@ -502,7 +502,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
         if started.elapsed() >= STABLE_AFTER {
             failures = 0;
         }
-        let (kind, action) = classify_exit(exit.kind, exit.exit_code);
+        let (kind, action) = classify_exit(exit.kind, exit.restart);
         let restart = !matches!(action, ExitAction::Stay);
         if let ExitAction::Restart { failure: true } = action {
             failures += 1;
@@ -582,27 +582,27 @@ mod tests {
     #[test]
     fn exit_policy() {
         assert_eq!(
-            classify_exit(EXIT_UNREG, 0),
+            classify_exit(EXIT_UNREG, false),
             ("unregistered".into(), ExitAction::Stay)
         );
         assert_eq!(
-            classify_exit(EXIT_ERROR_STALL, 0),
+            classify_exit(EXIT_ERROR_STALL, false),
             ("stall".into(), ExitAction::Restart { failure: true })
         );
         assert_eq!(
-            classify_exit(EXIT_SYSRQ, 0),
+            classify_exit(EXIT_SYSRQ, false),
             ("sysrq".into(), ExitAction::Restart { failure: true })
         );
         assert_eq!(
-            classify_exit(EXIT_UNREG_KERN, 0).1,
+            classify_exit(EXIT_UNREG_KERN, true).1,
             ExitAction::Restart { failure: false }
         );
-        assert_eq!(classify_exit(EXIT_UNREG_BPF, 0).1, ExitAction::Stay);
+        assert_eq!(classify_exit(EXIT_UNREG_BPF, false).1, ExitAction::Stay);
         assert_eq!(
-            classify_exit(EXIT_UNREG_BPF, ECODE_ACT_RESTART).1,
+            classify_exit(EXIT_UNREG_BPF, true).1,
             ExitAction::Restart { failure: false }
         );
-        assert_eq!(classify_exit(4242, 0).0, "kind 4242");
+        assert_eq!(classify_exit(4242, false).0, "kind 4242");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 # Fairness: CPU hogs in weighted cgroup trees, measured share of cgroup CPU
 # time (cpu.stat usage_usec deltas) against the flattened target share,
 # under the kernel's own scheduler and under scx_agentcg.
-# Overhead: the same fork/exec and pipe workloads timed under both.
+# Overhead: fork/exec, pipe ping-pong and hackbench-like workloads timed
+# under both; wake-up latency (p50/p99) with and without hogs in
+# session_low, under both.
 # Prints "BENCH ..." lines that the host side turns into tables and JSON.
 # CG, SX, WARM, WINDOW, HOGS, SCHED, wait_state, hogs and usage come from
 # the scheduler cases' shared helpers.
@@ -51,6 +53,7 @@ setup() {
     mkcg bf/eq 100; mkcg bf/eq/a 100; mkcg bf/eq/b 100
     mkcg bf/three 100; mkcg bf/three/a 300; mkcg bf/three/b 200; mkcg bf/three/c 100
     mkcg bf/nest 100; mkcg bf/nest/a 200; mkcg bf/nest/b 100; mkcg bf/nest/a/x 100; mkcg bf/nest/a/y 300
+    mkcg bf/sh 150; mkcg bf/sl 50
     for c in flat/high flat/low three/a nest/a/y; do echo "weight bf/$c: $(cat $CG/bf/$c/cpu.weight)"; done
 }
 fairness() { # SCHEDNAME
@@ -59,19 +62,32 @@ fairness() { # SCHEDNAME
     fair $1 flat-300:200:100 bf/three/a:1/2 bf/three/b:1/3 bf/three/c:1/6
     fair $1 nested-3-level bf/nest/a/x:1/6 bf/nest/a/y:1/2 bf/nest/b:1/3
 }
-now_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
-# overhead workloads: print elapsed centiseconds
-wl_forkexec() { t0=$(now_cs); i=0; while [ $i -lt ${FORKS:-1500} ]; do /bin/true; i=$((i + 1)); done; echo $(($(now_cs) - t0)); }
-wl_pipe() { t0=$(now_cs); dd if=/dev/zero bs=64 count=${PIPE_BLOCKS:-60000} 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null; echo $(($(now_cs) - t0)); }
-overhead() { # SCHEDNAME -> sets OV_<wl>
-    for w in forkexec pipe; do
-        best=
-        for r in 1 2 3; do
-            t=$(wl_$w)
-            [ -z "$best" ] || [ $t -lt $best ] && best=$t
-        done
-        eval "OV_$1_$w=$best"
-        echo "overhead $1 $w: best of 3 = ${best}0 ms"
+now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+SB=${SCHEDBENCH:-agentcg-schedbench}
+sec_to_ms() { awk '{ printf "%d\n", $1 * 1000 }'; }
+# overhead workloads: print elapsed milliseconds
+wl_forkexec() { t0=$(now_ms); i=0; while [ $i -lt ${FORKS:-500} ]; do /bin/true; i=$((i + 1)); done; echo $(($(now_ms) - t0)); }
+wl_pipe() { $SB pipe ${ROUNDS:-20000} | sec_to_ms; }
+wl_hackbench() { $SB hackbench ${HB_GROUPS:-2} ${HB_LOOPS:-100} | sec_to_ms; }
+WORKLOADS="forkexec pipe hackbench"
+# run_wl SCHEDNAME: every workload once; keeps the best time per scheduler
+# in OV_<sched>_<wl>
+run_wl() {
+    for w in $WORKLOADS; do
+        t=$(wl_$w) || die "workload $w failed"
+        eval "best=\$OV_$1_$w"
+        [ -z "$best" ] || [ $t -lt $best ] && eval "OV_$1_$w=$t"
+        echo "overhead $1 $w: $t ms"
+    done
+}
+# wake-up latency of WORKERS threads in session_high, woken every 2 ms for
+# LAT_S s, without and with nproc CPU hogs in session_low
+latency() { # SCHEDNAME
+    for load in idle hogs; do
+        [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
+        r=$(sh -c "echo \$\$ > $CG/bf/sh/cgroup.procs; exec $SB wakeup ${LAT_S:-4} ${WORKERS:-4}") || die "wakeup failed"
+        [ $load = hogs ] && stop_hogs
+        echo "BENCH latency $load $1 $r"
     done
 }
 
@@ -86,16 +102,22 @@ echo "BENCH info ops $(cat $SX/root/ops)"
 fairness agentcg
 stop_sched
 
-echo "== overhead"
-overhead kernel
+echo "== overhead and latency"
+# kernel and scx_agentcg alternate, three rounds, so that a change in the
+# host's load hits both alike; the best of 3 per scheduler is reported
+for r in 1 2 3; do
+    run_wl kernel
+    start_sched
+    run_wl agentcg
+    stop_sched
+done
+latency kernel
 start_sched
-overhead agentcg
+latency agentcg
 stop_sched
-overhead kernel2
-for w in forkexec pipe; do
-    eval "k=\$OV_kernel_$w k2=\$OV_kernel2_$w s=\$OV_agentcg_$w"
-    # kernel figure: the better of the runs before and after
-    [ $k2 -lt $k ] && k=$k2
-    awk -v w=$w -v k=$k -v s=$s 'BEGIN { printf "BENCH overhead %s %.2f %.2f %.3f\n", w, k / 100, s / 100, (k > 0 ? s / k : 0) }'
+latency kernel
+for w in $WORKLOADS; do
+    eval "k=\$OV_kernel_$w s=\$OV_agentcg_$w"
+    awk -v w=$w -v k=$k -v s=$s 'BEGIN { printf "BENCH overhead %s %.3f %.3f %.3f\n", w, k / 1000, s / 1000, (k > 0 ? s / k : 0) }'
 done
 echo "bench: done"

@@ -41,3 +41,27 @@ ratio() {
         printf "%-28s cpu_ms %d:%d ratio %.3f target %.3f deviation %.2f%%\n", n, a / 1000, b / 1000, r, t, dev * 100
         exit (dev <= tol) ? 0 : 1 }'
 }
+# start_sched LOG: scx_agentcg with JSON statistics every second into LOG
+start_sched() {
+    scx_agentcg -i 1 --stats --json >"$1" 2>&1 &
+    SCHED=$!
+    wait_state enabled 30 || { cat "$1"; fail "scheduler did not attach"; }
+}
+# counter LOG NAME: the latest value of global counter NAME in LOG
+counter() { grep -o "\"$2\":[0-9]*" "$1" | tail -n 1 | cut -d: -f2; }
+# alive LOG: the scheduler still runs and sched_ext is still enabled
+alive() {
+    kill -0 "$SCHED" 2>/dev/null || { grep -v '^{' "$1"; fail "scheduler exited: $(grep EXIT "$1")"; }
+    [ "$(cat $SX/state)" = enabled ] || fail "sched_ext state $(cat $SX/state)"
+}
+# no_anomalies LOG: the anomaly counters (statistics sum "anomalies") are 0
+# and the scheduler did not exit; waits for one more statistics line first
+no_anomalies() {
+    n=$(grep -c '^{' "$1"); i=0
+    while [ "$(grep -c '^{' "$1")" -le "$n" ] && [ $i -lt 30 ]; do usleep 100000; i=$((i + 1)); done
+    alive "$1"
+    a=$(counter "$1" anomalies)
+    [ -n "$a" ] || fail "no statistics in $1"
+    echo "anomalies: $a ($(grep -o '"counters":{[^}]*}' "$1" | tail -n 1))"
+    [ "$a" = 0 ] || fail "anomaly counters are not 0"
+}

@@ -1,0 +1,199 @@
+//! agentcg-schedbench: scheduler workloads for tests/bench/sched-fairness,
+//! run in the VM under the kernel's scheduler and under scx_agentcg.
+//!
+//! - `pipe ROUNDS`: two threads pass one byte back and forth over two pipes
+//!   (`perf bench sched pipe`); prints the elapsed seconds.
+//! - `hackbench GROUPS LOOPS`: per group 10 sender and 10 receiver threads;
+//!   every sender writes LOOPS 100-byte messages to every receiver of its
+//!   group over a pipe (hackbench's pipe mode, threads); prints seconds.
+//! - `wakeup SECONDS [WORKERS]`: a message thread wakes WORKERS (default 4)
+//!   worker threads through pipes, every 2 ms; each worker records the delay
+//!   from the write to its wake-up and spins 100 us (schbench's shape);
+//!   prints `p50_us p99_us samples`.
+
+use std::io::{pipe, PipeReader, PipeWriter, Read, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: agentcg-schedbench pipe ROUNDS | hackbench GROUPS LOOPS | wakeup SECONDS [WORKERS]"
+    );
+    ExitCode::from(2)
+}
+
+fn arg(args: &[String], i: usize) -> Option<u64> {
+    args.get(i)?.parse().ok().filter(|&n| n > 0)
+}
+
+fn pipe_bench(rounds: u64) -> std::io::Result<f64> {
+    let (mut a_r, mut a_w) = pipe()?;
+    let (mut b_r, mut b_w) = pipe()?;
+    let start = Instant::now();
+    let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 1];
+        for _ in 0..rounds {
+            a_r.read_exact(&mut buf)?;
+            b_w.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut buf = [0u8; 1];
+    for _ in 0..rounds {
+        a_w.write_all(&buf)?;
+        b_r.read_exact(&mut buf)?;
+    }
+    peer.join().expect("pipe peer panicked")?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn hackbench(groups: u64, loops: u64) -> std::io::Result<f64> {
+    const FDS: usize = 10;
+    const MSG: usize = 100;
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for _ in 0..groups {
+        let mut writers: Vec<PipeWriter> = Vec::new();
+        for _ in 0..FDS {
+            let (mut r, w) = pipe()?;
+            writers.push(w);
+            threads.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = [0u8; MSG];
+                for _ in 0..loops * FDS as u64 {
+                    r.read_exact(&mut buf)?;
+                }
+                Ok(())
+            }));
+        }
+        for _ in 0..FDS {
+            let mut ws: Vec<PipeWriter> = writers
+                .iter()
+                .map(|w| w.try_clone())
+                .collect::<Result<_, _>>()?;
+            threads.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let buf = [0u8; MSG];
+                for _ in 0..loops {
+                    for w in ws.iter_mut() {
+                        w.write_all(&buf)?;
+                    }
+                }
+                Ok(())
+            }));
+        }
+    }
+    for t in threads {
+        t.join().expect("hackbench thread panicked")?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn wakeup(seconds: u64, workers: u64) -> std::io::Result<(u64, u64, usize)> {
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut ack_r, ack_w) = pipe()?;
+    let mut kicks: Vec<PipeWriter> = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let (mut r, w): (PipeReader, PipeWriter) = pipe()?;
+        kicks.push(w);
+        let mut ack = ack_w.try_clone()?;
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
+            let mut lat = Vec::new();
+            let mut buf = [0u8; 8];
+            loop {
+                r.read_exact(&mut buf)?;
+                let woke = base.elapsed().as_nanos() as u64;
+                let sent = u64::from_ne_bytes(buf);
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(lat);
+                }
+                lat.push(woke.saturating_sub(sent) / 1000);
+                let spin = Instant::now();
+                while spin.elapsed() < Duration::from_micros(100) {
+                    std::hint::spin_loop();
+                }
+                ack.write_all(&[1])?;
+            }
+        }));
+    }
+    drop(ack_w);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut buf = vec![0u8; workers as usize];
+    while Instant::now() < end {
+        for k in kicks.iter_mut() {
+            let now = base.elapsed().as_nanos() as u64;
+            k.write_all(&now.to_ne_bytes())?;
+        }
+        ack_r.read_exact(&mut buf)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for k in kicks.iter_mut() {
+        k.write_all(&0u64.to_ne_bytes())?;
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().expect("wakeup worker panicked")?);
+    }
+    all.sort_unstable();
+    Ok((percentile(&all, 0.5), percentile(&all, 0.99), all.len()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let res = match args.get(1).map(String::as_str) {
+        Some("pipe") => match arg(&args, 2) {
+            Some(n) => pipe_bench(n).map(|s| println!("{s:.4}")),
+            None => return usage(),
+        },
+        Some("hackbench") => match (arg(&args, 2), arg(&args, 3)) {
+            (Some(g), Some(l)) => hackbench(g, l).map(|s| println!("{s:.4}")),
+            _ => return usage(),
+        },
+        Some("wakeup") => match arg(&args, 2) {
+            Some(s) => wakeup(s, arg(&args, 3).unwrap_or(4))
+                .map(|(p50, p99, n)| println!("{p50} {p99} {n}")),
+            None => return usage(),
+        },
+        _ => return usage(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentcg-schedbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn workloads_run() {
+        assert!(pipe_bench(100).unwrap() > 0.0);
+        assert!(hackbench(1, 5).unwrap() > 0.0);
+        let (p50, p99, n) = wakeup(1, 2).unwrap();
+        assert!(n > 0 && p50 <= p99);
+    }
+}

@@ -1,0 +1,47 @@
+#!/bin/sh
+# 38-sched-cpuset: one session confined to one CPU by cpuset.cpus, the other
+# free. Fair here means max-min fair: each cgroup gets its weighted share of
+# the machine, capped at what its CPUs can hold, and what a capped cgroup
+# cannot use goes to the others (docs/scheduler.md).
+#  1. high (150) free, low (50) on CPU 1: shares 1.5 and 0.5 CPUs: 3:1.
+#  2. weights swapped (low 150 on CPU 1 is capped at one CPU: 1:1), and a
+#     hog of high pinned to CPU 1 with taskset still makes progress (it is
+#     below low in cgroup vtime order forever; only the single-CPU aging
+#     serves it: the test that shows the aging is needed).
+# The anomaly counters stay 0 and the scheduler stays attached.
+. /vm/lib/sched.sh
+ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
+
+[ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
+[ "$(nproc)" -ge 2 ] || fail "needs 2 CPUs"
+grep -qw cpuset $CG/cgroup.controllers || fail "no cpuset controller"
+echo "+cpu +cpuset" > $CG/cgroup.subtree_control || fail "cannot enable cpu and cpuset"
+mkdir -p $CG/t38 && echo "+cpu +cpuset" > $CG/t38/cgroup.subtree_control
+mkdir -p $CG/t38/high $CG/t38/low
+echo 150 > $CG/t38/high/cpu.weight
+echo 50 > $CG/t38/low/cpu.weight
+echo 1 > $CG/t38/low/cpuset.cpus || fail "cannot confine low to CPU 1"
+echo "low: cpuset.cpus.effective $(cat $CG/t38/low/cpuset.cpus.effective)"
+
+start_sched /tmp/scx38.log
+hogs t38/high 2
+hogs t38/low 2
+sleep $WARM
+ratio t38/high t38/low 3 || fail "150:50 with low on one CPU is not 3:1 within 5%"
+aged=$(counter /tmp/scx38.log pcpu_aged)
+echo "pcpu_aged after part 1: $aged"
+
+echo 50 > $CG/t38/high/cpu.weight
+echo 150 > $CG/t38/low/cpu.weight
+taskset -c 1 sh -c "echo \$\$ > $CG/t38/high/cgroup.procs; while :; do :; done" &
+PINNED=$!; HOGS="$HOGS $!"
+t0=$(ticks $PINNED)
+sleep 2
+TOL=0.10 ratio t38/low t38/high 1 || fail "150:50 with the 150 side capped at one CPU is not 1:1 within 10%"
+t1=$(ticks $PINNED)
+echo "high's hog pinned to CPU 1: $((t1 - t0)) ticks in the window"
+[ $((t1 - t0)) -gt 0 ] || fail "the pinned hog of high made no progress"
+[ "$(counter /tmp/scx38.log pcpu_aged)" -gt "${aged:-0}" ] || fail "pcpu_aged did not move: the pinned hog got CPU another way"
+no_anomalies /tmp/scx38.log
+cleanup
+echo "PASS 38-sched-cpuset"
