@@ -213,6 +213,7 @@ static __always_inline void fill_common(struct procmon_event *e, struct task_str
 	e->uid = BPF_CORE_READ(p, cred, uid.val);
 	e->start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
 	e->cgroup_id = cgroup_id_of(p);
+	e->ts_ns = bpf_ktime_get_ns();
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), p->comm);
 	if (lin) {
 		e->lineage = *lin;

@@ -74,6 +74,7 @@ struct procmon_event {
 	u32 uid;
 	u64 start_ns;	 /* task->start_boottime, ns; /proc stat field 22 in ns */
 	u64 cgroup_id;	 /* the process's cgroup v2 id at the event */
+	u64 ts_ns;	 /* bpf_ktime_get_ns() at the event (CLOCK_MONOTONIC) */
 	s32 exit_code;	 /* wait status: (code << 8) | signal, exits only */
 	u32 argv_len;	 /* bytes valid in argv */
 	u32 flags;	 /* procmon_flags */

@@ -587,6 +587,13 @@ fn policies_need_exe(set: &PolicySet) -> bool {
         .any(|f| f.matches.iter().any(block) || f.tools.iter().any(|t| t.matches.iter().any(block)))
 }
 
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 /// pidfd_open(2): a handle on one process that a reused pid cannot alias.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success the fd is ours (nix has no wrapper).
@@ -768,6 +775,7 @@ impl Daemon {
             ancestor,
             argv_truncated,
             exe_unresolved,
+            at_ns,
         } = x;
         // Complete facts before deciding: the whole argv, the resolved
         // executable. A vanished process needs no decision.
@@ -813,7 +821,12 @@ impl Daemon {
             }
             return;
         };
+        let moved_before = self.counters.placed;
         self.apply(info, decision, cgroup_id);
+        if let (Some(at), true) = (at_ns, self.counters.placed > moved_before) {
+            let us = monotonic_ns().saturating_sub(at) / 1000;
+            self.state.placement_latency.record(us);
+        }
     }
 
     /// A child forked by a tracked lineage outside its cgroup (BPF), or any
@@ -1456,6 +1469,7 @@ impl Daemon {
     /// What the publisher writes (it adds scheduler, memcg and sessions).
     fn snapshot(&mut self) -> State {
         let st = self.monitor.stats();
+        self.state.placement_latency.summarize();
         let mut s = self.state.clone();
         s.procmon = ProcmonStatus {
             backend: self.monitor.backend().to_string(),

@@ -205,6 +205,23 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
         c.placed, c.already_placed, c.vanished, c.pid_reused, c.errors, c.protected_skipped, c.reconciles
     );
     println!(
+        "  subtrees: forks moved={} children placed={}; tree rebuilds={}{}",
+        c.forks_moved,
+        c.subtree_placed,
+        c.tree_rebuilds,
+        s.tree_error
+            .as_deref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    );
+    let lat = &s.placement_latency;
+    if let (Some(p50), Some(p99)) = (lat.p50_us, lat.p99_us) {
+        println!(
+            "  exec -> in cgroup: p50 <= {p50} us, p99 <= {p99} us, max {} us over {} moves at exec",
+            lat.max_us, lat.count
+        );
+    }
+    println!(
         "events: {} (exec={} exit={} lost={}){}",
         s.procmon.backend,
         s.procmon.exec_events,

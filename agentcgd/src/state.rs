@@ -92,6 +92,72 @@ pub struct Counters {
     pub tree_rebuilds: u64,
 }
 
+/// Exec-to-placement latency as the daemon measures it: from the kernel's
+/// exec event (its CLOCK_MONOTONIC stamp) to the return of the write to
+/// cgroup.procs, for processes moved at their exec. Counts per bucket;
+/// `bounds_us[i]` is bucket i's upper bound, the last bucket is the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub bounds_us: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub max_us: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        // 10 us steps to 100 us, 50 us to 1 ms, 250 us to 5 ms, 1 ms to
+        // 20 ms, 10 ms to 100 ms: fine where placements are.
+        let mut bounds: Vec<u64> = (1..=10).map(|i| i * 10).collect();
+        bounds.extend((3..=20).map(|i| i * 50));
+        bounds.extend((5..=20).map(|i| i * 250));
+        bounds.extend((6..=20).map(|i| i * 1000));
+        bounds.extend((3..=10).map(|i| i * 10_000));
+        let n = bounds.len() + 1;
+        LatencyHistogram {
+            bounds_us: bounds,
+            counts: vec![0; n],
+            count: 0,
+            p50_us: None,
+            p99_us: None,
+            max_us: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, us: u64) {
+        let i = self.bounds_us.partition_point(|&b| b < us);
+        self.counts[i] += 1;
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// The upper bound of the bucket holding the p-th percentile.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(self.bounds_us.get(i).copied().unwrap_or(self.max_us));
+            }
+        }
+        Some(self.max_us)
+    }
+
+    /// Fill in the percentiles for the status file.
+    pub fn summarize(&mut self) {
+        self.p50_us = self.percentile(50.0);
+        self.p99_us = self.percentile(99.0);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FamilyStatus {
     pub name: String,
@@ -158,6 +224,9 @@ pub struct State {
     /// The last time the session cgroups were found missing (and rebuilt).
     #[serde(default)]
     pub tree_error: Option<String>,
+    /// Exec-to-placement latency measured by the daemon (BPF events).
+    #[serde(default)]
+    pub placement_latency: LatencyHistogram,
     pub sessions: Vec<SessionStatus>,
     pub families: Vec<FamilyStatus>,
     pub procmon: ProcmonStatus,
@@ -239,6 +308,23 @@ mod tests {
         tr.insert(t(11, 1));
         assert!(tr.remove(11, None).is_some());
         assert_eq!(tr.len(), 0);
+    }
+
+    #[test]
+    fn latency_percentiles_by_bucket() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.percentile(50.0), None);
+        for us in 1..=98 {
+            h.record(us * 10 % 100 + 5); // 5..95 us
+        }
+        h.record(1500);
+        h.record(250_000);
+        h.summarize();
+        assert_eq!(h.count, 100);
+        assert!(h.p50_us.unwrap() <= 60, "{h:?}");
+        assert_eq!(h.p99_us, Some(1500));
+        assert_eq!(h.percentile(100.0), Some(250_000));
+        assert_eq!(h.max_us, 250_000);
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn decode(data: &[u8]) -> Option<ProcEvent> {
                 // A rename carries no argv or executable: read them.
                 argv_truncated: rename || e.flags & procmon_flags_PM_F_ARGV_TRUNC != 0,
                 exe_unresolved: true,
+                at_ns: Some(e.ts_ns),
             }))
         }
         k if k == procmon_kind_PM_FORK => Some(ProcEvent::Fork {

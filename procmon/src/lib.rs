@@ -54,6 +54,8 @@ pub struct Exec {
     pub argv_truncated: bool,
     /// `info.exe` is the path given to execve, not the resolved executable.
     pub exe_unresolved: bool,
+    /// When the kernel saw it (CLOCK_MONOTONIC ns), where the source knows.
+    pub at_ns: Option<u64>,
 }
 
 /// One thing that happened to a process.
@@ -312,6 +314,7 @@ fn exec_from_proc(procfs: &ProcFs, pid: u32) -> Option<ProcEvent> {
             ancestor: None,
             argv_truncated: false,
             exe_unresolved: false,
+            at_ns: None,
         })
     })
 }

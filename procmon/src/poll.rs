@@ -35,6 +35,7 @@ pub(crate) fn diff(
                 ancestor: None,
                 argv_truncated: false,
                 exe_unresolved: false,
+                at_ns: None,
             }));
         }
     }
