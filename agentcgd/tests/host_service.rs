@@ -8,48 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentcgd");
+mod common;
 
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-}
-
-fn env_or_skip() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root to move processes between cgroups");
-        return None;
-    }
-    let m = cgroup2_mount();
-    if m.is_none() {
-        eprintln!("SKIP: no cgroup2 mount on this host");
-    }
-    m
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-fn cgroup_of(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        .unwrap_or_default()
-}
+use common::{cgroup_of, env_or_skip, remove_tree, wait_for, BIN};
 
 struct Fx {
     tag: String,
@@ -177,30 +138,12 @@ impl Drop for Fx {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for s in ["session_high", "session_low", ""] {
-            let d = self.root.join(s);
-            for pid in fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = fs::write(self.mount.join("cgroup.procs"), pid);
-            }
-        }
-        for s in ["session_high", "session_low", ""] {
-            let d = self.root.join(s);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        remove_tree(&self.root, &self.mount);
     }
 }
 
-fn stop(mut d: Child) {
-    // SAFETY: kill(2) on the daemon we spawned.
-    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
-    let st = d.wait().unwrap();
-    assert!(st.success(), "daemon exit status {st}");
+fn stop(d: Child) {
+    common::stop(d);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -174,22 +174,27 @@ impl Drop for Fixture {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Move anything left (e.g. grandchildren) out, then remove the tree.
-        for s in ["session_high", "session_low", ""] {
-            let d = self.root.join(s);
-            for pid in fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = fs::write(self.mount.join("cgroup.procs"), pid);
-            }
+        remove_tree(&self.root, &self.mount);
+    }
+}
+
+/// Move anything left in ROOT (e.g. grandchildren) to the mount's root
+/// cgroup, then remove the tree.
+pub fn remove_tree(root: &Path, mount: &Path) {
+    for s in ["session_high", "session_low", ""] {
+        let d = root.join(s);
+        for pid in fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = fs::write(mount.join("cgroup.procs"), pid);
         }
-        for s in ["session_high", "session_low", ""] {
-            let d = self.root.join(s);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    }
+    for s in ["session_high", "session_low", ""] {
+        let d = root.join(s);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
