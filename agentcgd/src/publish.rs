@@ -22,7 +22,7 @@ use crate::state::{now_ms, SessionStatus, State};
 const REFRESH: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
-    tx: Option<SyncSender<State>>,
+    tx: Option<SyncSender<Box<State>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -37,7 +37,7 @@ pub struct Sources {
 
 impl Publisher {
     pub fn spawn(src: Sources) -> std::io::Result<Publisher> {
-        let (tx, rx) = mpsc::sync_channel::<State>(1);
+        let (tx, rx) = mpsc::sync_channel::<Box<State>>(1);
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
             .spawn(move || writer(src, rx))?;
@@ -50,7 +50,7 @@ impl Publisher {
     /// Hand over a snapshot; false when the writer has not taken the last
     /// one yet (the caller offers again later).
     pub fn offer(&self, s: State) -> bool {
-        match self.tx.as_ref().map(|tx| tx.try_send(s)) {
+        match self.tx.as_ref().map(|tx| tx.try_send(Box::new(s))) {
             Some(Ok(())) => true,
             Some(Err(TrySendError::Full(_))) => false,
             _ => true,
@@ -60,7 +60,7 @@ impl Publisher {
     /// Write `last` and stop the writer.
     pub fn finish(mut self, last: State) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(last);
+            let _ = tx.send(Box::new(last));
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -77,14 +77,14 @@ impl Drop for Publisher {
     }
 }
 
-fn writer(src: Sources, rx: mpsc::Receiver<State>) {
+fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
     let mut state: Option<State> = None;
     let mut written: Vec<u8> = Vec::new();
     let mut last_report: Option<std::time::Instant> = None;
     loop {
         let open = match rx.recv_timeout(REFRESH) {
             Ok(s) => {
-                state = Some(s);
+                state = Some(*s);
                 true
             }
             Err(RecvTimeoutError::Timeout) => true,

@@ -273,11 +273,11 @@ impl Source {
 /// The LPM trie key for a prefilter key: (prefix length in bits, kind, text).
 /// An exact key includes the text's NUL, so it matches only that text.
 fn trie_key(k: &crate::PrefilterKey) -> Vec<u8> {
-    let kind = match k.kind {
+    let kind: u32 = match k.kind {
         KeyKind::Comm => procmon_key_kind_PM_K_COMM,
         KeyKind::Argv0 => procmon_key_kind_PM_K_ARGV0,
         KeyKind::Exe => procmon_key_kind_PM_K_EXE,
-    } as u32;
+    };
     let text = &k.text.as_bytes()[..k.text.len().min(KEY_TEXT_MAX)];
     let exact = k.exact && k.text.len() <= KEY_TEXT_MAX;
     let mut s = [0u8; procmon_consts_PM_KEY_LEN as usize];

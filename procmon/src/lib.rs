@@ -180,7 +180,8 @@ pub struct Seed {
 }
 
 enum Source {
-    Bpf(bpf::Source),
+    // Boxed: the skeleton is large and there is one Source per monitor.
+    Bpf(Box<bpf::Source>),
     Netlink(netlink::Source),
     Poll(poll::Source),
 }
@@ -197,7 +198,7 @@ impl Monitor {
         let mut reasons = Vec::new();
         if opts.allow_bpf {
             match bpf::Source::open() {
-                Ok(s) => return Ok(Self::new(Source::Bpf(s), reasons)),
+                Ok(s) => return Ok(Self::new(Source::Bpf(Box::new(s)), reasons)),
                 Err(e) => reasons.push(format!("bpf: {e:#}")),
             }
         } else {

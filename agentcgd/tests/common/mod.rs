@@ -100,10 +100,7 @@ impl Fixture {
                 fs::File::create(self.dir.path().join("daemon.log")).unwrap(),
             ))
             .spawn()
-            .map(|c| {
-                self.daemons.borrow_mut().push(c.id());
-                c
-            })
+            .inspect(|c| self.daemons.borrow_mut().push(c.id()))
             .unwrap()
     }
 
