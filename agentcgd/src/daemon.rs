@@ -128,7 +128,8 @@ struct Daemon {
     departed: HashMap<(u32, u64), Lineage>,
     departed_order: VecDeque<(u32, u64)>,
     /// Tracked processes that died by SIGKILL lately, for OOM attribution.
-    recent_kills: Vec<(Instant, Tracked)>,
+    /// ... with their agent as it was then (its cwd is gone after exit).
+    recent_kills: Vec<(Instant, Tracked, reactions::Agent)>,
     policies: PolicySet,
     tree: Tree,
     /// session_high, session_low.
@@ -391,6 +392,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(fd) = &policy_watch {
         add(fd.as_fd(), TOKEN_POLICY)?;
     }
+    // Whatever arrived between the start-up drain and the registration
+    // above may already have sent its wake-up to nobody: take it now.
+    d.drain_events();
 
     let mut events = [EpollEvent::empty(); 8];
     let mut last_publish = Instant::now();
@@ -782,16 +786,25 @@ impl Daemon {
         if argv_truncated {
             match self.procfs.cmdline(info.pid) {
                 Ok(argv) => info.argv = argv,
-                Err(_) => {
+                Err(e) => {
+                    log::debug!("pid {}: cmdline: {e}: vanished", info.pid);
                     self.counters.vanished += 1;
                     return;
                 }
             }
         }
         if exe_unresolved && (self.needs_exe || origin == Origin::Rename) {
-            match self.procfs.exe(info.pid) {
+            let mut exe = self.procfs.exe(info.pid);
+            if exe.is_err() && self.procfs.start_ticks(info.pid) == Some(info.start_ticks) {
+                // Still there: a transient failure (see move_to).
+                self.counters.move_retries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+                exe = self.procfs.exe(info.pid);
+            }
+            match exe {
                 Ok(exe) => info.exe = exe,
-                Err(_) => {
+                Err(e) => {
+                    log::debug!("pid {}: exe: {e}: vanished", info.pid);
                     self.counters.vanished += 1;
                     return;
                 }
@@ -881,7 +894,26 @@ impl Daemon {
     /// pidfd held from before the identity check until after the write
     /// makes sure the write moved that process and not a reused pid.
     fn move_to(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
+        match self.try_move(pid, start, target) {
+            // Seen once in the VM while sched_ext was being enabled: a step
+            // failed for a process that is still there. One more try.
+            Moved::Vanished if self.procfs.start_ticks(pid) == Some(start) => {
+                log::debug!("pid {pid}: still there after a failed move; trying again");
+                self.counters.vanished -= 1;
+                self.counters.move_retries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+                self.try_move(pid, start, target)
+            }
+            m => m,
+        }
+    }
+
+    fn try_move(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
         let Some(pidfd) = pidfd_open(pid) else {
+            log::debug!(
+                "pid {pid}: pidfd_open: {}: vanished",
+                std::io::Error::last_os_error()
+            );
             self.counters.vanished += 1;
             return Moved::Vanished;
         };
@@ -892,7 +924,8 @@ impl Daemon {
                 log::debug!("pid {pid} was reused before placement; skipped");
                 return Moved::Reused;
             }
-            Err(_) => {
+            Err(e) => {
+                log::debug!("pid {pid}: stat: {e}: vanished");
                 self.counters.vanished += 1;
                 return Moved::Vanished;
             }
@@ -901,7 +934,8 @@ impl Daemon {
             Ok(()) if pidfd_alive(&pidfd) => Moved::Yes {
                 threads: stat.threads,
             },
-            Ok(()) | Err(MoveError::Vanished) => {
+            r @ (Ok(()) | Err(MoveError::Vanished)) => {
+                log::debug!("pid {pid}: gone during the move ({r:?})");
                 self.counters.vanished += 1;
                 Moved::Vanished
             }
@@ -1245,7 +1279,8 @@ impl Daemon {
 
     /// A tracked process was SIGKILLed: maybe by the OOM killer.
     fn note_kill(&mut self, t: Tracked) {
-        self.recent_kills.push((Instant::now(), t));
+        let agent = self.agent_of(&t);
+        self.recent_kills.push((Instant::now(), t, agent));
         self.attribute_kills();
     }
 
@@ -1254,7 +1289,7 @@ impl Daemon {
     fn attribute_kills(&mut self) {
         const PAIRING_WINDOW: Duration = Duration::from_secs(5);
         self.recent_kills
-            .retain(|(at, _)| at.elapsed() < PAIRING_WINDOW);
+            .retain(|(at, _, _)| at.elapsed() < PAIRING_WINDOW);
         let now = now_ms();
         let mut killed = Vec::new();
         for rec in self.state.oom_kills.iter_mut().filter(|r| r.pid.is_none()) {
@@ -1264,9 +1299,9 @@ impl Daemon {
             if let Some(i) = self
                 .recent_kills
                 .iter()
-                .position(|(_, t)| t.priority.session() == rec.session)
+                .position(|(_, t, _)| t.priority.session() == rec.session)
             {
-                let (_, t) = self.recent_kills.remove(i);
+                let (_, t, agent) = self.recent_kills.remove(i);
                 log::warn!(
                     "OOM kill in {}: pid {} ({}) of family {}",
                     rec.session,
@@ -1277,11 +1312,10 @@ impl Daemon {
                 rec.pid = Some(t.pid);
                 rec.family = Some(t.family.to_string());
                 rec.comm = Some(t.comm.clone());
-                killed.push(t);
+                killed.push((t, agent));
             }
         }
-        for t in killed {
-            let agent = self.agent_of(&t);
+        for (t, agent) in killed {
             self.reactions
                 .trigger(reactions::Trigger::OomKill { agent, pid: t.pid });
         }

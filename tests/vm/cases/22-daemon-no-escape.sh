@@ -56,8 +56,9 @@ for run in $(seq 20); do
         for p in $(fk_pids); do
             c=$(cg $p); [ "$c" = /agentcg/session_high ] && continue
             echo "outside: pid $p ppid $(cut -d' ' -f4 /proc/$p/stat) in $c"
-            grep -w "pid $p" $W/log | tail -3
+            grep -w "$p" $W/log | tail -3
         done
+        agentcgd status --json | grep -E '"(placed|already_placed|vanished|pid_reused|errors|reconciles|exec_seen|exec|lost)"'
         fail "run $run: $2 of $1 agent processes in session_high after $ms ms"
     fi
     [ $ms -gt $worst ] && worst=$ms

@@ -1,6 +1,6 @@
 #!/bin/sh
 # 51-reactions-oom: a real OOM kill of an agent sets off a reaction. A
-# process named "aider" (family aider, session_low) replays a trace that
+# process named "aider" (family aider, started with AGENTCG_PRIORITY=low: session_low) replays a trace that
 # cannot fit under agentcg/memory.max; the kernel kills it. The reaction
 # `save` (on: [oom_kill]) must run once, outside the agent tree, with
 # AGENTCG_EVENT=oom_kill and the agent's family, pid, cgroup and cwd; the
@@ -46,7 +46,7 @@ agentcgd status --state $W/state.json | grep -q '^reactions: 2 rules' || fail "r
 echo 120000000 > $R/memory.max || fail "cannot set agentcg memory.max"
 printf 't_s,mem_mb\n0,10\n0.5,100\n1,300\n2,300\n' > $W/big.csv
 ln -sf "$(command -v agentcg-replay)" $W/bin/aider
-( cd $W/ws && exec $W/bin/aider --trace $W/big.csv --speed 1 > $W/aider.out 2>&1 ) & a=$!
+( cd $W/ws && AGENTCG_PRIORITY=low exec $W/bin/aider --trace $W/big.csv --speed 1 > $W/aider.out 2>&1 ) & a=$!
 wait $a; rc=$?
 [ $rc = 137 ] || fail "aider replay was not SIGKILLed (rc $rc): $(cat $W/aider.out)"
 i=0; until [ -s $W/save.out ]; do
