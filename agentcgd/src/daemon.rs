@@ -61,6 +61,9 @@ pub enum Msg {
     Mem(memcg::MemEvent),
     /// The session cgroups are gone (found by the publisher).
     TreeLost(String),
+    /// Scan /proc and place what is missing (the publisher saw the
+    /// sched_ext scheduler attach: execs during the switch were seen lost).
+    Reconcile(&'static str),
     /// `agentcgd run` asks to be moved (see launch.rs).
     Launch(crate::launch::Request),
 }
@@ -686,6 +689,7 @@ impl Daemon {
         match m {
             Msg::Mem(ev) => self.handle_mem(ev),
             Msg::TreeLost(why) => self.rebuild_tree(&why),
+            Msg::Reconcile(why) => self.reconcile(why),
             Msg::Launch(req) => self.handle_launch(req),
         }
     }

@@ -200,6 +200,7 @@ impl Source {
         let b = self.bss();
         Stats {
             exec_seen: Self::counter(&b.nr_exec),
+            exec_passed: Self::counter(&b.nr_exec_passed),
             exec: self.delivered.exec,
             exit: self.delivered.exit,
             rename: self.delivered.rename,

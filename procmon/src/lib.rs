@@ -126,6 +126,9 @@ impl Default for Options {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub exec_seen: u64,
+    /// Execs the kernel sent up (past the prefilter), BPF only.
+    #[serde(default)]
+    pub exec_passed: u64,
     pub exec: u64,
     pub exit: u64,
     pub rename: u64,

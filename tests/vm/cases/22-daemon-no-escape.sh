@@ -31,6 +31,10 @@ chmod +x $W/bin/agentcg-fk
 RUST_LOG=debug agentcgd --policies $W/pol /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
 i=0; until [ -s /run/agentcgd/state.json ]; do i=$((i+1)); [ $i -gt 300 ] && fail "no state file"; usleep 100000; done
 grep -q "process events from bpf" $W/log || fail "not on BPF events: $(grep 'process events' $W/log)"
+# Start once the scheduler is attached: an agent exec'd while sched_ext is
+# being enabled was seen missing in this VM (docs/benchmarks-placement.md,
+# known issues); this case is about forks, renames and the lost tree.
+i=0; until [ "$(cat /sys/kernel/sched_ext/state 2>/dev/null)" = enabled ]; do i=$((i+1)); [ $i -gt 300 ] && fail "sched_ext not enabled"; usleep 100000; done
 
 # "total placed" of the agents' processes (all named agentcg-fk), in one
 # awk over /proc: shell loops are too slow under TCG to time anything.
@@ -58,7 +62,12 @@ for run in $(seq 20); do
             echo "outside: pid $p ppid $(cut -d' ' -f4 /proc/$p/stat) in $c"
             grep -w "$p" $W/log | tail -3
         done
-        agentcgd status --json | grep -E '"(placed|already_placed|vanished|pid_reused|errors|reconciles|exec_seen|exec|lost)"'
+        agentcgd status --json | grep -E '"(placed|already_placed|vanished|pid_reused|errors|reconciles|exec_seen|exec_passed|exec|lost)"'
+        # Does one more event bring the missing one along (a lost wake-up)?
+        $W/bin/agentcg-fk & poke=$!
+        usleep 2000000
+        set -- $(fk_pids); echo "after a poke: first outside pid $(for p in $(fk_pids); do [ "$(cg $p)" = /agentcg/session_high ] || { echo $p; break; }; done)"
+        agentcgd status --json | grep -E '"(exec_passed|exec)"'
         fail "run $run: $2 of $1 agent processes in session_high after $ms ms"
     fi
     [ $ms -gt $worst ] && worst=$ms
