@@ -104,6 +104,13 @@ const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_MAIL: u64 = 3;
 const TOKEN_POLICY: u64 = 4;
 
+/// Whether a placement also places what the process forked before it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Children,
+    No,
+}
+
 /// What a move found.
 enum Moved {
     /// Moved; the process has this many threads (for the children walk).
@@ -798,14 +805,7 @@ impl Daemon {
             }
         }
         if exe_unresolved && (self.needs_exe || origin == Origin::Rename) {
-            let mut exe = self.procfs.exe(info.pid);
-            if exe.is_err() && self.procfs.start_ticks(info.pid) == Some(info.start_ticks) {
-                // Still there: a transient failure (see move_to).
-                self.counters.move_retries += 1;
-                std::thread::sleep(Duration::from_millis(1));
-                exe = self.procfs.exe(info.pid);
-            }
-            match exe {
+            match self.procfs.exe(info.pid) {
                 Ok(exe) => info.exe = exe,
                 Err(e) => {
                     log::debug!("pid {}: exe: {e}: vanished", info.pid);
@@ -839,7 +839,7 @@ impl Daemon {
             return;
         };
         let moved_before = self.counters.placed;
-        self.apply(info, decision, cgroup_id);
+        self.apply(info, decision, cgroup_id, Walk::Children);
         if let (Some(at), true) = (at_ns, self.counters.placed > moved_before) {
             let us = monotonic_ns().saturating_sub(at) / 1000;
             self.state.placement_latency.record(us);
@@ -898,21 +898,6 @@ impl Daemon {
     /// pidfd held from before the identity check until after the write
     /// makes sure the write moved that process and not a reused pid.
     fn move_to(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
-        match self.try_move(pid, start, target) {
-            // Seen once in the VM while sched_ext was being enabled: a step
-            // failed for a process that is still there. One more try.
-            Moved::Vanished if self.procfs.start_ticks(pid) == Some(start) => {
-                log::debug!("pid {pid}: still there after a failed move; trying again");
-                self.counters.vanished -= 1;
-                self.counters.move_retries += 1;
-                std::thread::sleep(Duration::from_millis(1));
-                self.try_move(pid, start, target)
-            }
-            m => m,
-        }
-    }
-
-    fn try_move(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
         let Some(pidfd) = pidfd_open(pid) else {
             log::debug!(
                 "pid {pid}: pidfd_open: {}: vanished",
@@ -955,8 +940,10 @@ impl Daemon {
         }
     }
 
-    /// Carry out a decision. `cgroup_id` is where the event saw the process.
-    fn apply(&mut self, info: ProcInfo, decision: Decision, cgroup_id: Option<u64>) {
+    /// Carry out a decision. `cgroup_id` is where the event saw the process;
+    /// `walk` says whether to place what it forked before the move here
+    /// (the children walk itself walks, so it says No).
+    fn apply(&mut self, info: ProcInfo, decision: Decision, cgroup_id: Option<u64>, walk: Walk) {
         if let Some(why) = protected(&info, self.self_pid) {
             log::debug!("not moving pid {} ({}): {why}", info.pid, info.comm);
             self.counters.protected_skipped += 1;
@@ -1034,8 +1021,10 @@ impl Daemon {
                     decision.reason
                 );
                 self.steer_oom(info.pid, decision.priority);
-                let lin = Lineage::of(info.pid, &decision);
-                self.place_children(info.pid, threads, &lin);
+                if walk == Walk::Children {
+                    let lin = Lineage::of(info.pid, &decision);
+                    self.place_children(info.pid, threads, &lin);
+                }
             }
             Moved::TreeLost => {
                 self.untrack(info.pid, info.start_ticks);
@@ -1072,50 +1061,12 @@ impl Daemon {
                 let child_lin = Lineage::of(info.pid, &d);
                 let threads = self.procfs.stat(info.pid).map(|s| s.threads).unwrap_or(1);
                 let placed_before = self.counters.placed;
-                self.apply_shallow(info, d);
+                self.apply(info, d, None, Walk::No);
                 if self.counters.placed > placed_before {
                     self.counters.subtree_placed += 1;
                 }
                 stack.push((child, threads, child_lin));
             }
-        }
-    }
-
-    /// `apply` without its own children walk (the caller walks).
-    fn apply_shallow(&mut self, info: ProcInfo, d: Decision) {
-        if protected(&info, self.self_pid).is_some() {
-            return;
-        }
-        let target = self.target(d.priority).clone();
-        let (pid, start) = (info.pid, info.start_ticks);
-        let priority = d.priority;
-        self.track(
-            Tracked {
-                pid,
-                start_ticks: start,
-                family: d.family.clone(),
-                priority,
-                reason: d.reason,
-                comm: info.comm,
-                placed_at_ms: now_ms(),
-            },
-            target.id,
-        );
-        if cgroup_of(pid).as_deref() == Some(target.rel.as_str()) {
-            self.counters.already_placed += 1;
-            return;
-        }
-        match self.move_to(pid, start, &target) {
-            Moved::Yes { .. } => {
-                self.counters.placed += 1;
-                *self
-                    .placed_by_family
-                    .entry(d.family.to_string())
-                    .or_default() += 1;
-                *self.summary.entry(d.family.to_string()).or_default() += 1;
-                self.steer_oom(pid, priority);
-            }
-            _ => self.untrack(pid, start),
         }
     }
 
@@ -1397,7 +1348,7 @@ impl Daemon {
         for p in all {
             // Parents come first, so walks find them tracked.
             if let Some(d) = self.decide(&p, None) {
-                self.apply(p, d, None);
+                self.apply(p, d, None, Walk::Children);
             } else if self.tracker.remove(p.pid, Some(p.start_ticks)).is_some() {
                 self.monitor.unseed(p.pid);
             }

@@ -90,10 +90,6 @@ pub struct Counters {
     /// Times the session cgroups were found missing and built again.
     #[serde(default)]
     pub tree_rebuilds: u64,
-    /// Moves tried again because the process was still there after one
-    /// failed as if it had exited.
-    #[serde(default)]
-    pub move_retries: u64,
 }
 
 /// Exec-to-placement latency as the daemon measures it: from the kernel's
