@@ -208,6 +208,59 @@ pub struct OomRecord {
     pub comm: Option<String>,
 }
 
+/// What the activity monitor says of an agent or a family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Active,
+    Idle,
+    /// No monitor (disabled, or not yet sampled).
+    #[default]
+    Unknown,
+}
+
+/// One activity transition (bounded history per agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: u64,
+    pub to: Activity,
+}
+
+/// One agent instance: a process that matched its family's own rule, and
+/// every descendant that stayed in the family. Its leaves are
+/// `ROOT/session_high/<id>` and, for tools sent low, `ROOT/session_low/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// `<family>-<root pid>`: also the leaf cgroups' name.
+    pub id: String,
+    pub family: String,
+    pub root_pid: u32,
+    pub root_start_ticks: u64,
+    pub started_at_ms: u64,
+    /// Leaf cgroups (paths relative to the cgroup2 mount), high first.
+    pub cgroups: Vec<String>,
+    /// Processes in its leaves now (tracked or forked).
+    pub pids: usize,
+    pub state: Activity,
+    /// Unix ms of the last transition (or of the first sample).
+    pub state_since_ms: u64,
+    pub transitions: u64,
+    #[serde(default)]
+    pub history: Vec<Transition>,
+    /// CPU use over the last activity interval, in % of one CPU.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+}
+
+/// A family's activity: active while any of its agents is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyActivity {
+    pub state: Activity,
+    pub state_since_ms: u64,
+    pub transitions: u64,
+    pub agents: usize,
+}
+
 /// Everything `agentcgd status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -236,6 +289,12 @@ pub struct State {
     pub memcg: serde_json::Value,
     pub activity: String,
     pub oom_kills: Vec<OomRecord>,
+    /// Agent instances (per-agent leaves); empty with `sessions.per_agent: false`.
+    #[serde(default)]
+    pub agents: Vec<AgentStatus>,
+    /// Each family's activity state, by family name.
+    #[serde(default)]
+    pub family_activity: BTreeMap<String, FamilyActivity>,
     /// The reactions engine (`reactions::Status`).
     #[serde(default)]
     pub reactions: serde_json::Value,
