@@ -270,11 +270,16 @@ int BPF_PROG(procmon_fork, struct task_struct *parent, struct task_struct *child
 	if (child->pid != child->tgid)
 		return 0;	/* a thread */
 	ppid = parent->tgid;
-	lin = bpf_map_lookup_elem(&lineage, &ppid);
-	if (!lin)
-		return 0;
-	v = *lin;
 	pid = child->tgid;
+	lin = bpf_map_lookup_elem(&lineage, &ppid);
+	if (!lin) {
+		/* A new process outside every lineage: an entry under its pid
+		 * is stale (seeded by userspace just after the pid's previous
+		 * owner exited) and must not claim it. */
+		bpf_map_delete_elem(&lineage, &pid);
+		return 0;
+	}
+	v = *lin;
 	if (bpf_map_update_elem(&lineage, &pid, &v, BPF_ANY)) {
 		/* Full: userspace finds the child by a reconciling scan. */
 		__sync_fetch_and_add(&nr_lineage_full, 1);

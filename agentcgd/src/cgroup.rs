@@ -13,6 +13,12 @@ use crate::policy::Priority;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Controllers agentcgd wants for its sessions.
 pub const WANTED: [&str; 2] = ["cpu", "memory"];
+/// Enabled where offered, not reported when missing: they add per-agent
+/// figures (pids.current, io.stat) and change nothing else.
+const OPTIONAL: [&str; 2] = ["pids", "io"];
+/// The leaf that takes processes found directly in a session when it turns
+/// into a parent of agent leaves (cgroup v2: no internal processes).
+pub const UNSORTED: &str = "unsorted";
 
 #[derive(Debug)]
 pub enum CgroupError {
@@ -155,6 +161,11 @@ impl Tree {
                 Err(why) => report.missing.push(format!("{ctrl}: {why}")),
             }
         }
+        for ctrl in OPTIONAL {
+            if enable_down(&chain, ctrl).is_ok() {
+                report.enabled.push(ctrl.to_string());
+            }
+        }
         if report.enabled.iter().any(|c| c == "cpu") {
             for (p, w) in weights {
                 let f = self.session_dir(p).join("cpu.weight");
@@ -169,10 +180,102 @@ impl Tree {
         Ok(report)
     }
 
+    /// Make the sessions parents of per-agent leaves: what sits directly
+    /// in a session (the flat layout of an earlier run, a write by hand)
+    /// goes to its `unsorted` leaf, then the session enables for its
+    /// leaves the controllers it has. Returns the pids moved.
+    pub fn prepare_leaves(&self, report: &mut SetupReport) -> Result<usize, CgroupError> {
+        let mut moved = 0;
+        for p in [Priority::High, Priority::Low] {
+            let dir = self.session_dir(p);
+            let strays = read_pids(&dir.join("cgroup.procs"));
+            if !strays.is_empty() {
+                let leaf = self.leaf(p, UNSORTED, None)?;
+                for pid in strays {
+                    match leaf.admit(pid) {
+                        Ok(()) => moved += 1,
+                        Err(MoveError::Vanished) => {}
+                        Err(MoveError::CgroupGone(e) | MoveError::Io(e)) => {
+                            return Err(io_err(&leaf.procs, "write")(e))
+                        }
+                    }
+                }
+            }
+            let offered = controllers(&dir);
+            let sc = dir.join("cgroup.subtree_control");
+            let on = fs::read_to_string(&sc).unwrap_or_default();
+            for c in WANTED.iter().chain(OPTIONAL.iter()) {
+                if offered.iter().any(|o| o == c) && !on.split_whitespace().any(|x| x == *c) {
+                    if let Err(e) = fs::write(&sc, format!("+{c}")) {
+                        report.warnings.push(format!(
+                            "cannot enable {c} for agent leaves in {}: {e}",
+                            sc.display()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// The leaf `name` of session `p`, created if missing, with `weight`
+    /// as its cpu.weight (where the session gives leaves the cpu
+    /// controller). Memory protection reaches a leaf only if it claims
+    /// it: memory.min/low "max" makes the leaf take its share of the
+    /// session's (the session's own value caps it).
+    pub fn leaf(
+        &self,
+        p: Priority,
+        name: &str,
+        weight: Option<u32>,
+    ) -> Result<Target, CgroupError> {
+        let dir = self.session_dir(p).join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                for f in ["memory.min", "memory.low"] {
+                    let path = dir.join(f);
+                    if path.exists() {
+                        write_file(&path, "max")?;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir, "create")(e)),
+        }
+        if let Some(w) = weight {
+            set_weight(&dir, w)?;
+        }
+        Target::open(&dir)
+    }
+
     /// The session as a place to move processes to.
     pub fn target(&self, p: Priority) -> Result<Target, CgroupError> {
-        let dir = self.session_dir(p);
-        let id = cgroup_id(&dir).map_err(io_err(&dir, "stat"))?;
+        Target::open(&self.session_dir(p))
+    }
+}
+
+/// Set cpu.weight where the cpu controller is on (a no-op otherwise).
+pub fn set_weight(dir: &Path, weight: u32) -> Result<(), CgroupError> {
+    let f = dir.join("cpu.weight");
+    match fs::read_to_string(&f) {
+        Ok(cur) if cur.trim() == weight.to_string() => Ok(()),
+        Ok(_) => write_file(&f, &weight.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Whether any process is in `dir` or below (cgroup.events `populated`).
+pub fn populated(dir: &Path) -> io::Result<bool> {
+    let text = fs::read_to_string(dir.join("cgroup.events"))?;
+    Ok(text
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["populated", "1"]))
+}
+
+impl Target {
+    /// `dir` as a place to move processes to (cgroup.procs opened once).
+    pub fn open(dir: &Path) -> Result<Target, CgroupError> {
+        let id = cgroup_id(dir).map_err(io_err(dir, "stat"))?;
         let procs = dir.join("cgroup.procs");
         let file = fs::OpenOptions::new()
             .write(true)
@@ -181,7 +284,7 @@ impl Tree {
         Ok(Target {
             procs,
             file: Some(std::sync::Arc::new(file)),
-            rel: rel_path(&dir),
+            rel: rel_path(dir),
             id,
         })
     }

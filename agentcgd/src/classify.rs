@@ -80,6 +80,14 @@ pub struct Decision {
     pub reason: Reason,
 }
 
+/// An agent instance: its root process (the one that matched its family's
+/// own rule), by pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AgentKey {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
 /// A tracked ancestor (or the process itself, on a re-exec).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {
@@ -89,15 +97,18 @@ pub struct Lineage {
     pub priority: Priority,
     /// Why it is where it is (so a re-exec names the real ancestor).
     pub reason: Reason,
+    /// The agent instance it belongs to (None: no per-agent leaves).
+    pub agent: Option<AgentKey>,
 }
 
 impl Lineage {
-    pub fn of(pid: u32, d: &Decision) -> Lineage {
+    pub fn of(pid: u32, d: &Decision, agent: Option<AgentKey>) -> Lineage {
         Lineage {
             pid,
             family: d.family.clone(),
             priority: d.priority,
             reason: d.reason.clone(),
+            agent,
         }
     }
 
@@ -280,7 +291,7 @@ pub fn decide_chain(
                 None => lineage.as_ref().and_then(|l| inherit(set, p, l, parents)),
             };
             if let Some(d) = &d {
-                lineage = Some(Lineage::of(p.pid, d));
+                lineage = Some(Lineage::of(p.pid, d, None));
             }
             d
         })
@@ -358,6 +369,7 @@ mod tests {
                 block: 0,
                 env: None,
             },
+            agent: None,
         }
     }
 

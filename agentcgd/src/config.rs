@@ -85,6 +85,12 @@ pub struct SessionConfig {
 pub struct Sessions {
     pub high: SessionConfig,
     pub low: SessionConfig,
+    /// One leaf cgroup per agent instance (`session_*/<family>-<pid>`);
+    /// `false` keeps every process directly in its session cgroup.
+    pub per_agent: bool,
+    /// Past this many agent instances, new ones share one leaf per family
+    /// and session (`<family>-shared`).
+    pub max_agents: usize,
 }
 
 impl Default for Sessions {
@@ -92,6 +98,8 @@ impl Default for Sessions {
         Self {
             high: SessionConfig { cpu_weight: 150 },
             low: SessionConfig { cpu_weight: 50 },
+            per_agent: true,
+            max_agents: 1024,
         }
     }
 }
@@ -196,6 +204,13 @@ impl Config {
                     s.cpu_weight
                 ));
             }
+        }
+        if cfg.sessions.max_agents == 0 {
+            let line = key_line(text, "max_agents", "sessions");
+            return Err(format!(
+                "{}: sessions.max_agents must be at least 1 (per_agent: false turns leaves off)",
+                line.map(|l| l.to_string()).unwrap_or_default()
+            ));
         }
         cfg.scheduler.validate().map_err(|e| format!(" {e}"))?;
         cfg.memcg.validate().map_err(|e| format!(" memcg: {e}"))?;

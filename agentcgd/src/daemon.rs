@@ -21,13 +21,17 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use procmon::{Ancestor, Exec, Monitor, Origin, ProcEvent, ProcFs, ProcInfo, Seed};
 
 use crate::cgroup::{cgroup_of, CgroupError, MoveError, SetupReport, Target, Tree};
-use crate::classify::{inherit, own_match, protected, user_priority, Decision, Lineage, Reason};
+use crate::classify::{
+    inherit, own_match, protected, user_priority, AgentKey, Decision, Lineage, Reason,
+};
 use crate::config::Config;
-use crate::policy::{PolicySet, Priority};
+use crate::leaves::Leaves;
+use crate::policy::{FamilyName, PolicySet, Priority};
 use crate::publish::{Publisher, Sources};
 use crate::sdnotify::Notifier;
 use crate::state::{
-    now_ms, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, State, Tracked, Tracker,
+    now_ms, AgentStatus, Counters, FamilyStatus, OomRecord, PolicyStatus, ProcmonStatus, State,
+    Tracked, Tracker,
 };
 
 /// Which process-event source to use (`--events`).
@@ -103,6 +107,7 @@ const TOKEN_PROC: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_MAIL: u64 = 3;
 const TOKEN_POLICY: u64 = 4;
+const TOKEN_LEAVES: u64 = 5;
 
 /// Whether a placement also places what the process forked before it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -144,6 +149,8 @@ struct Daemon {
     tree: Tree,
     /// session_high, session_low.
     targets: [Target; 2],
+    /// Per-agent leaves (None: `sessions.per_agent: false`, or dry-run).
+    leaves: Option<Leaves>,
     procfs: ProcFs,
     tracker: Tracker,
     counters: Counters,
@@ -173,11 +180,24 @@ fn setup_tree(
             ..SetupReport::default()
         }
     } else {
-        tree.setup([
-            (Priority::High, cfg.sessions.high.cpu_weight),
-            (Priority::Low, cfg.sessions.low.cpu_weight),
-        ])
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        let mut r = tree
+            .setup([
+                (Priority::High, cfg.sessions.high.cpu_weight),
+                (Priority::Low, cfg.sessions.low.cpu_weight),
+            ])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cfg.sessions.per_agent {
+            let strays = tree
+                .prepare_leaves(&mut r)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if strays > 0 {
+                r.warnings.push(format!(
+                    "{strays} processes sat directly in the sessions: moved to their `{}` leaves",
+                    crate::cgroup::UNSORTED
+                ));
+            }
+        }
+        r
     };
     let target = |p: Priority| -> anyhow::Result<Target> {
         if dry_run {
@@ -325,6 +345,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     .context("start the state writer")?;
 
     let needs_exe = policies_need_exe(&policies);
+    let leaves = if cfg.sessions.per_agent && !opts.dry_run {
+        Some(
+            Leaves::new(tree.clone(), cfg.sessions.max_agents)
+                .context("inotify for the agent leaves")?,
+        )
+    } else {
+        None
+    };
     let mut d = Daemon {
         state: State {
             version: crate::VERSION.to_string(),
@@ -355,6 +383,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         policies,
         tree,
         targets,
+        leaves,
         procfs: ProcFs::default(),
         tracker: Tracker::default(),
         counters: Counters::default(),
@@ -401,6 +430,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     add(wake.as_fd(), TOKEN_MAIL)?;
     if let Some(fd) = &policy_watch {
         add(fd.as_fd(), TOKEN_POLICY)?;
+    }
+    if let Some(l) = &d.leaves {
+        add(l.as_fd(), TOKEN_LEAVES)?;
     }
     // Whatever arrived between the start-up drain and the registration
     // above may already have sent its wake-up to nobody: take it now.
@@ -453,6 +485,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         d.handle_msg(m);
                     }
                 }
+                TOKEN_LEAVES => d.reap_leaves(),
                 TOKEN_POLICY => {
                     if let Some(fd) = &policy_watch {
                         drain_fd(fd);
@@ -763,23 +796,87 @@ impl Daemon {
         found
     }
 
-    /// Decide for one process, given its lineage where already known.
-    fn decide(&mut self, info: &ProcInfo, known: Option<Option<Lineage>>) -> Option<Decision> {
+    /// Decide for one process, given its lineage where already known; with
+    /// the decision, the agent instance it belongs to.
+    fn decide(
+        &mut self,
+        info: &ProcInfo,
+        known: Option<Option<Lineage>>,
+    ) -> Option<(Decision, Option<AgentKey>)> {
         let parents = self.procfs.clone();
         if let Some(d) = own_match(&self.policies, info, &parents) {
             // An agent root may pick its session (AGENTCG_PRIORITY).
-            return Some(user_priority(
-                d,
-                info,
-                &self.cfg.user_priority,
-                Path::new("/proc"),
-            ));
+            let d = user_priority(d, info, &self.cfg.user_priority, Path::new("/proc"));
+            let agent = self.agent_for_match(info, &d, known);
+            return Some((d, agent));
         }
         let lin = match known {
             Some(lin) => lin,
             None => self.walk_lineage(info),
         }?;
-        inherit(&self.policies, info, &lin, &parents)
+        let d = inherit(&self.policies, info, &lin, &parents)?;
+        Some((d, lin.agent))
+    }
+
+    /// A process that matched its family's own rule starts an agent
+    /// instance, unless it runs inside one of the same family (a re-exec,
+    /// a nested match): then it stays in that one.
+    fn agent_for_match(
+        &mut self,
+        info: &ProcInfo,
+        d: &Decision,
+        known: Option<Option<Lineage>>,
+    ) -> Option<AgentKey> {
+        self.leaves.as_ref()?;
+        let lin = match known {
+            Some(lin) => lin,
+            None => self.walk_lineage(info),
+        };
+        match lin {
+            Some(l) if l.family == d.family && l.agent.is_some() => l.agent,
+            _ => Some(AgentKey {
+                pid: info.pid,
+                start_ticks: info.start_ticks,
+            }),
+        }
+    }
+
+    /// Where a process of `family` in session `p` goes: its agent's leaf
+    /// with per-agent leaves, the session otherwise.
+    fn place_target(
+        &mut self,
+        p: Priority,
+        agent: Option<AgentKey>,
+        family: &FamilyName,
+    ) -> Result<Target, CgroupError> {
+        let weight = self
+            .policies
+            .family(family.as_str())
+            .and_then(|f| f.cpu_weight)
+            .unwrap_or(100);
+        match &mut self.leaves {
+            Some(l) => l.target(p, agent, family, weight, now_ms()),
+            None => Ok(self.target(p).clone()),
+        }
+    }
+
+    /// A leaf could not be had: the tree may be gone.
+    fn no_target(&mut self, pid: u32, p: Priority, e: CgroupError) {
+        if !self.tree.session_dir(p).is_dir() {
+            self.rebuild_tree("a session cgroup vanished while creating a leaf");
+        } else {
+            self.counters.errors += 1;
+            log::warn!("cannot place pid {pid}: {e}");
+        }
+    }
+
+    /// Remove the agent leaves that became empty.
+    fn reap_leaves(&mut self) {
+        let Some(l) = &mut self.leaves else { return };
+        let r = l.reap();
+        if r.removed > 0 {
+            self.dirty = true;
+        }
     }
 
     fn on_exec(&mut self, x: Exec) {
@@ -826,7 +923,7 @@ impl Daemon {
         } else {
             None
         };
-        let Some(decision) = self.decide(&info, known) else {
+        let Some((decision, agent)) = self.decide(&info, known) else {
             // Re-exec into something no rule keeps: forget it, leave it be.
             if self
                 .tracker
@@ -839,7 +936,7 @@ impl Daemon {
             return;
         };
         let moved_before = self.counters.placed;
-        self.apply(info, decision, cgroup_id, Walk::Children);
+        self.apply(info, decision, agent, cgroup_id, Walk::Children);
         if let (Some(at), true) = (at_ns, self.counters.placed > moved_before) {
             let us = monotonic_ns().saturating_sub(at) / 1000;
             self.state.placement_latency.record(us);
@@ -857,7 +954,10 @@ impl Daemon {
         if self.opts.dry_run {
             return;
         }
-        let target = self.target(lin.priority).clone();
+        let target = match self.place_target(lin.priority, lin.agent, &lin.family) {
+            Ok(t) => t,
+            Err(e) => return self.no_target(pid, lin.priority, e),
+        };
         if ancestor.is_none() && cgroup_of(pid).as_deref() == Some(target.rel.as_str()) {
             return;
         }
@@ -943,13 +1043,27 @@ impl Daemon {
     /// Carry out a decision. `cgroup_id` is where the event saw the process;
     /// `walk` says whether to place what it forked before the move here
     /// (the children walk itself walks, so it says No).
-    fn apply(&mut self, info: ProcInfo, decision: Decision, cgroup_id: Option<u64>, walk: Walk) {
+    fn apply(
+        &mut self,
+        info: ProcInfo,
+        decision: Decision,
+        agent: Option<AgentKey>,
+        cgroup_id: Option<u64>,
+        walk: Walk,
+    ) {
         if let Some(why) = protected(&info, self.self_pid) {
             log::debug!("not moving pid {} ({}): {why}", info.pid, info.comm);
             self.counters.protected_skipped += 1;
             return;
         }
-        let target = self.target(decision.priority).clone();
+        let target = if self.opts.dry_run {
+            self.target(decision.priority).clone()
+        } else {
+            match self.place_target(decision.priority, agent, &decision.family) {
+                Ok(t) => t,
+                Err(e) => return self.no_target(info.pid, decision.priority, e),
+            }
+        };
         if matches!(decision.reason, Reason::Rule { .. }) {
             self.note_agent(&info, decision.family.as_str());
         }
@@ -961,6 +1075,7 @@ impl Daemon {
             reason: decision.reason.clone(),
             comm: info.comm.clone(),
             placed_at_ms: now_ms(),
+            agent,
         };
         self.dirty = true;
         if self.opts.dry_run {
@@ -1022,7 +1137,7 @@ impl Daemon {
                 );
                 self.steer_oom(info.pid, decision.priority);
                 if walk == Walk::Children {
-                    let lin = Lineage::of(info.pid, &decision);
+                    let lin = Lineage::of(info.pid, &decision, agent);
                     self.place_children(info.pid, threads, &lin);
                 }
             }
@@ -1030,7 +1145,12 @@ impl Daemon {
                 self.untrack(info.pid, info.start_ticks);
                 self.rebuild_tree("a session cgroup vanished during a move");
             }
-            _ => self.untrack(info.pid, info.start_ticks),
+            _ => {
+                self.untrack(info.pid, info.start_ticks);
+                if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
+                    l.drop_if_empty(decision.priority, a);
+                }
+            }
         }
     }
 
@@ -1055,13 +1175,13 @@ impl Daemon {
                 let Ok(info) = self.procfs.read(child) else {
                     continue;
                 };
-                let Some(d) = self.decide(&info, Some(Some(lin.clone()))) else {
+                let Some((d, agent)) = self.decide(&info, Some(Some(lin.clone()))) else {
                     continue;
                 };
-                let child_lin = Lineage::of(info.pid, &d);
+                let child_lin = Lineage::of(info.pid, &d, agent);
                 let threads = self.procfs.stat(info.pid).map(|s| s.threads).unwrap_or(1);
                 let placed_before = self.counters.placed;
-                self.apply(info, d, None, Walk::No);
+                self.apply(info, d, agent, None, Walk::No);
                 if self.counters.placed > placed_before {
                     self.counters.subtree_placed += 1;
                 }
@@ -1105,10 +1225,19 @@ impl Daemon {
         };
         self.state.cgroup = built.0;
         self.targets = built.1;
+        if let Some(l) = &mut self.leaves {
+            l.forget_all();
+        }
         let all: Vec<Tracked> = self.tracker.iter().cloned().collect();
         let mut again = 0;
         for t in all {
-            let target = self.target(t.priority).clone();
+            let target = match self.place_target(t.priority, t.agent, &t.family) {
+                Ok(t) => t,
+                Err(e) => {
+                    log::warn!("pid {}: {e}", t.pid);
+                    continue;
+                }
+            };
             if let Err(e) = self.monitor.seed(
                 t.pid,
                 Seed {
@@ -1165,7 +1294,17 @@ impl Daemon {
         let family = fam.cloned().unwrap_or_else(|| {
             crate::policy::FamilyName::try_from("agentcgd-run".to_string()).expect("valid name")
         });
-        let target = self.target(priority).clone();
+        let agent = self.leaves.as_ref().map(|_| AgentKey {
+            pid: req.pid,
+            start_ticks: info.start_ticks,
+        });
+        let target = match self.place_target(priority, agent, &family) {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters.errors += 1;
+                return Reply::error(format!("cannot place pid {}: {e}", req.pid));
+            }
+        };
         self.track(
             Tracked {
                 pid: req.pid,
@@ -1175,6 +1314,7 @@ impl Daemon {
                 reason: Reason::Launched { uid: req.uid },
                 comm: info.comm.clone(),
                 placed_at_ms: now_ms(),
+                agent,
             },
             target.id,
         );
@@ -1204,7 +1344,7 @@ impl Daemon {
         Reply {
             ok: true,
             error: None,
-            cgroup: Some(crate::cgroup::rel_path(&self.tree.session_dir(priority))),
+            cgroup: Some(target.rel.clone()),
             priority: Some(priority),
             family: Some(family.to_string()),
         }
@@ -1314,7 +1454,18 @@ impl Daemon {
             Some((start, a)) if *start == root.start_ticks => a.clone(),
             _ => reactions::Agent::new(root.family.as_str(), root.pid),
         };
-        agent.cgroup = Some(self.tree.session_dir(root.priority));
+        // Its own leaf where it has one, else its session.
+        agent.cgroup = Some(
+            root.agent
+                .and_then(|k| {
+                    self.leaves
+                        .as_ref()?
+                        .agent(&k)?
+                        .leaf_dir(root.priority)
+                        .map(Path::to_path_buf)
+                })
+                .unwrap_or_else(|| self.tree.session_dir(root.priority)),
+        );
         agent
     }
 
@@ -1347,8 +1498,8 @@ impl Daemon {
         let before = self.counters.placed;
         for p in all {
             // Parents come first, so walks find them tracked.
-            if let Some(d) = self.decide(&p, None) {
-                self.apply(p, d, None, Walk::Children);
+            if let Some((d, agent)) = self.decide(&p, None) {
+                self.apply(p, d, agent, None, Walk::Children);
             } else if self.tracker.remove(p.pid, Some(p.start_ticks)).is_some() {
                 self.monitor.unseed(p.pid);
             }
@@ -1366,14 +1517,39 @@ impl Daemon {
     /// cannot be traced to its ancestor any more), for processes that are
     /// still the same ones.
     fn adopt_previous_state(&mut self) {
-        let Ok(prev) = State::read(&self.opts.state) else {
-            return;
-        };
+        let prev = State::read(&self.opts.state).ok();
+        if let Some(l) = &mut self.leaves {
+            let known: HashMap<String, (AgentKey, u64)> = prev
+                .iter()
+                .flat_map(|s| s.agents.iter())
+                .map(|a| {
+                    let key = AgentKey {
+                        pid: a.root_pid,
+                        start_ticks: a.root_start_ticks,
+                    };
+                    (a.id.clone(), (key, a.started_at_ms))
+                })
+                .collect();
+            let policies = &self.policies;
+            let procfs = &self.procfs;
+            let n = l.adopt(
+                &known,
+                |f| policies.family(f).is_some() || f == "agentcgd-run",
+                |pid| procfs.start_ticks(pid),
+            );
+            if n > 0 {
+                log::info!("adopted {n} agent leaves left by the previous run");
+            }
+        }
+        let Some(prev) = prev else { return };
         let mut adopted = 0;
         for t in prev.processes {
             let still_there = self.procfs.start_ticks(t.pid) == Some(t.start_ticks);
             if still_there && self.policies.family(t.family.as_str()).is_some() {
-                let id = self.target(t.priority).id;
+                let id = match self.place_target(t.priority, t.agent, &t.family) {
+                    Ok(target) => target.id,
+                    Err(_) => self.target(t.priority).id,
+                };
                 self.track(t, id);
                 adopted += 1;
             }
@@ -1403,6 +1579,10 @@ impl Daemon {
                 self.state.policy.loaded_at_ms = now_ms();
                 self.counters.policy_reloads += 1;
                 self.install_prefilter();
+                if let Some(l) = &self.leaves {
+                    let policies = &self.policies;
+                    l.set_weights(|f| policies.family(f).and_then(|f| f.cpu_weight).unwrap_or(100));
+                }
                 self.reconcile("policy reload");
             }
             Err(e) => {
@@ -1470,6 +1650,27 @@ impl Daemon {
         };
         s.counters = self.counters.clone();
         s.processes = self.tracker.iter().cloned().collect();
+        if let Some(l) = &self.leaves {
+            s.counters.agents_over_cap = l.over_cap;
+            s.counters.leaves_removed = l.removed;
+            s.agents = l
+                .agents()
+                .map(|a| AgentStatus {
+                    id: a.id.clone(),
+                    family: a.family.to_string(),
+                    root_pid: a.key.pid,
+                    root_start_ticks: a.key.start_ticks,
+                    started_at_ms: a.started_at_ms,
+                    cgroups: a.cgroups(),
+                    pids: 0,
+                    state: Default::default(),
+                    state_since_ms: 0,
+                    transitions: 0,
+                    history: Vec::new(),
+                    cpu_percent: None,
+                })
+                .collect();
+        }
         s.families = self
             .policies
             .families
@@ -1506,5 +1707,6 @@ fn as_lineage(t: &Tracked) -> Lineage {
         family: t.family.clone(),
         priority: t.priority,
         reason: t.reason.clone(),
+        agent: t.agent,
     }
 }

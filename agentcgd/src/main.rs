@@ -8,6 +8,7 @@ mod classify;
 mod config;
 mod daemon;
 mod launch;
+mod leaves;
 mod logging;
 mod policy;
 mod prefilter;

@@ -268,6 +268,10 @@ pub struct Family {
     /// family's own (`false`: only the family's own rules).
     #[serde(default = "default_true")]
     pub shared_tools: bool,
+    /// cpu.weight of each of its agents' leaf cgroups (1..=10000; 100 when
+    /// unset), so agents in one session split it as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
     /// Where it came from (not part of the file format).
     #[serde(skip_deserializing, default)]
     pub file: PathBuf,
@@ -315,6 +319,16 @@ pub fn parse_family(file: &Path, text: &str) -> Result<Family, PolicyError> {
             message: msg,
         }
     })?;
+    if let Some(w) = fam.cpu_weight.filter(|w| !(1..=10000).contains(w)) {
+        return Err(PolicyError {
+            file: file.to_path_buf(),
+            line: text
+                .lines()
+                .position(|l| l.trim_start().starts_with("cpu_weight:"))
+                .map(|i| i + 1),
+            message: format!("cpu_weight {w} is out of range 1..=10000"),
+        });
+    }
     fam.file = file.to_path_buf();
     Ok(fam)
 }

@@ -151,8 +151,28 @@ fn refresh(s: &mut State, src: &Sources) {
             cpu_weight: std::fs::read_to_string(dir.join("cpu.weight"))
                 .ok()
                 .and_then(|w| w.trim().parse().ok()),
-            pids: read_pids(&dir.join("cgroup.procs")).len(),
+            pids: session_pids(dir),
             tracked: s.processes.iter().filter(|t| t.priority == *p).count(),
         })
         .collect();
+    for a in &mut s.agents {
+        a.pids = src
+            .sessions
+            .iter()
+            .map(|(_, dir)| read_pids(&dir.join(&a.id).join("cgroup.procs")).len())
+            .sum();
+    }
+}
+
+/// Processes in a session: its own and its leaves'.
+fn session_pids(dir: &std::path::Path) -> usize {
+    let leaves: usize = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| read_pids(&e.path().join("cgroup.procs")).len())
+                .sum()
+        })
+        .unwrap_or(0);
+    read_pids(&dir.join("cgroup.procs")).len() + leaves
 }

@@ -260,6 +260,7 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
             o.comm.as_deref().unwrap_or("?")
         );
     }
+    print_agents(&s);
     if !s.processes.is_empty() {
         println!("processes:");
         for p in &s.processes {
@@ -274,6 +275,59 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One row per agent instance: where it is, what it is doing, what it costs.
+fn print_agents(s: &State) {
+    if s.agents.is_empty() {
+        return;
+    }
+    println!(
+        "agents: {}{}",
+        s.agents.len(),
+        if s.counters.agents_over_cap > 0 {
+            format!(
+                " ({} more shared a family leaf: sessions.max_agents)",
+                s.counters.agents_over_cap
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  {:<24} {:<9} {:<14} {:>6} {:>5}  LEAF",
+        "AGENT", "SESSIONS", "STATE", "CPU%", "PIDS"
+    );
+    for a in &s.agents {
+        let sessions: Vec<&str> = a
+            .cgroups
+            .iter()
+            .filter_map(|c| {
+                if c.contains("/session_high/") {
+                    Some("high")
+                } else if c.contains("/session_low/") {
+                    Some("low")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let state = match a.state {
+            crate::state::Activity::Unknown => "-".to_string(),
+            st => format!("{st} {}", age(a.state_since_ms).trim_end_matches(" ago")),
+        };
+        println!(
+            "  {:<24} {:<9} {:<14} {:>6} {:>5}  {}",
+            a.id,
+            sessions.join("+"),
+            state,
+            a.cpu_percent
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            a.pids,
+            a.cgroups.join(" ")
+        );
+    }
 }
 
 fn print_reactions(v: &serde_json::Value) {

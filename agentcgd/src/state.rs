@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::SetupReport;
-use crate::classify::Reason;
+use crate::classify::{AgentKey, Reason};
 use crate::policy::{FamilyName, Priority};
 
 /// One placed (or, in dry-run, decided) process.
@@ -22,6 +22,9 @@ pub struct Tracked {
     pub comm: String,
     /// Unix time in ms when it was placed.
     pub placed_at_ms: u64,
+    /// The agent instance it belongs to (per-agent leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentKey>,
 }
 
 /// pid -> tracked process; an entry is valid only for its start time.
@@ -90,6 +93,12 @@ pub struct Counters {
     /// Times the session cgroups were found missing and built again.
     #[serde(default)]
     pub tree_rebuilds: u64,
+    /// Agents put in their family's shared leaf (sessions.max_agents).
+    #[serde(default)]
+    pub agents_over_cap: u64,
+    /// Agent leaves removed once empty.
+    #[serde(default)]
+    pub leaves_removed: u64,
 }
 
 /// Exec-to-placement latency as the daemon measures it: from the kernel's
@@ -217,6 +226,16 @@ pub enum Activity {
     /// No monitor (disabled, or not yet sampled).
     #[default]
     Unknown,
+}
+
+impl std::fmt::Display for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Activity::Active => "active",
+            Activity::Idle => "idle",
+            Activity::Unknown => "unknown",
+        })
+    }
 }
 
 /// One activity transition (bounded history per agent).
@@ -347,6 +366,7 @@ mod tests {
             reason: Reason::Adopted,
             comm: "x".into(),
             placed_at_ms: 0,
+            agent: None,
         }
     }
 

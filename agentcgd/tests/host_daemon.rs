@@ -33,28 +33,32 @@ fn places_by_comm_argv_exe_and_leaves_unmatched_alone() {
     let high = fx.session("session_high");
     let low = fx.session("session_low");
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(p_comm) == high),
+        wait_for(Duration::from_secs(2), || session_of(p_comm) == high),
         "comm: {}",
-        cgroup_of(p_comm)
+        session_of(p_comm)
     );
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(p_argv) == low),
+        wait_for(Duration::from_secs(2), || session_of(p_argv) == low),
         "argv: {}",
-        cgroup_of(p_argv)
+        session_of(p_argv)
     );
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(p_exe) == low),
+        wait_for(Duration::from_secs(2), || session_of(p_exe) == low),
         "exe: {}",
-        cgroup_of(p_exe)
+        session_of(p_exe)
     );
-    let before = cgroup_of(p_none);
+    let before = session_of(p_none);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(cgroup_of(p_none), before, "unmatched process must not move");
+    assert_eq!(
+        session_of(p_none),
+        before,
+        "unmatched process must not move"
+    );
     assert!(!before.contains("agentcg-test"));
     let took = stop(daemon);
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
     // Stopping leaves processes where they are.
-    assert_eq!(cgroup_of(p_comm), high);
+    assert_eq!(session_of(p_comm), high);
     let st = fx.status_json();
     assert_eq!(st["running"], false);
     assert_eq!(st["procmon"]["backend"], "bpf", "{}", st["procmon"]);
@@ -90,16 +94,16 @@ fn descendants_stay_with_family_and_tools_go_low() {
     let (child, toolp) = (read("child").unwrap(), read("tool").unwrap());
     let high = fx.session("session_high");
     let low = fx.session("session_low");
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(agent_pid) == high));
+    assert!(wait_for(Duration::from_secs(2), || session_of(agent_pid) == high));
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(child) == high),
+        wait_for(Duration::from_secs(2), || session_of(child) == high),
         "child in {}",
-        cgroup_of(child)
+        session_of(child)
     );
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(toolp) == low),
+        wait_for(Duration::from_secs(2), || session_of(toolp) == low),
         "tool in {}",
-        cgroup_of(toolp)
+        session_of(toolp)
     );
     // The tracker knows both as fake-agent, with the reason.
     assert!(
@@ -127,7 +131,7 @@ fn restart_after_kill9_adopts_tree_and_keeps_placing() {
     let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
     let first = fx.spawn(Command::new(&agent).arg("30"));
     let high = fx.session("session_high");
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(first) == high));
+    assert!(wait_for(Duration::from_secs(2), || session_of(first) == high));
     assert!(wait_for(Duration::from_secs(2), || fx.status_json()
         ["processes"]
         .as_array()
@@ -137,14 +141,14 @@ fn restart_after_kill9_adopts_tree_and_keeps_placing() {
     // Started while no daemon runs: must be found by the start-up scan.
     let during = fx.spawn(Command::new(&agent).arg("30"));
     std::thread::sleep(Duration::from_millis(100));
-    assert_ne!(cgroup_of(during), high);
+    assert_ne!(session_of(during), high);
     fs::remove_file(fx.state()).ok(); // wait_ready looks for a fresh state file
     let daemon = fx.daemon(&[]);
     fx.wait_ready();
-    assert_eq!(cgroup_of(first), high, "placement survived kill -9");
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(during) == high));
+    assert_eq!(session_of(first), high, "placement survived kill -9");
+    assert!(wait_for(Duration::from_secs(2), || session_of(during) == high));
     let after = fx.spawn(Command::new(&agent).arg("30"));
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(after) == high));
+    assert!(wait_for(Duration::from_secs(2), || session_of(after) == high));
     let tracked = || -> Vec<u64> {
         fx.status_json()["processes"]
             .as_array()
@@ -222,7 +226,7 @@ fn broken_policy_refuses_start_and_reload_keeps_last_good() {
     let p = fx.spawn(Command::new(&agent).arg("30"));
     let high = fx.session("session_high");
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(p) == high),
+        wait_for(Duration::from_secs(2), || session_of(p) == high),
         "last good policy still places"
     );
     // A fixed file is picked up and clears the error.
@@ -247,7 +251,7 @@ fn dry_run_changes_nothing_and_explain_says_why() {
         .as_array()
         .is_some_and(|a| a.iter().any(|x| x["pid"] == p))));
     assert!(!fx.root.exists(), "dry-run must not create the tree");
-    assert!(!cgroup_of(p).contains("agentcg-test"));
+    assert!(!session_of(p).contains("agentcg-test"));
     assert!(fx.log().contains(&format!("dry-run: would place pid {p}")));
     let out = Command::new(BIN)
         .args(["explain", &p.to_string(), "--policies"])
@@ -317,9 +321,9 @@ fn agentcg_priority_env_picks_the_session() {
     let high = fx.session("session_high");
     let low = fx.session("session_low");
     assert!(
-        wait_for(Duration::from_secs(3), || cgroup_of(low_agent) == low),
+        wait_for(Duration::from_secs(3), || session_of(low_agent) == low),
         "AGENTCG_PRIORITY=low agent in {}",
-        cgroup_of(low_agent)
+        session_of(low_agent)
     );
     assert!(wait_for(Duration::from_secs(3), || fs::read_to_string(
         &pids
@@ -327,13 +331,13 @@ fn agentcg_priority_env_picks_the_session() {
     .is_ok_and(|s| !s.trim().is_empty())));
     let child: u32 = fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(child) == low),
+        wait_for(Duration::from_secs(2), || session_of(child) == low),
         "its child in {}",
-        cgroup_of(child)
+        session_of(child)
     );
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(plain) == high));
+    assert!(wait_for(Duration::from_secs(2), || session_of(plain) == high));
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(bad) == high),
+        wait_for(Duration::from_secs(2), || session_of(bad) == high),
         "a bad value is ignored"
     );
     assert!(
@@ -413,8 +417,9 @@ fn run_places_itself_before_exec_for_an_ordinary_user() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
+        // Its own agent leaf: session_low/my-bot-<pid>.
         text.lines()
-            .any(|l| l == format!("0::{}", fx.session("session_low"))),
+            .any(|l| l.starts_with(&format!("0::{}/my-bot-", fx.session("session_low")))),
         "the command's first look at its cgroup: {text}"
     );
     let env = run("low", &["printenv", "AGENTCG_PRIORITY"]);
@@ -463,4 +468,124 @@ fn run_places_itself_before_exec_for_an_ordinary_user() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Each agent instance gets its own leaves: `session_high/<family>-<pid>`
+/// for it and what stays with it, `session_low/<family>-<pid>` for its
+/// tools; a nested match stays in its instance; status lists the agents;
+/// a leaf goes as soon as it is empty; `per_agent: false` keeps it flat.
+#[test]
+fn per_agent_leaves_hold_each_agent_and_go_when_empty() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("leaves", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    let tool = fx.tool(&format!("tool-{}", fx.tag()), "/bin/sleep");
+    let pids = fx.dir.path().join("pids");
+    // Agent A: a child that inherits, a tool (low), and a nested agent
+    // (matches the family's own rule inside A: stays in A).
+    let script = format!(
+        "sleep 30 & echo $! > {p}.child; {t} 30 & echo $! > {p}.tool; \
+         {a} -c 'sleep 30' & echo $! > {p}.nested; wait",
+        p = pids.display(),
+        t = tool.display(),
+        a = agent.display()
+    );
+    let a = fx.spawn(Command::new(&agent).args(["-c", &script]));
+    let b = fx.spawn(Command::new(&agent).args(["-c", "sleep 30"]));
+    let read = |ext: &str| -> Option<u32> {
+        fs::read_to_string(pids.with_extension(ext))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(wait_for(Duration::from_secs(3), || [
+        "child", "tool", "nested"
+    ]
+    .iter()
+    .all(|e| read(e).is_some())));
+    let leaf = |s: &str, pid: u32| format!("{}/fake-agent-{pid}", fx.session(s));
+    let want = [
+        (a, leaf("session_high", a)),
+        (read("child").unwrap(), leaf("session_high", a)),
+        (read("nested").unwrap(), leaf("session_high", a)),
+        (read("tool").unwrap(), leaf("session_low", a)),
+        (b, leaf("session_high", b)),
+    ];
+    for (pid, cg) in &want {
+        assert!(
+            wait_for(Duration::from_secs(2), || cgroup_of(*pid) == *cg),
+            "pid {pid} in {}, want {cg}; log:\n{}",
+            cgroup_of(*pid),
+            fx.log()
+        );
+    }
+    // status: one entry per instance, with its leaves and process count.
+    let agents = |st: &serde_json::Value| st["agents"].as_array().cloned().unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            let st = fx.status_json();
+            let list = agents(&st);
+            let find = |pid: u32| list.iter().find(|x| x["root_pid"] == pid).cloned();
+            matches!((find(a), find(b)), (Some(x), Some(y))
+                if x["id"] == format!("fake-agent-{a}") && x["family"] == "fake-agent"
+                && x["cgroups"].as_array().map(|c| c.len()) == Some(2)
+                && x["pids"].as_u64() >= Some(4)
+                && y["pids"].as_u64() >= Some(1))
+                && list.len() == 2
+        }),
+        "status agents: {}",
+        fx.status_json()["agents"]
+    );
+    // A's whole tree ends: both its leaves go, B's stays.
+    for (pid, _) in &want[..4] {
+        nix_kill(*pid, libc::SIGKILL);
+    }
+    let high_a = fx.root.join("session_high").join(format!("fake-agent-{a}"));
+    let low_a = fx.root.join("session_low").join(format!("fake-agent-{a}"));
+    assert!(
+        wait_for(Duration::from_secs(3), || !high_a.exists()
+            && !low_a.exists()),
+        "empty leaves not removed: {} {}",
+        high_a.exists(),
+        low_a.exists()
+    );
+    assert!(fx
+        .root
+        .join("session_high")
+        .join(format!("fake-agent-{b}"))
+        .is_dir());
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            let list = agents(&fx.status_json());
+            list.len() == 1 && list[0]["root_pid"] == b
+        }),
+        "status agents after A ended: {}",
+        fx.status_json()["agents"]
+    );
+    stop(daemon);
+
+    // sessions.per_agent: false: the flat layout, no leaves.
+    fs::write(
+        fx.dir.path().join("agentcgd.yaml"),
+        "sessions:\n  per_agent: false\n",
+    )
+    .unwrap();
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    let c = fx.spawn(Command::new(&agent).args(["-c", "sleep 30"]));
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(c)
+            == fx.session("session_high")),
+        "flat layout: {}; log:\n{}",
+        cgroup_of(c),
+        fx.log()
+    );
+    assert!(fx.status_json()["agents"]
+        .as_array()
+        .is_none_or(|l| l.is_empty()));
+    stop(daemon);
 }

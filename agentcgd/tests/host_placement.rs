@@ -83,7 +83,7 @@ fn forking_agents_all_placed(events: &str, runs: usize) {
             }
             let outside: Vec<(u32, String)> = all
                 .iter()
-                .map(|&p| (p, cgroup_of(p)))
+                .map(|&p| (p, session_of(p)))
                 .filter(|(_, cg)| cg != &high)
                 .collect();
             if complete && outside.is_empty() {
@@ -144,9 +144,9 @@ fn long_argv_is_read_whole_before_deciding() {
     let pid = fx.spawn(Command::new("sh").args(["-c", "sleep 30", &filler, &marker]));
     let high = fx.session("session_high");
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(pid) == high),
+        wait_for(Duration::from_secs(2), || session_of(pid) == high),
         "pid {pid} in {}; log:\n{}",
-        cgroup_of(pid),
+        session_of(pid),
         fx.log()
     );
     // At exec, not by a later scan.
@@ -176,7 +176,7 @@ fn process_renaming_itself_into_a_rule_is_placed() {
     let pid = fx.spawn(Command::new("sh").args(["-c", &script]));
     let high = fx.session("session_high");
     std::thread::sleep(Duration::from_millis(200));
-    assert_ne!(cgroup_of(pid), high, "placed before the rename");
+    assert_ne!(session_of(pid), high, "placed before the rename");
     fs::write(&go, "").unwrap();
     assert!(wait_for(Duration::from_secs(2), || {
         fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -186,9 +186,9 @@ fn process_renaming_itself_into_a_rule_is_placed() {
     }));
     let renamed = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(pid) == high),
+        wait_for(Duration::from_secs(2), || session_of(pid) == high),
         "not placed after the rename (in {}); log:\n{}",
-        cgroup_of(pid),
+        session_of(pid),
         fx.log()
     );
     // The goal is 100 ms; on a host with more runnable work than CPUs the
@@ -219,18 +219,31 @@ fn removed_session_cgroups_are_reported_and_rebuilt() {
     let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
     let first = fx.spawn(Command::new(&agent).arg("30"));
     let high = fx.session("session_high");
-    assert!(wait_for(Duration::from_secs(2), || cgroup_of(first) == high));
+    assert!(wait_for(Duration::from_secs(2), || session_of(first) == high));
 
     // An administrator (or a careless script) empties and removes the tree.
     fs::write(fx.mount.join("cgroup.procs"), first.to_string()).unwrap();
+    // Deepest first, as cgroups must be: the agent leaves, then the
+    // sessions (the daemon may remove an emptied leaf itself meanwhile).
     for s in ["session_high", "session_low"] {
-        fs::remove_dir(fx.root.join(s)).unwrap();
+        let dir = fx.root.join(s);
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                match fs::remove_dir(e.path()) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        panic!("rmdir {}: {err}", e.path().display())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        fs::remove_dir(&dir).unwrap();
     }
     // Reported and repaired without a restart; the tracked agent is back.
     assert!(
-        wait_for(Duration::from_secs(3), || cgroup_of(first) == high),
+        wait_for(Duration::from_secs(3), || session_of(first) == high),
         "tracked agent not placed again: in {}; log:\n{}",
-        cgroup_of(first),
+        session_of(first),
         fx.log()
     );
     assert!(
@@ -245,9 +258,9 @@ fn removed_session_cgroups_are_reported_and_rebuilt() {
     // A new agent lands in the rebuilt tree.
     let second = fx.spawn(Command::new(&agent).arg("30"));
     assert!(
-        wait_for(Duration::from_secs(2), || cgroup_of(second) == high),
+        wait_for(Duration::from_secs(2), || session_of(second) == high),
         "new agent not placed in the rebuilt tree: in {}; log:\n{}",
-        cgroup_of(second),
+        session_of(second),
         fx.log()
     );
     stop(daemon);

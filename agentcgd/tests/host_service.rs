@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cgroup_of, env_or_skip, remove_tree, wait_for, BIN};
+use common::{env_or_skip, remove_tree, session_of, wait_for, BIN};
 
 struct Fx {
     tag: String,
@@ -171,7 +171,7 @@ fn agent_crash_runs_the_reaction_once_per_debounce_with_its_environment() {
     );
     let a = fx.run_agent(&ws, "sleep 0.5; exit 3");
     assert!(
-        wait_for(Duration::from_secs(3), || cgroup_of(a) == high),
+        wait_for(Duration::from_secs(3), || session_of(a) == high),
         "agent not placed; log:\n{}",
         fx.log()
     );
@@ -189,7 +189,15 @@ fn agent_crash_runs_the_reaction_once_per_debounce_with_its_environment() {
     assert_eq!(f[1], "fake-agent");
     assert_eq!(f[2], format!("fake-agent-{a}"));
     assert_eq!(f[3], a.to_string());
-    assert_eq!(f[4], fx.root.join("session_high").display().to_string());
+    // The agent's own leaf: session_high/<family>-<root pid>.
+    assert_eq!(
+        f[4],
+        fx.root
+            .join("session_high")
+            .join(format!("fake-agent-{a}"))
+            .display()
+            .to_string()
+    );
     assert_eq!(f[5], "exit:3");
     assert_eq!(f[6], ws.display().to_string());
     assert!(
@@ -199,7 +207,7 @@ fn agent_crash_runs_the_reaction_once_per_debounce_with_its_environment() {
     );
     // A second crash in the same workspace within the debounce: no run.
     let b = fx.run_agent(&ws, "sleep 0.5; kill -SEGV $$");
-    assert!(wait_for(Duration::from_secs(3), || cgroup_of(b) == high));
+    assert!(wait_for(Duration::from_secs(3), || session_of(b) == high));
     assert!(
         wait_for(Duration::from_secs(10), || fx.reactions()["counters"]
             ["debounced"]
@@ -221,7 +229,7 @@ fn agent_crash_runs_the_reaction_once_per_debounce_with_its_environment() {
     );
     // A clean exit is not a crash.
     let d = fx.run_agent(&fx.path("ws3"), "sleep 0.5; exit 0");
-    assert!(wait_for(Duration::from_secs(3), || cgroup_of(d) == high));
+    assert!(wait_for(Duration::from_secs(3), || session_of(d) == high));
     std::thread::sleep(Duration::from_millis(1500));
     fx.reap();
     let r = fx.reactions();
@@ -254,7 +262,7 @@ fn a_hanging_reaction_is_killed_at_its_timeout_while_placement_goes_on() {
         fx.root.strip_prefix(&fx.mount).unwrap().display()
     );
     let a = fx.run_agent(&fx.path("ws"), "sleep 0.3; exit 1");
-    assert!(wait_for(Duration::from_secs(3), || cgroup_of(a) == high));
+    assert!(wait_for(Duration::from_secs(3), || session_of(a) == high));
     assert!(
         wait_for(Duration::from_secs(10), || fx.reactions()["running"]
             .as_array()
@@ -267,7 +275,7 @@ fn a_hanging_reaction_is_killed_at_its_timeout_while_placement_goes_on() {
     for i in 0..3 {
         let p = fx.run_agent(&fx.path(&format!("more{i}")), "sleep 30");
         assert!(
-            wait_for(Duration::from_secs(2), || cgroup_of(p) == high),
+            wait_for(Duration::from_secs(2), || session_of(p) == high),
             "placement stalled behind a hanging action; log:\n{}",
             fx.log()
         );

@@ -113,7 +113,17 @@ impl Fixture {
         assert!(
             // BPF verification of the procmon programs takes 20 s and more
             // on a loaded 2-core host: wait generously for the first state.
-            wait_for(Duration::from_secs(90), || self.state().exists()),
+            // The state of the daemon started last (a restart finds the
+            // previous run's file in place).
+            wait_for(Duration::from_secs(90), || {
+                let last = self.daemons.borrow().last().copied();
+                fs::read_to_string(self.state())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|st| {
+                        st["running"] == true && last.is_none_or(|pid| st["daemon_pid"] == pid)
+                    })
+            }),
             "daemon did not start; log:\n{}",
             self.log()
         );
@@ -213,6 +223,20 @@ pub fn cgroup_of(pid: u32) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         .unwrap_or_default()
+}
+
+/// The session a process is in: its cgroup, with an agent leaf below
+/// `session_high`/`session_low` taken as its session.
+pub fn session_of(pid: u32) -> String {
+    let cg = cgroup_of(pid);
+    match cg.rsplit_once('/') {
+        Some((parent, _))
+            if parent.ends_with("/session_high") || parent.ends_with("/session_low") =>
+        {
+            parent.to_string()
+        }
+        _ => cg,
+    }
 }
 
 pub fn stop(mut d: Child) -> Duration {

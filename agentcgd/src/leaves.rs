@@ -1,0 +1,478 @@
+//! Agent instances and their leaf cgroups: `session_high/<family>-<pid>`
+//! for the agent and what stays with it, `session_low/<family>-<pid>` for
+//! its tools sent low. A leaf is created at its first placement, watched
+//! through its `cgroup.events` (inotify, no polling) and removed as soon as
+//! it is empty; past `max_agents`, new agents share `<family>-shared`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+
+use inotify::{Inotify, WatchDescriptor, WatchMask};
+
+use crate::cgroup::{self, CgroupError, Target, Tree, UNSORTED};
+use crate::classify::AgentKey;
+use crate::policy::{FamilyName, Priority};
+
+/// Suffix of the leaves agents share past the cap.
+const SHARED: &str = "shared";
+
+fn slot(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Low => 1,
+    }
+}
+
+/// One leaf cgroup we created (or adopted) and watch.
+#[derive(Debug)]
+struct Leaf {
+    target: Target,
+    dir: PathBuf,
+    wd: Option<WatchDescriptor>,
+}
+
+/// An agent instance as the daemon knows it.
+#[derive(Debug)]
+pub struct Agent {
+    /// `<family>-<root pid>`: also its leaves' name.
+    pub id: String,
+    pub family: FamilyName,
+    pub key: AgentKey,
+    pub started_at_ms: u64,
+    leaves: [Option<Leaf>; 2],
+}
+
+impl Agent {
+    /// Its leaves' paths as /proc/PID/cgroup shows them, high first.
+    pub fn cgroups(&self) -> Vec<String> {
+        self.leaves
+            .iter()
+            .flatten()
+            .map(|l| l.target.rel.clone())
+            .collect()
+    }
+
+    /// The leaf directory of session `p`, if it has one.
+    pub fn leaf_dir(&self, p: Priority) -> Option<&std::path::Path> {
+        self.leaves[slot(p)].as_ref().map(|l| l.dir.as_path())
+    }
+}
+
+/// Who a watched leaf belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Agent(AgentKey, usize),
+    Shared(String, usize),
+    Unsorted(usize),
+}
+
+/// What `reap` found.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Leaves removed.
+    pub removed: usize,
+    /// Agents whose last leaf went (gone from the registry).
+    pub agents_gone: Vec<Agent>,
+}
+
+pub struct Leaves {
+    tree: Tree,
+    max_agents: usize,
+    agents: BTreeMap<AgentKey, Agent>,
+    /// Leaf name -> agent, so a reused root pid gets a name of its own.
+    names: HashMap<String, AgentKey>,
+    shared: HashMap<(String, usize), Leaf>,
+    unsorted: [Option<Leaf>; 2],
+    watch: Inotify,
+    by_wd: HashMap<WatchDescriptor, Owner>,
+    /// Agents put in a shared leaf because the cap was reached.
+    pub over_cap: u64,
+    /// Leaves removed because they were empty.
+    pub removed: u64,
+}
+
+impl Leaves {
+    pub fn new(tree: Tree, max_agents: usize) -> io::Result<Leaves> {
+        Ok(Leaves {
+            tree,
+            max_agents,
+            agents: BTreeMap::new(),
+            names: HashMap::new(),
+            shared: HashMap::new(),
+            unsorted: [None, None],
+            watch: Inotify::init()?,
+            by_wd: HashMap::new(),
+            over_cap: 0,
+            removed: 0,
+        })
+    }
+
+    /// Readable when a watched leaf's `cgroup.events` changed.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.watch.as_fd()
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+
+    pub fn agent(&self, key: &AgentKey) -> Option<&Agent> {
+        self.agents.get(key)
+    }
+
+    fn open_leaf(
+        &mut self,
+        p: Priority,
+        name: &str,
+        weight: Option<u32>,
+        owner: Owner,
+    ) -> Result<Leaf, CgroupError> {
+        let target = self.tree.leaf(p, name, weight)?;
+        let dir = self.tree.session_dir(p).join(name);
+        let wd = match self
+            .watch
+            .watches()
+            .add(dir.join("cgroup.events"), WatchMask::MODIFY)
+        {
+            Ok(wd) => {
+                self.by_wd.insert(wd.clone(), owner);
+                Some(wd)
+            }
+            Err(e) => {
+                // Still usable; it is removed by the next reconcile instead.
+                log::warn!("cannot watch {}/cgroup.events: {e}", dir.display());
+                None
+            }
+        };
+        Ok(Leaf { target, dir, wd })
+    }
+
+    /// Where a process of `family` in session `p` goes: its agent's leaf
+    /// (created on first use), or the family's shared leaf when it has no
+    /// agent or the cap is reached.
+    pub fn target(
+        &mut self,
+        p: Priority,
+        agent: Option<AgentKey>,
+        family: &FamilyName,
+        weight: u32,
+        now_ms: u64,
+    ) -> Result<Target, CgroupError> {
+        let s = slot(p);
+        if let Some(key) = agent {
+            if let Some(a) = self.agents.get(&key) {
+                if let Some(l) = &a.leaves[s] {
+                    return Ok(l.target.clone());
+                }
+                let id = a.id.clone();
+                let leaf = self.open_leaf(p, &id, Some(weight), Owner::Agent(key, s))?;
+                let t = leaf.target.clone();
+                self.agents.get_mut(&key).expect("present").leaves[s] = Some(leaf);
+                return Ok(t);
+            }
+            if self.agents.len() < self.max_agents {
+                let mut id = format!("{family}-{}", key.pid);
+                if self.names.get(&id).is_some_and(|k| *k != key) {
+                    // The pid of an agent whose leaves still hold processes.
+                    id = format!("{family}-{}-{}", key.pid, key.start_ticks);
+                }
+                let leaf = self.open_leaf(p, &id, Some(weight), Owner::Agent(key, s))?;
+                let t = leaf.target.clone();
+                let mut leaves = [None, None];
+                leaves[s] = Some(leaf);
+                log::debug!("agent {id}: leaf {}", t.rel);
+                self.names.insert(id.clone(), key);
+                self.agents.insert(
+                    key,
+                    Agent {
+                        id,
+                        family: family.clone(),
+                        key,
+                        started_at_ms: now_ms,
+                        leaves,
+                    },
+                );
+                return Ok(t);
+            }
+            self.over_cap += 1;
+            if self.over_cap == 1 || self.over_cap.is_power_of_two() {
+                log::warn!(
+                    "{} agent instances (sessions.max_agents): agent {family}-{} shares {family}-{SHARED} ({} so far)",
+                    self.agents.len(),
+                    key.pid,
+                    self.over_cap
+                );
+            }
+        }
+        let k = (family.to_string(), s);
+        if let Some(l) = self.shared.get(&k) {
+            return Ok(l.target.clone());
+        }
+        let leaf = self.open_leaf(
+            p,
+            &format!("{family}-{SHARED}"),
+            Some(weight),
+            Owner::Shared(k.0.clone(), s),
+        )?;
+        let t = leaf.target.clone();
+        self.shared.insert(k, leaf);
+        Ok(t)
+    }
+
+    /// Set each leaf's cpu.weight from its family's (after a policy reload).
+    pub fn set_weights(&self, weight: impl Fn(&str) -> u32) {
+        let all = self
+            .agents
+            .values()
+            .flat_map(|a| {
+                a.leaves
+                    .iter()
+                    .flatten()
+                    .map(move |l| (a.family.as_str(), l))
+            })
+            .chain(self.shared.iter().map(|((f, _), l)| (f.as_str(), l)));
+        for (fam, l) in all {
+            if let Err(e) = cgroup::set_weight(&l.dir, weight(fam)) {
+                log::warn!("{e}");
+            }
+        }
+    }
+
+    /// Adopt what an earlier run left: every leaf in the sessions named
+    /// like ours. `known` maps leaf names to (agent, started at ms) from the
+    /// previous state file; a name it lacks is taken as `<family>-<pid>`
+    /// with the start time of that pid if it still runs. Empty leaves are
+    /// removed. Returns the agents adopted.
+    pub fn adopt(
+        &mut self,
+        known: &HashMap<String, (AgentKey, u64)>,
+        is_family: impl Fn(&str) -> bool,
+        start_of: impl Fn(u32) -> Option<u64>,
+    ) -> usize {
+        let mut adopted = 0;
+        for p in [Priority::High, Priority::Low] {
+            let s = slot(p);
+            let Ok(rd) = std::fs::read_dir(self.tree.session_dir(p)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let shared_family = name
+                    .strip_suffix(&format!("-{SHARED}"))
+                    .filter(|f| is_family(f))
+                    .map(str::to_string);
+                let parsed = parse_leaf_name(&name, &is_family);
+                if name != UNSORTED && shared_family.is_none() && parsed.is_none() {
+                    continue; // not ours (a cgroup someone made by hand)
+                }
+                let dir = e.path();
+                if !cgroup::populated(&dir).unwrap_or(true) {
+                    if std::fs::remove_dir(&dir).is_ok() {
+                        self.removed += 1;
+                    }
+                    continue;
+                }
+                if name == UNSORTED {
+                    if let Ok(l) = self.open_leaf(p, &name, None, Owner::Unsorted(s)) {
+                        self.unsorted[s] = Some(l);
+                    }
+                } else if let Some(f) = shared_family {
+                    if let Ok(l) = self.open_leaf(p, &name, None, Owner::Shared(f.clone(), s)) {
+                        self.shared.insert((f, s), l);
+                    }
+                } else if let Some((fam, pid)) = parsed {
+                    let Ok(family) = FamilyName::try_from(fam.to_string()) else {
+                        continue;
+                    };
+                    let (key, started) = known.get(&name).copied().unwrap_or((
+                        AgentKey {
+                            pid,
+                            start_ticks: start_of(pid).unwrap_or(0),
+                        },
+                        0,
+                    ));
+                    let Ok(l) = self.open_leaf(p, &name, None, Owner::Agent(key, s)) else {
+                        continue;
+                    };
+                    let a = self.agents.entry(key).or_insert_with(|| {
+                        adopted += 1;
+                        Agent {
+                            id: name.clone(),
+                            family,
+                            key,
+                            started_at_ms: started,
+                            leaves: [None, None],
+                        }
+                    });
+                    a.leaves[s] = Some(l);
+                    self.names.insert(name, key);
+                }
+            }
+        }
+        adopted
+    }
+
+    /// Take the leaves' change notices: remove each leaf that is empty.
+    pub fn reap(&mut self) -> Reaped {
+        let mut out = Reaped::default();
+        let mut buf = [0u8; 4096];
+        let mut changed = Vec::new();
+        loop {
+            match self.watch.read_events(&mut buf) {
+                Ok(evs) => {
+                    let mut any = false;
+                    for ev in evs {
+                        any = true;
+                        changed.push(ev.wd.clone());
+                    }
+                    if !any {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("reading leaf notices: {e}");
+                    break;
+                }
+            }
+        }
+        changed.dedup();
+        for wd in changed {
+            let Some(owner) = self.by_wd.get(&wd).cloned() else {
+                continue;
+            };
+            let dir = match &owner {
+                Owner::Agent(k, s) => self
+                    .agents
+                    .get(k)
+                    .and_then(|a| a.leaves[*s].as_ref())
+                    .map(|l| l.dir.clone()),
+                Owner::Shared(f, s) => self.shared.get(&(f.clone(), *s)).map(|l| l.dir.clone()),
+                Owner::Unsorted(s) => self.unsorted[*s].as_ref().map(|l| l.dir.clone()),
+            };
+            let Some(dir) = dir else {
+                self.by_wd.remove(&wd);
+                continue;
+            };
+            // Still populated (a notice for a process that came, or for
+            // one of two that left): keep it.
+            if cgroup::populated(&dir).unwrap_or(false) {
+                continue;
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // EBUSY: a process arrived between the read and rmdir.
+                    log::debug!("leaf {} not removed: {e}", dir.display());
+                    continue;
+                }
+            }
+            let _ = self.watch.watches().remove(wd.clone());
+            self.by_wd.remove(&wd);
+            self.removed += 1;
+            out.removed += 1;
+            match owner {
+                Owner::Agent(k, s) => {
+                    let gone = self.agents.get_mut(&k).map(|a| {
+                        a.leaves[s] = None;
+                        a.leaves.iter().all(Option::is_none)
+                    });
+                    if gone == Some(true) {
+                        if let Some(a) = self.agents.remove(&k) {
+                            self.names.remove(&a.id);
+                            log::debug!("agent {}: no processes left; leaves removed", a.id);
+                            out.agents_gone.push(a);
+                        }
+                    }
+                }
+                Owner::Shared(f, s) => {
+                    self.shared.remove(&(f, s));
+                }
+                Owner::Unsorted(s) => self.unsorted[s] = None,
+            }
+        }
+        out
+    }
+
+    /// A leaf just created for a process that vanished before the move:
+    /// remove it if nothing else is in it (no notice comes for a leaf
+    /// that was never populated).
+    pub fn drop_if_empty(&mut self, p: Priority, agent: AgentKey) {
+        let s = slot(p);
+        let Some(a) = self.agents.get_mut(&agent) else {
+            return;
+        };
+        let Some(l) = &a.leaves[s] else { return };
+        if cgroup::populated(&l.dir).unwrap_or(true) || std::fs::remove_dir(&l.dir).is_err() {
+            return;
+        }
+        if let Some(l) = a.leaves[s].take() {
+            if let Some(wd) = l.wd {
+                let _ = self.watch.watches().remove(wd.clone());
+                self.by_wd.remove(&wd);
+            }
+        }
+        self.removed += 1;
+        if a.leaves.iter().all(Option::is_none) {
+            let id = a.id.clone();
+            self.agents.remove(&agent);
+            self.names.remove(&id);
+        }
+    }
+
+    /// The tree was removed under us: every leaf is gone with it.
+    pub fn forget_all(&mut self) {
+        for wd in self.by_wd.keys().cloned().collect::<Vec<_>>() {
+            let _ = self.watch.watches().remove(wd);
+        }
+        self.by_wd.clear();
+        self.shared.clear();
+        self.unsorted = [None, None];
+        for a in self.agents.values_mut() {
+            a.leaves = [None, None];
+        }
+    }
+}
+
+/// `<family>-<pid>` (or `<family>-<pid>-<start>`, a name made unique
+/// after a pid reuse) -> (family, pid), for a family `is_family` knows.
+pub fn parse_leaf_name(name: &str, is_family: impl Fn(&str) -> bool) -> Option<(&str, u32)> {
+    let (head, last) = name.rsplit_once('-')?;
+    let pid_start = head
+        .rsplit_once('-')
+        .filter(|(_, pid)| pid.parse::<u32>().is_ok())
+        .filter(|_| last.bytes().all(|b| b.is_ascii_digit()));
+    [
+        last.parse::<u32>().ok().map(|pid| (head, pid)),
+        pid_start.and_then(|(fam, pid)| pid.parse().ok().map(|pid| (fam, pid))),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|(fam, _)| is_family(fam))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_names() {
+        let fams = |f: &str| ["claude-code", "aider", "gpt-4"].contains(&f);
+        assert_eq!(
+            parse_leaf_name("claude-code-4711", fams),
+            Some(("claude-code", 4711))
+        );
+        assert_eq!(parse_leaf_name("aider-12", fams), Some(("aider", 12)));
+        assert_eq!(parse_leaf_name("aider-12-99887", fams), Some(("aider", 12)));
+        assert_eq!(parse_leaf_name("gpt-4-123", fams), Some(("gpt-4", 123)));
+        assert_eq!(parse_leaf_name("claude-code-shared", fams), None);
+        assert_eq!(parse_leaf_name("unsorted", fams), None);
+        assert_eq!(parse_leaf_name("hog-12", fams), None);
+    }
+}
