@@ -510,6 +510,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     notify.stopping();
     d.log_summary(true);
     d.state.running = false;
+    // Nobody answers `agentcgd run` any more: say so with ENOENT, not a
+    // refused connection to a stale socket.
+    let sock = crate::launch::socket_path(&d.opts.state);
+    if let Err(e) = std::fs::remove_file(&sock) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove {}: {e}", sock.display());
+        }
+    }
     let last = d.snapshot();
     // Stops the event source (the BPF programs detach with it).
     drop(d);

@@ -460,6 +460,10 @@ fn run_places_itself_before_exec_for_an_ordinary_user() {
     let _ = child.kill();
     let _ = child.wait();
     stop(daemon);
+    assert!(
+        !fx.dir.path().join("agentcgd.sock").exists(),
+        "the stopped daemon's socket is left behind"
+    );
     // Without a daemon an ordinary user is refused, never run unplaced.
     let out = run("low", &["true"]);
     assert!(!out.status.success());
