@@ -26,6 +26,7 @@ use crate::classify::{
 };
 use crate::config::Config;
 use crate::leaves::Leaves;
+use crate::memory::Memory;
 use crate::policy::{FamilyName, PolicySet, Priority};
 use crate::publish::{Publisher, Sources};
 use crate::sdnotify::Notifier;
@@ -161,6 +162,8 @@ struct Daemon {
     self_pid: u32,
     state: State,
     dirty: bool,
+    /// The memory controller (restarted when the tree is rebuilt).
+    mem: Arc<Memory>,
     /// Reactive actions; the daemon only hands it typed triggers.
     reactions: Arc<reactions::Engine>,
     /// Agent root processes (placed by their family's own rule), by pid:
@@ -285,18 +288,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("scheduler: {}", sched.status().backend);
 
     let mem = Arc::new(if opts.no_memcg {
-        memcg::Controller::idle(memcg::Status::disabled("disabled by --no-memcg"))
+        Memory::idle(memcg::Status::disabled("disabled by --no-memcg"))
     } else if opts.dry_run {
-        memcg::Controller::idle(memcg::Status::disabled("dry-run: memory files not changed"))
+        Memory::idle(memcg::Status::disabled("dry-run: memory files not changed"))
     } else {
-        let mb = mailbox.clone();
-        memcg::Controller::start(
-            memcg::Sessions::under(&tree.root),
-            &cfg.memcg,
-            Box::new(move |ev| {
-                let _ = mb.send(Msg::Mem(ev));
-            }),
-        )
+        Memory::start(tree.root.clone(), &cfg.memcg, mailbox.clone())
     });
     log::info!("memcg: {}", mem.status().backend);
 
@@ -393,6 +389,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         self_pid: std::process::id(),
         dirty: true,
         reactions: reactions.clone(),
+        mem: mem.clone(),
         agents: Default::default(),
     };
     // The event source runs before the scan, so no exec falls in a gap;
@@ -526,9 +523,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Ok(sched) = Arc::try_unwrap(sched) {
         sched.stop();
     }
-    if let Ok(mem) = Arc::try_unwrap(mem) {
-        mem.stop();
-    }
+    mem.stop();
     if let Ok(reactions) = Arc::try_unwrap(reactions) {
         reactions.stop();
     }
@@ -1264,6 +1259,13 @@ impl Daemon {
             }
         }
         log::info!("cgroup tree rebuilt; {again} tracked processes placed again");
+        // The memory controller's settings, PSI trigger and attachment went
+        // with the old sessions: start it again, off this thread (loading
+        // its BPF backend takes a while).
+        let mem = self.mem.clone();
+        let _ = std::thread::Builder::new()
+            .name("memcg-restart".into())
+            .spawn(move || mem.restart());
         self.reconcile("tree rebuilt");
     }
 

@@ -10,6 +10,7 @@ mod daemon;
 mod launch;
 mod leaves;
 mod logging;
+mod memory;
 mod policy;
 mod prefilter;
 mod publish;

@@ -30,7 +30,7 @@ pub struct Sources {
     pub path: PathBuf,
     pub sessions: Vec<(Priority, PathBuf)>,
     pub sched: Arc<scheduler::Supervisor>,
-    pub mem: Arc<memcg::Controller>,
+    pub mem: Arc<crate::memory::Memory>,
     pub reactions: Arc<reactions::Engine>,
     pub mailbox: Mailbox,
 }
