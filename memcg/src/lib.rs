@@ -22,7 +22,6 @@
 //! memory.events per session and delivered as [`MemEvent::OomKill`].
 
 pub mod bpf;
-pub mod cgfs;
 mod config;
 mod fallback;
 pub mod machine;
@@ -212,7 +211,7 @@ impl Controller {
         if let Err(e) = cfg.validate() {
             return Controller::idle(Status::off(format!("invalid config: {e}")));
         }
-        if let Err(e) = cgfs::check_memory_controller(&sessions.high, &sessions.low) {
+        if let Err(e) = check_memory_controller(&sessions.high, &sessions.low) {
             return Controller::idle(Status::off(e));
         }
         let bpf_verdict = match cfg.backend {
@@ -302,6 +301,27 @@ impl Drop for Controller {
     }
 }
 
+/// Is the memory controller enabled for the session cgroups (do they have
+/// memory.* files)? Err is the reason.
+pub fn check_memory_controller(
+    high: &std::path::Path,
+    low: &std::path::Path,
+) -> Result<(), String> {
+    for d in [high, low] {
+        let cg = cgroupfs::Cgroup::new(d);
+        if !d.is_dir() {
+            return Err(format!("{} does not exist", d.display()));
+        }
+        if !cg.has("memory.current") {
+            return Err(format!(
+                "no memory controller in {} (not in the parent's cgroup.subtree_control)",
+                d.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +368,22 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"oom_kill","session":"low","count":2}"#
         );
+    }
+
+    #[test]
+    fn memory_controller_check() {
+        let t = tempfile::tempdir().unwrap();
+        let (h, l) = (t.path().join("session_high"), t.path().join("session_low"));
+        assert!(check_memory_controller(&h, &l)
+            .unwrap_err()
+            .contains("does not exist"));
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::create_dir_all(&l).unwrap();
+        assert!(check_memory_controller(&h, &l)
+            .unwrap_err()
+            .contains("no memory controller"));
+        std::fs::write(h.join("memory.current"), "0").unwrap();
+        std::fs::write(l.join("memory.current"), "0").unwrap();
+        check_memory_controller(&h, &l).unwrap();
     }
 }
