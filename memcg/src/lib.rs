@@ -56,7 +56,7 @@ impl Sessions {
 }
 
 /// Which part of the tree an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     High,
@@ -67,7 +67,7 @@ pub enum SessionKind {
 }
 
 /// What the controller tells the daemon (from the controller's thread).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MemEvent {
     /// memory.events oom_kill of `session` rose by `count` (the kernel
@@ -86,7 +86,7 @@ pub enum MemEvent {
 }
 
 /// Per-session counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PerSession {
     pub high: u64,
     pub low: u64,
@@ -104,7 +104,7 @@ impl PerSession {
 }
 
 /// Which backend runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     Bpf,
@@ -114,7 +114,7 @@ pub enum BackendKind {
 }
 
 /// BPF backend counters (from the program's .bss).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BpfCounters {
     /// Pressure noted, any source (each extends the window).
     pub pressure_events: u64,
@@ -135,7 +135,8 @@ pub struct BpfCounters {
 }
 
 /// The controller's state, for `agentcgd status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// `bpf: memcg_bpf_ops` | `fallback: psi+memory.events (<why not bpf>)`
     /// | `off: <reason>`.

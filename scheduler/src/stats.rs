@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One cgroup's counters as read from the BPF map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,7 +26,7 @@ pub struct RawCgroupStats {
 macro_rules! global_counters {
     ($( #[doc = $doc:literal] $name:ident = $idx:ident $(, $anomaly:ident)?; )*) => {
         /// Global counters, summed over CPUs.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
         pub struct GlobalCounters {
             $( #[doc = $doc] pub $name: u64, )*
         }
@@ -95,7 +95,7 @@ global_counters! {
 }
 
 /// Per-cgroup statistics in `status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CgroupStats {
     /// Path relative to the cgroup2 mount, with a leading `/` (`/` is the
     /// root cgroup); `cgroup:<id>` when the id could not be mapped.
@@ -118,7 +118,7 @@ pub struct CgroupStats {
 }
 
 /// Global statistics in `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GlobalStats {
     /// Dispatches straight to an idle CPU's local queue.
     pub local_dispatches: u64,
