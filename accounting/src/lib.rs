@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use exit::{ExitInfo, ExitLog, ExitRecord, ExitStatus, KilledTool, EXIT_LOG_LEN};
 pub use gpu::{Gpu, GpuDevice, GpuStatus};
-pub use sampler::{Options, Sampler};
+pub use sampler::{Config, Options, Sampler};
 
 /// Where a figure comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,6 +39,58 @@ impl Default for Options {
     }
 }
 
+/// `accounting:` in agentcgd.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub enabled: bool,
+    /// Sweep interval, ms (at least 100).
+    pub interval_ms: u64,
+    /// /proc processes read per sweep at most (fallback only).
+    pub max_procs: usize,
+    /// Count open fds in the /proc fallback.
+    pub count_fds: bool,
+    /// Ask NVML for GPU memory per process.
+    pub gpu: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let o = Options::default();
+        Config {
+            enabled: true,
+            interval_ms: o.interval.as_millis() as u64,
+            max_procs: o.max_procs,
+            count_fds: o.count_fds,
+            gpu: true,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval_ms < 100 {
+            return Err(format!(
+                "accounting.interval_ms {} is below 100",
+                self.interval_ms
+            ));
+        }
+        if self.max_procs == 0 {
+            return Err("accounting.max_procs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            interval: Duration::from_millis(self.interval_ms),
+            max_procs: self.max_procs,
+            count_fds: self.count_fds,
+            ..Options::default()
+        }
+    }
+}
+
 /// What the sampler keeps per agent between sweeps (bounded: the agents of
 /// the last sweep, and per agent the processes it has).
 #[derive(Debug, Default)]
@@ -138,6 +190,16 @@ impl Sampler {
             gpu,
             last_proc_reads: 0,
         }
+    }
+
+    /// The sampler `cfg` asks for (NVML loaded if `cfg.gpu`).
+    pub fn from_config(cfg: &Config) -> Sampler {
+        let gpu = if cfg.gpu {
+            Gpu::nvml()
+        } else {
+            Gpu::unavailable("accounting.gpu: false")
+        };
+        Sampler::new(cfg.options(), gpu)
     }
 
     pub fn gpu_status(&self) -> &crate::GpuStatus {
@@ -673,6 +735,23 @@ mod tests {
         let first: Vec<bool> = u.values().map(|u| u.truncated).collect();
         let second: Vec<bool> = s.sample(&agents).values().map(|u| u.truncated).collect();
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn config() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.options().interval, Duration::from_secs(2));
+        let bad = Config {
+            interval_ms: 10,
+            ..c.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("below 100"));
+        let s = Sampler::from_config(&Config { gpu: false, ..c });
+        assert_eq!(
+            s.gpu_status().to_string(),
+            "not available (accounting.gpu: false)"
+        );
     }
 
     #[test]

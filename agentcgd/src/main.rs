@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod launch;
 mod logging;
+mod metrics;
 mod policy;
 mod prefilter;
 mod publish;
