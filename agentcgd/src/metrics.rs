@@ -508,7 +508,10 @@ mod tests {
         ] {
             assert!(t.contains(want), "missing {want:?} in\n{t}");
         }
-        assert!(t.contains("# TYPE agentcgd_placements_total counter\n"), "{t}");
+        assert!(
+            t.contains("# TYPE agentcgd_placements_total counter\n"),
+            "{t}"
+        );
         assert!(!t.contains("# EOF"));
     }
 
