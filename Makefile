@@ -20,7 +20,7 @@ STATIC_DIR := target/$(TARGET)/release
 CARGO ?= cargo
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev libzstd-dev pkg-config \
 	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps lintian \
-	tmux python3-venv gcc libc6-dev
+	tmux python3-venv gcc libc6-dev prometheus
 
 .PHONY: run deps build static test cargo-test vm-test agents-test agents-latest bench fmt clippy lint \
 	install install-files deb deb-test

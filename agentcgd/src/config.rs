@@ -141,6 +141,10 @@ pub struct Config {
     /// test runners, package installs, compilers, builds.
     pub tools: Vec<ToolRule>,
     pub user_priority: UserPriority,
+    /// Per-agent accounting (docs/accounting.md).
+    pub accounting: accounting::Config,
+    /// Prometheus metrics: off unless the section is present.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 impl Default for Config {
@@ -153,6 +157,8 @@ impl Default for Config {
             reactions: reactions::Config::default(),
             tools: default_tools(),
             user_priority: UserPriority::default(),
+            accounting: accounting::Config::default(),
+            metrics: None,
         }
     }
 }
@@ -213,6 +219,11 @@ impl Config {
             ));
         }
         cfg.scheduler.validate().map_err(|e| format!(" {e}"))?;
+        cfg.accounting.validate().map_err(|e| {
+            let line = key_line(text, "interval_ms", "accounting")
+                .or_else(|| key_line(text, "max_procs", "accounting"));
+            format!("{}: {e}", line.map(|l| l.to_string()).unwrap_or_default())
+        })?;
         cfg.memcg.validate().map_err(|e| format!(" memcg: {e}"))?;
         cfg.reactions
             .validate()
@@ -286,6 +297,27 @@ fn key_line(text: &str, key: &str, section: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_and_accounting_sections() {
+        let c = Config::parse("sessions: {}\n").unwrap();
+        assert_eq!(c.metrics, None, "metrics are off by default");
+        assert!(c.accounting.enabled && c.accounting.gpu);
+        let c = Config::parse("metrics: {}\n").unwrap();
+        assert_eq!(
+            c.metrics.unwrap().listen.0.to_string(),
+            "127.0.0.1:9464",
+            "loopback when on"
+        );
+        let c = Config::parse("metrics:\n  listen: \"0.0.0.0:9100\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen.0.port(), 9100);
+        let e = Config::parse("sessions: {}\nmetrics:\n  listen: nowhere\n").unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("not an IP:port"), "{e}");
+        let e = Config::parse("sessions: {}\naccounting:\n  interval_ms: 5\n").unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("below 100"), "{e}");
+        let e = Config::parse("accounting:\n  gpus: true\n").unwrap_err();
+        assert!(e.starts_with("2: ") && e.contains("unknown field"), "{e}");
+    }
 
     #[test]
     fn defaults() {

@@ -1678,6 +1678,7 @@ impl Daemon {
                     transitions: 0,
                     history: Vec::new(),
                     cpu_percent: None,
+                    usage: None,
                 })
                 .collect();
         }

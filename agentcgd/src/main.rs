@@ -11,12 +11,14 @@ mod launch;
 mod leaves;
 mod logging;
 mod memory;
+mod metrics;
 mod policy;
 mod prefilter;
 mod publish;
 mod report;
 mod sdnotify;
 mod state;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +94,15 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
     },
+    /// Live view of the agents (CPU, memory, GPU, state), from the state
+    /// file; keys sort, q quits. Any user may run it.
+    Top {
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        /// Print one frame and exit (also what happens without a terminal).
+        #[arg(long)]
+        once: bool,
+    },
     /// Say which rule placed (or would place) PID, and why.
     Explain {
         pid: u32,
@@ -142,6 +153,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Some(Cmd::Check { policies, config }) => report::check(&policies, &config),
         Some(Cmd::Status { json, state }) => report::status(&state, json),
+        Some(Cmd::Top { state, once }) => top::run(&state, once),
         Some(Cmd::Explain {
             pid,
             policies,

@@ -139,9 +139,9 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
 
 /// What changes without the daemon's doing.
 fn refresh(s: &mut State, src: &Sources) {
-    s.scheduler = serde_json::to_value(src.sched.status()).unwrap_or_default();
-    s.memcg = serde_json::to_value(src.mem.status()).unwrap_or_default();
-    s.reactions = serde_json::to_value(src.reactions.status()).unwrap_or_default();
+    s.scheduler = src.sched.status();
+    s.memcg = src.mem.status();
+    s.reactions = src.reactions.status();
     s.sessions = src
         .sessions
         .iter()

@@ -243,11 +243,16 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
     print_scheduler(&s.scheduler);
     println!(
         "memcg: {}",
-        s.memcg
-            .get("backend")
-            .and_then(|b| b.as_str())
-            .unwrap_or("-")
+        if s.memcg.backend.is_empty() {
+            "-"
+        } else {
+            &s.memcg.backend
+        }
     );
+    println!("gpu: {}", s.gpu);
+    for x in s.exits.iter().rev().take(5) {
+        println!("exit {}: {}", age(x.at_ms), x.log_line());
+    }
     println!("activity: {}", s.activity);
     print_reactions(&s.reactions);
     for o in &s.oom_kills {
@@ -330,120 +335,87 @@ fn print_agents(s: &State) {
     }
 }
 
-fn print_reactions(v: &serde_json::Value) {
-    if !v.get("enabled").and_then(|e| e.as_bool()).unwrap_or(false) {
+fn print_reactions(v: &reactions::Status) {
+    if !v.enabled {
         println!("reactions: off");
         return;
     }
-    let num = |x: &serde_json::Value, k: &str| x.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
-    let c = v.get("counters").cloned().unwrap_or_default();
+    let c = &v.counters;
     println!(
         "reactions: {} rules{}, running {}/{}, queued {}/{}; triggers={} runs={} failed={} timed_out={} debounced={} dropped={} logged={}",
-        v.get("rules").and_then(|r| r.as_array()).map_or(0, |r| r.len()),
-        if v.get("dry_run").and_then(|d| d.as_bool()).unwrap_or(false) { " (dry-run)" } else { "" },
-        v.get("running").and_then(|r| r.as_array()).map_or(0, |r| r.len()),
-        num(v, "max_running"),
-        num(v, "queued"),
-        num(v, "queue_capacity"),
-        num(&c, "triggers"),
-        num(&c, "runs"),
-        num(&c, "failed"),
-        num(&c, "timed_out"),
-        num(&c, "debounced"),
-        num(&c, "dropped_queue_full"),
-        num(&c, "logged"),
+        v.rules.len(),
+        if v.dry_run { " (dry-run)" } else { "" },
+        v.running.len(),
+        v.max_running,
+        v.queued,
+        v.queue_capacity,
+        c.triggers,
+        c.runs,
+        c.failed,
+        c.timed_out,
+        c.debounced,
+        c.dropped_queue_full,
+        c.logged,
     );
-    for u in v
-        .get("unavailable")
-        .and_then(|u| u.as_array())
-        .into_iter()
-        .flatten()
-    {
-        println!("  unavailable: {}", u.as_str().unwrap_or("?"));
+    for u in &v.unavailable {
+        println!("  unavailable: {u}");
     }
-    if let Some(e) = v.get("last_error").and_then(|e| e.as_str()) {
+    if let Some(e) = &v.last_error {
         println!("  last reload REJECTED (previous reactions kept): {e}");
     }
-    let runs = v
-        .get("runs")
-        .and_then(|r| r.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for r in runs.iter().rev().take(5) {
-        let s = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    for r in v.runs.iter().rev().take(5) {
+        let log_action = r.action == reactions::ActionKind::Log;
         println!(
             "  {} {}: {} -> {}{}{}{}",
-            age(num(r, "started_at_ms")),
-            s("rule"),
-            s("event"),
-            if r.get("dry_run").and_then(|d| d.as_bool()).unwrap_or(false) {
+            age(r.started_at_ms),
+            r.rule,
+            r.event,
+            if r.dry_run {
                 "dry-run".to_string()
-            } else if s("action") == "log" {
+            } else if log_action {
                 "logged".to_string()
             } else {
-                r.get("exit")
-                    .and_then(|x| x.as_str())
-                    .unwrap_or("not run")
-                    .to_string()
+                r.exit.clone().unwrap_or_else(|| "not run".into())
             },
-            if r.get("killed_by_timeout")
-                .and_then(|k| k.as_bool())
-                .unwrap_or(false)
-            {
+            if r.killed_by_timeout {
                 " (killed at timeout)"
             } else {
                 ""
             },
-            if s("action") == "log" {
+            if log_action {
                 String::new()
             } else {
-                format!(" in {} ms", num(r, "duration_ms"))
+                format!(" in {} ms", r.duration_ms)
             },
-            r.get("error")
-                .and_then(|e| e.as_str())
+            r.error
+                .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
     }
 }
 
-fn print_scheduler(v: &serde_json::Value) {
-    let str_of = |k: &str| v.get(k).and_then(|b| b.as_str()).unwrap_or("-").to_string();
-    let num = |x: &serde_json::Value, k: &str| x.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
-    println!(
-        "scheduler: {} (state {})",
-        str_of("backend"),
-        str_of("state")
-    );
-    if let Some(e) = v.get("last_exit").filter(|e| !e.is_null()) {
+fn print_scheduler(v: &scheduler::Status) {
+    println!("scheduler: {} (state {})", v.backend, v.state);
+    if let Some(e) = &v.last_exit {
         println!(
             "  last exit: {} {} (restarts {})",
-            e.get("reason").and_then(|r| r.as_str()).unwrap_or("?"),
-            e.get("message").and_then(|r| r.as_str()).unwrap_or(""),
-            num(v, "restarts")
+            e.reason, e.message, v.restarts
         );
     }
-    if let Some(g) = v.get("global") {
-        println!(
-            "  dispatches: local={} cgroup={} fallbacks={}",
-            num(g, "local_dispatches"),
-            num(g, "cgroup_dispatches"),
-            num(g, "fallbacks")
-        );
-    }
-    for c in v
-        .get("cgroups")
-        .and_then(|c| c.as_array())
-        .into_iter()
-        .flatten()
-    {
+    let g = &v.global;
+    println!(
+        "  dispatches: local={} cgroup={} fallbacks={}",
+        g.local_dispatches, g.cgroup_dispatches, g.fallbacks
+    );
+    for c in &v.cgroups {
         println!(
             "  {:<32} weight={:<6} hweight={:.4} cpu={:.2}s dispatches={}",
-            c.get("path").and_then(|p| p.as_str()).unwrap_or("?"),
-            num(c, "weight"),
-            c.get("hweight").and_then(|h| h.as_f64()).unwrap_or(0.0),
-            num(c, "cpu_time_ns") as f64 / 1e9,
-            num(c, "dispatches")
+            c.path,
+            c.weight,
+            c.hweight,
+            c.cpu_time_ns as f64 / 1e9,
+            c.dispatches
         );
     }
 }

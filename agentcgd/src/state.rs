@@ -269,6 +269,9 @@ pub struct AgentStatus {
     /// CPU use over the last activity interval, in % of one CPU.
     #[serde(default)]
     pub cpu_percent: Option<f64>,
+    /// What it uses (accounting sampler), each figure with its source.
+    #[serde(default)]
+    pub usage: Option<accounting::AgentUsage>,
 }
 
 /// A family's activity: active while any of its agents is.
@@ -304,8 +307,10 @@ pub struct State {
     pub procmon: ProcmonStatus,
     pub policy: PolicyStatus,
     pub counters: Counters,
-    pub scheduler: serde_json::Value,
-    pub memcg: serde_json::Value,
+    #[serde(default)]
+    pub scheduler: scheduler::Status,
+    #[serde(default)]
+    pub memcg: memcg::Status,
     pub activity: String,
     pub oom_kills: Vec<OomRecord>,
     /// Agent instances (per-agent leaves); empty with `sessions.per_agent: false`.
@@ -314,9 +319,15 @@ pub struct State {
     /// Each family's activity state, by family name.
     #[serde(default)]
     pub family_activity: BTreeMap<String, FamilyActivity>,
-    /// The reactions engine (`reactions::Status`).
+    /// The reactions engine.
     #[serde(default)]
-    pub reactions: serde_json::Value,
+    pub reactions: reactions::Status,
+    /// The last exits of agents (root process), oldest first (at most 64).
+    #[serde(default)]
+    pub exits: Vec<accounting::ExitRecord>,
+    /// Whether GPU figures are available (NVML), or why not.
+    #[serde(default)]
+    pub gpu: accounting::GpuStatus,
     pub processes: Vec<Tracked>,
 }
 
@@ -422,5 +433,43 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         std::fs::write(&path, "{not json").unwrap();
         assert!(State::read(&path).unwrap_err().contains("malformed"));
+    }
+
+    #[test]
+    fn typed_status_fields_roundtrip_and_default_when_absent() {
+        let mut s = State {
+            exits: vec![accounting::ExitRecord::new(
+                "aider-9",
+                accounting::ExitInfo {
+                    family: "aider".into(),
+                    root_pid: 9,
+                    wait_status: Some(9),
+                    started_at_ms: 1,
+                    killed_tools: vec![],
+                },
+                None,
+                5,
+            )],
+            gpu: accounting::GpuStatus::NotAvailable {
+                reason: "no NVIDIA device".into(),
+            },
+            ..State::default()
+        };
+        s.scheduler.state = scheduler::SchedState::Running;
+        s.reactions.enabled = true;
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["scheduler"]["state"], "running");
+        assert_eq!(json["gpu"]["state"], "not_available");
+        assert_eq!(json["exits"][0]["exit"]["signal"], 9);
+        let back: State = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, s);
+        // A state file from before these fields: defaults, not an error.
+        let mut old = json;
+        for k in ["scheduler", "memcg", "reactions", "exits", "gpu"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: State = serde_json::from_value(old).unwrap();
+        assert!(back.exits.is_empty());
+        assert_eq!(back.gpu, accounting::GpuStatus::default());
     }
 }

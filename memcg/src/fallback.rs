@@ -6,9 +6,9 @@
 //! the only timeout is the state machine's next deadline (end of a pressure
 //! window or the next release step), never a fixed detection interval.
 
-use crate::cgfs::{self, Events, Limit};
 use crate::machine::{Action, Machine, Params, Snapshot};
 use crate::{bpf, BackendKind, Config, MemEvent, SessionKind, Sessions, Sink, Status};
+use cgroupfs::{Cgroup, Limit, MemoryEvents as Events, MemoryLimit};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -98,7 +98,7 @@ pub(crate) struct Delta {
 
 impl TreeEvents {
     fn read(s: &Sessions) -> TreeEvents {
-        let r = |d: &Path| Events::parse(&cgfs::read(d, "memory.events").unwrap_or_default());
+        let r = |d: &Path| Cgroup::new(d).memory_events().unwrap_or_default();
         TreeEvents {
             root: r(&s.root),
             high: r(&s.high),
@@ -155,7 +155,7 @@ impl Ctx {
     }
     fn write(&self, high: bool, file: &str, v: &str) {
         let d = if high { &self.s.high } else { &self.s.low };
-        if let Err(e) = cgfs::write(d, file, v) {
+        if let Err(e) = Cgroup::new(d).write_raw(file, v) {
             self.err(e);
         }
     }
@@ -185,11 +185,23 @@ pub(crate) fn run(
         Err(e) => e,
     };
     let orig = Originals {
-        high_low: cgfs::read_u64(&ctx.s.high, "memory.low").unwrap_or(0),
-        low_high: cgfs::read_limit(&ctx.s.low, "memory.high").unwrap_or(Limit::Max),
+        high_low: Cgroup::new(&ctx.s.high)
+            .memory_limit(MemoryLimit::Low)
+            .ok()
+            .and_then(Limit::bytes)
+            .unwrap_or(0),
+        low_high: Cgroup::new(&ctx.s.low)
+            .memory_limit(MemoryLimit::High)
+            .unwrap_or(Limit::Max),
         oom_group: [
-            (true, cgfs::read(&ctx.s.high, "memory.oom.group").ok()),
-            (false, cgfs::read(&ctx.s.low, "memory.oom.group").ok()),
+            (
+                true,
+                Cgroup::new(&ctx.s.high).read_raw("memory.oom.group").ok(),
+            ),
+            (
+                false,
+                Cgroup::new(&ctx.s.low).read_raw("memory.oom.group").ok(),
+            ),
         ],
     };
     // OOM steering: memory.oom.group per session.
@@ -371,12 +383,13 @@ pub(crate) fn run(
 }
 
 fn snapshot(s: &Sessions) -> Snapshot {
-    let high_ws = cgfs::read(&s.high, "memory.stat")
-        .ok()
-        .and_then(|t| cgfs::working_set(&t))
-        .or_else(|| cgfs::read_u64(&s.high, "memory.current").ok())
+    let (high, low) = (Cgroup::new(&s.high), Cgroup::new(&s.low));
+    let high_ws = high
+        .memory_stat()
+        .map(|m| m.working_set())
+        .or_else(|_| high.memory_current())
         .unwrap_or(0);
-    let low_current = cgfs::read_u64(&s.low, "memory.current").unwrap_or(0);
+    let low_current = low.memory_current().unwrap_or(0);
     Snapshot {
         high_ws,
         low_current,

@@ -22,7 +22,6 @@
 //! memory.events per session and delivered as [`MemEvent::OomKill`].
 
 pub mod bpf;
-pub mod cgfs;
 mod config;
 mod fallback;
 pub mod machine;
@@ -57,7 +56,7 @@ impl Sessions {
 }
 
 /// Which part of the tree an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     High,
@@ -68,7 +67,7 @@ pub enum SessionKind {
 }
 
 /// What the controller tells the daemon (from the controller's thread).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MemEvent {
     /// memory.events oom_kill of `session` rose by `count` (the kernel
@@ -87,7 +86,7 @@ pub enum MemEvent {
 }
 
 /// Per-session counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PerSession {
     pub high: u64,
     pub low: u64,
@@ -105,7 +104,7 @@ impl PerSession {
 }
 
 /// Which backend runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     Bpf,
@@ -115,7 +114,7 @@ pub enum BackendKind {
 }
 
 /// BPF backend counters (from the program's .bss).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BpfCounters {
     /// Pressure noted, any source (each extends the window).
     pub pressure_events: u64,
@@ -136,7 +135,8 @@ pub struct BpfCounters {
 }
 
 /// The controller's state, for `agentcgd status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// `bpf: memcg_bpf_ops` | `fallback: psi+memory.events (<why not bpf>)`
     /// | `off: <reason>`.
@@ -212,7 +212,7 @@ impl Controller {
         if let Err(e) = cfg.validate() {
             return Controller::idle(Status::off(format!("invalid config: {e}")));
         }
-        if let Err(e) = cgfs::check_memory_controller(&sessions.high, &sessions.low) {
+        if let Err(e) = check_memory_controller(&sessions.high, &sessions.low) {
             return Controller::idle(Status::off(e));
         }
         let bpf_verdict = match cfg.backend {
@@ -302,6 +302,27 @@ impl Drop for Controller {
     }
 }
 
+/// Is the memory controller enabled for the session cgroups (do they have
+/// memory.* files)? Err is the reason.
+pub fn check_memory_controller(
+    high: &std::path::Path,
+    low: &std::path::Path,
+) -> Result<(), String> {
+    for d in [high, low] {
+        let cg = cgroupfs::Cgroup::new(d);
+        if !d.is_dir() {
+            return Err(format!("{} does not exist", d.display()));
+        }
+        if !cg.has("memory.current") {
+            return Err(format!(
+                "no memory controller in {} (not in the parent's cgroup.subtree_control)",
+                d.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +369,22 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"oom_kill","session":"low","count":2}"#
         );
+    }
+
+    #[test]
+    fn memory_controller_check() {
+        let t = tempfile::tempdir().unwrap();
+        let (h, l) = (t.path().join("session_high"), t.path().join("session_low"));
+        assert!(check_memory_controller(&h, &l)
+            .unwrap_err()
+            .contains("does not exist"));
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::create_dir_all(&l).unwrap();
+        assert!(check_memory_controller(&h, &l)
+            .unwrap_err()
+            .contains("no memory controller"));
+        std::fs::write(h.join("memory.current"), "0").unwrap();
+        std::fs::write(l.join("memory.current"), "0").unwrap();
+        check_memory_controller(&h, &l).unwrap();
     }
 }

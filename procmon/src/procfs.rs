@@ -33,6 +33,9 @@ pub struct Stat {
     pub state: char,
     pub ppid: u32,
     pub flags: u64,
+    /// User and system CPU time in clock ticks (fields 14, 15).
+    pub utime: u64,
+    pub stime: u64,
     /// Threads in the process (field 20).
     pub threads: u32,
     pub start_ticks: u64,
@@ -65,9 +68,47 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
         flags: field(9)?.parse().ok()?,
+        utime: field(14)?.parse().ok()?,
+        stime: field(15)?.parse().ok()?,
         threads: field(20)?.parse().ok()?,
         start_ticks: field(22)?.parse().ok()?,
     })
+}
+
+/// /proc/PID/statm, in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Statm {
+    pub size: u64,
+    pub resident: u64,
+    /// Resident file-backed and shared memory (RssFile + RssShmem).
+    pub shared: u64,
+}
+
+impl Statm {
+    /// Resident anonymous pages: resident - shared.
+    pub fn anon(&self) -> u64 {
+        self.resident.saturating_sub(self.shared)
+    }
+}
+
+pub fn parse_statm(text: &str) -> Option<Statm> {
+    let mut it = text.split_ascii_whitespace().map(|f| f.parse::<u64>());
+    Some(Statm {
+        size: it.next()?.ok()?,
+        resident: it.next()?.ok()?,
+        shared: it.next()?.ok()?,
+    })
+}
+
+/// The page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
 }
 
 /// Split a NUL-separated argument block (/proc/PID/cmdline, or the BPF argv
@@ -139,6 +180,19 @@ impl ProcFs {
         let text = fs::read_to_string(self.path(pid, "stat"))?;
         parse_stat(&text)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
+    }
+
+    /// /proc/PID/statm (memory in pages; RSS without walking the VMAs).
+    pub fn statm(&self, pid: u32) -> io::Result<Statm> {
+        let text = fs::read_to_string(self.path(pid, "statm"))?;
+        parse_statm(&text)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed statm"))
+    }
+
+    /// Open file descriptors of `pid` (entries of /proc/PID/fd; needs the
+    /// same user or CAP_SYS_PTRACE).
+    pub fn fd_count(&self, pid: u32) -> io::Result<u64> {
+        Ok(fs::read_dir(self.path(pid, "fd"))?.count() as u64)
     }
 
     /// Start time of `pid`, or None when it is gone.
@@ -260,7 +314,24 @@ mod tests {
         assert_eq!(s.ppid, 17);
         assert_eq!(s.threads, 1);
         assert_eq!(s.start_ticks, 987654);
+        assert_eq!((s.utime, s.stime), (1, 2));
         assert!(!s.is_kernel_thread());
+    }
+
+    #[test]
+    fn statm() {
+        let m = parse_statm("2570 384 320 4 0 228 0\n").unwrap();
+        assert_eq!(
+            (m.size, m.resident, m.shared, m.anon()),
+            (2570, 384, 320, 64)
+        );
+        assert!(parse_statm("1 2").is_none());
+        assert!(parse_statm("a b c").is_none());
+        let me = ProcFs::default();
+        let pid = std::process::id();
+        assert!(me.statm(pid).unwrap().resident > 0);
+        assert!(me.fd_count(pid).unwrap() >= 3);
+        assert!(page_size() >= 4096);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Runs waiting to start, at most.
 pub const QUEUE_CAPACITY: usize = 32;
@@ -248,7 +248,7 @@ pub struct Options {
 }
 
 /// One run (or log action), for `status` and the log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub rule: String,
     pub trigger: TriggerKind,
@@ -274,7 +274,7 @@ pub struct RunRecord {
     pub output: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Triggers handed to the engine while enabled.
     pub triggers: u64,
@@ -297,7 +297,7 @@ pub struct Counters {
     pub logged: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleStatus {
     pub name: String,
     pub on: Vec<TriggerKind>,
@@ -307,7 +307,7 @@ pub struct RuleStatus {
     pub timeout_s: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Running {
     pub rule: String,
     pub agent: Option<String>,
@@ -316,7 +316,8 @@ pub struct Running {
 }
 
 /// The engine's state for `agentcgd status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub enabled: bool,
     pub dry_run: bool,
@@ -965,8 +966,8 @@ fn sample_pressure(s: Arc<Shared>) {
         let sample = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))
             .and_then(|t| {
-                memcg::cgfs::parse_pressure(&t)
-                    .0
+                cgroupfs::Pressure::parse(&t)
+                    .some
                     .map(|p| p.avg10)
                     .ok_or_else(|| format!("{}: no `some` line", file.display()))
             });

@@ -17,7 +17,9 @@ pub mod supervisor;
 
 pub use bpf::{HWEIGHT_ONE, OPS_NAME};
 pub use stats::{CgroupStats, GlobalStats};
-pub use supervisor::{classify_exit, Backoff, ExitAction, ExitSummary, Paths, Status, Supervisor};
+pub use supervisor::{
+    classify_exit, Backoff, ExitAction, ExitSummary, Paths, SchedState, Status, Supervisor,
+};
 
 /// `scheduler:` in agentcgd.yaml.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -3,10 +3,9 @@
 //! tests and benchmarks).
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One cgroup's counters as read from the BPF map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,7 +26,7 @@ pub struct RawCgroupStats {
 macro_rules! global_counters {
     ($( #[doc = $doc:literal] $name:ident = $idx:ident $(, $anomaly:ident)?; )*) => {
         /// Global counters, summed over CPUs.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
         pub struct GlobalCounters {
             $( #[doc = $doc] pub $name: u64, )*
         }
@@ -96,7 +95,7 @@ global_counters! {
 }
 
 /// Per-cgroup statistics in `status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CgroupStats {
     /// Path relative to the cgroup2 mount, with a leading `/` (`/` is the
     /// root cgroup); `cgroup:<id>` when the id could not be mapped.
@@ -119,7 +118,7 @@ pub struct CgroupStats {
 }
 
 /// Global statistics in `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GlobalStats {
     /// Dispatches straight to an idle CPU's local queue.
     pub local_dispatches: u64,
@@ -166,27 +165,24 @@ impl CgroupPaths {
     /// Walk the cgroup2 mount at `root`.
     pub fn scan(root: &Path) -> Self {
         let mut by_id = HashMap::new();
-        if let Ok(md) = std::fs::metadata(root) {
-            by_id.insert(md.ino(), "/".to_string());
+        let top = cgroupfs::Cgroup::new(root);
+        if let Ok(id) = top.id() {
+            by_id.insert(id, "/".to_string());
         }
-        let mut stack = vec![(root.to_path_buf(), String::new(), 0usize)];
-        while let Some((dir, rel, depth)) = stack.pop() {
+        let mut stack = vec![(top, String::new(), 0usize)];
+        while let Some((cg, rel, depth)) = stack.pop() {
             if depth >= MAX_DEPTH || by_id.len() >= MAX_ENTRIES {
                 continue;
             }
-            let Ok(rd) = std::fs::read_dir(&dir) else {
+            let Ok(names) = cg.children() else {
                 continue;
             };
-            for ent in rd.flatten() {
-                let Ok(ft) = ent.file_type() else { continue };
-                if !ft.is_dir() {
-                    continue;
-                }
-                let Ok(md) = ent.metadata() else { continue };
-                let name = ent.file_name().to_string_lossy().into_owned();
+            for name in names {
+                let child = cg.child(&name);
+                let Ok(id) = child.id() else { continue };
                 let path = format!("{rel}/{name}");
-                by_id.insert(md.ino(), path.clone());
-                stack.push((ent.path(), path, depth + 1));
+                by_id.insert(id, path.clone());
+                stack.push((child, path, depth + 1));
             }
         }
         Self { by_id }
@@ -364,14 +360,14 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("agentcg/session_low")).unwrap();
         std::fs::write(dir.path().join("agentcg/cpu.weight"), "100").unwrap();
         let paths = CgroupPaths::scan(dir.path());
-        let ino = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
+        let ino = |p: &str| cgroupfs::Cgroup::new(dir.path().join(p)).id().unwrap();
         assert_eq!(
             paths.get(ino("agentcg/session_high")),
             Some("/agentcg/session_high")
         );
         assert_eq!(paths.get(ino("agentcg")), Some("/agentcg"));
         assert_eq!(
-            paths.get(std::fs::metadata(dir.path()).unwrap().ino()),
+            paths.get(cgroupfs::Cgroup::new(dir.path()).id().unwrap()),
             Some("/")
         );
         assert_eq!(paths.len(), 4);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bpf::{LoadOpts, RawExit, Scheduler};
 use crate::stats::{cgroup_rows, CgroupPaths, CgroupStats, GlobalStats};
@@ -51,7 +51,7 @@ impl Default for Paths {
 }
 
 /// Why the last scheduler instance left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitSummary {
     /// `error`, `error_bpf`, `stall`, `sysrq`, `unregistered`,
     /// `unregistered_bpf`, `unregistered_kernel`, `done`, `kind <n>`.
@@ -68,15 +68,70 @@ pub struct ExitSummary {
     pub at_unix_s: u64,
 }
 
+/// What the supervisor is doing (serialized as one snake_case word).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedState {
+    #[default]
+    Starting,
+    /// Our scheduler is attached.
+    Running,
+    /// Another sched_ext scheduler is attached.
+    Foreign,
+    Restarting,
+    /// sched_ext is in a transient state (enabling, disabling).
+    Waiting,
+    /// Too many failures: the kernel's scheduler stays.
+    GaveUp,
+    /// No sched_ext in this kernel.
+    Unsupported,
+    Disabled,
+    Stopped,
+}
+
+impl SchedState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedState::Starting => "starting",
+            SchedState::Running => "running",
+            SchedState::Foreign => "foreign",
+            SchedState::Restarting => "restarting",
+            SchedState::Waiting => "waiting",
+            SchedState::GaveUp => "gave_up",
+            SchedState::Unsupported => "unsupported",
+            SchedState::Disabled => "disabled",
+            SchedState::Stopped => "stopped",
+        }
+    }
+
+    /// Every state, for exporters that list them all.
+    pub const ALL: [SchedState; 9] = [
+        SchedState::Starting,
+        SchedState::Running,
+        SchedState::Foreign,
+        SchedState::Restarting,
+        SchedState::Waiting,
+        SchedState::GaveUp,
+        SchedState::Unsupported,
+        SchedState::Disabled,
+        SchedState::Stopped,
+    ];
+}
+
+impl std::fmt::Display for SchedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Snapshot of the scheduler side for `agentcgd status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// `sched_ext: <ops name>` while a sched_ext scheduler runs (ours, or a
     /// foreign one: see `ours`), else `cfs: <reason>`.
     pub backend: String,
-    /// One word: `starting`, `running`, `foreign`, `restarting`, `gave_up`,
-    /// `unsupported`, `disabled`, `stopped`.
-    pub state: String,
+    pub state: SchedState,
     /// Our scheduler is attached now.
     pub ours: bool,
     /// Times our scheduler was (re)attached after the first time.
@@ -92,10 +147,10 @@ pub struct Status {
 }
 
 impl Status {
-    fn new(backend: String, state: &str, slice_us: u64) -> Self {
+    fn new(backend: String, state: SchedState, slice_us: u64) -> Self {
         Self {
             backend,
-            state: state.to_string(),
+            state,
             ours: false,
             restarts: 0,
             failures: 0,
@@ -284,7 +339,7 @@ impl Supervisor {
         let shared = Arc::new(Shared {
             status: Mutex::new(Status::new(
                 "cfs: starting".to_string(),
-                "starting",
+                SchedState::Starting,
                 cfg.slice_us,
             )),
             stop: AtomicBool::new(false),
@@ -301,7 +356,7 @@ impl Supervisor {
                 if res.is_err() {
                     sh.update(|s| {
                         s.backend = "cfs: scheduler supervisor panicked".to_string();
-                        s.state = "gave_up".to_string();
+                        s.state = SchedState::GaveUp;
                         s.ours = false;
                     });
                 }
@@ -320,7 +375,11 @@ impl Supervisor {
     pub fn disabled(reason: &str) -> Supervisor {
         Supervisor {
             shared: Arc::new(Shared {
-                status: Mutex::new(Status::new(format!("cfs: {reason}"), "disabled", 0)),
+                status: Mutex::new(Status::new(
+                    format!("cfs: {reason}"),
+                    SchedState::Disabled,
+                    0,
+                )),
                 stop: AtomicBool::new(false),
             }),
             thread: None,
@@ -373,13 +432,14 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
             Probe::Missing(why) => {
                 sh.update(|s| {
                     s.backend = format!("cfs: {why}");
-                    s.state = "unsupported".to_string();
+                    s.state = SchedState::Unsupported;
                     s.ours = false;
                 });
                 return;
             }
             Probe::Transient(state) => {
-                sh.update(|s| s.state = format!("waiting ({state})"));
+                log::debug!("sched_ext is {state}: waiting");
+                sh.update(|s| s.state = SchedState::Waiting);
                 if !sh.sleep(Duration::from_millis(100)) {
                     break;
                 }
@@ -388,7 +448,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
             Probe::Enabled(ops) => {
                 sh.update(|s| {
                     s.backend = format!("sched_ext: {ops}");
-                    s.state = "foreign".to_string();
+                    s.state = SchedState::Foreign;
                     s.ours = false;
                     s.cgroups.clear();
                 });
@@ -416,7 +476,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                         s.backend = format!(
                             "cfs: gave up after {failures} failures to load the scheduler: {why}"
                         );
-                        s.state = "gave_up".to_string();
+                        s.state = SchedState::GaveUp;
                         s.failures = failures;
                         s.ours = false;
                     });
@@ -428,7 +488,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                         "cfs: scheduler failed to load, retrying in {} ms: {why}",
                         delay.as_millis()
                     );
-                    s.state = "restarting".to_string();
+                    s.state = SchedState::Restarting;
                     s.failures = failures;
                     s.ours = false;
                 });
@@ -457,7 +517,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
         };
         sh.update(|s| {
             s.backend = format!("sched_ext: {ops}");
-            s.state = "running".to_string();
+            s.state = SchedState::Running;
             s.ours = true;
             s.failures = failures;
             refresh(&sched, &mut cg_paths, s);
@@ -490,7 +550,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
             drop(sched);
             sh.update(|s| {
                 s.backend = "cfs: scheduler stopped by agentcgd".to_string();
-                s.state = "stopped".to_string();
+                s.state = SchedState::Stopped;
                 s.ours = false;
             });
             return;
@@ -530,7 +590,11 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                 } else {
                     format!("cfs: scheduler unregistered ({kind}: {detail})")
                 };
-                s.state = if giving_up { "gave_up" } else { "stopped" }.to_string();
+                s.state = if giving_up {
+                    SchedState::GaveUp
+                } else {
+                    SchedState::Stopped
+                };
                 s.ours = false;
                 s.failures = failures;
                 s.last_exit = Some(summary);
@@ -544,7 +608,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                 "cfs: scheduler exited ({kind}: {detail}), restarting in {} ms",
                 delay.as_millis()
             );
-            s.state = "restarting".to_string();
+            s.state = SchedState::Restarting;
             s.ours = false;
             s.failures = failures;
             s.last_exit = Some(summary);
@@ -554,8 +618,8 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
         }
     }
     sh.update(|s| {
-        if s.state != "unsupported" && s.state != "gave_up" {
-            s.state = "stopped".to_string();
+        if s.state != SchedState::Unsupported && s.state != SchedState::GaveUp {
+            s.state = SchedState::Stopped;
             if !s.backend.starts_with("cfs:") || s.ours {
                 s.backend = "cfs: scheduler stopped by agentcgd".to_string();
             }
@@ -610,7 +674,7 @@ mod tests {
         let s = Supervisor::disabled("disabled by --no-scheduler");
         let st = s.status();
         assert_eq!(st.backend, "cfs: disabled by --no-scheduler");
-        assert_eq!(st.state, "disabled");
+        assert_eq!(st.state, SchedState::Disabled);
         assert!(!st.ours);
         s.stop();
 
@@ -622,7 +686,7 @@ mod tests {
         assert_eq!(st.backend, "cfs: disabled by scheduler.enabled: false");
     }
 
-    fn wait_for(s: &Supervisor, state: &str) -> Status {
+    fn wait_for(s: &Supervisor, state: SchedState) -> Status {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
             let st = s.status();
@@ -641,8 +705,8 @@ mod tests {
             cgroup_root: dir.path().to_path_buf(),
         };
         let s = Supervisor::start_with(&Config::default(), paths);
-        let st = wait_for(&s, "unsupported");
-        assert_eq!(st.state, "unsupported");
+        let st = wait_for(&s, SchedState::Unsupported);
+        assert_eq!(st.state, SchedState::Unsupported);
         assert!(
             st.backend.starts_with("cfs: kernel has no sched_ext"),
             "{}",
@@ -665,7 +729,7 @@ mod tests {
             cgroup_root: dir.path().to_path_buf(),
         };
         let s = Supervisor::start_with(&Config::default(), paths);
-        let st = wait_for(&s, "foreign");
+        let st = wait_for(&s, SchedState::Foreign);
         assert_eq!(st.backend, "sched_ext: rusty_1.0");
         assert!(!st.ours);
         let t = Instant::now();
