@@ -228,6 +228,8 @@ struct Agent {
     tracker: Tracker,
     last_activity: MonoTime,
     recheck: Option<MonoTime>,
+    /// When the untracked-run check last took its marks.
+    mark_at: MonoTime,
     /// Runtime and wake-ups of leaves no longer watched.
     runtime_retired: u64,
     wakeups_retired: u64,
@@ -246,6 +248,9 @@ enum Engine {
 
 const TOKEN_TIMER: u64 = 1;
 const TOKEN_RING: u64 = 2;
+/// CPU time cpu.stat may show beyond what the kernel side saw (switch
+/// costs, a tick's worth) before it counts as a run the BPF side missed.
+const UNTRACKED_SLACK_NS: u64 = 10_000_000;
 /// cpu_percent is recomputed when the previous snapshot is this old.
 const CPU_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -398,6 +403,7 @@ impl Monitor {
                     tracker: Tracker::new(State::Active, now),
                     last_activity: now,
                     recheck: Some(now + self.opts.idle_threshold),
+                    mark_at: now,
                     runtime_retired: 0,
                     wakeups_retired: 0,
                     runtime_seen: 0,
@@ -616,22 +622,32 @@ impl Monitor {
             Verdict::Idle { since } => {
                 // A thread on a CPU since before its leaf was watched never
                 // switched in under our eyes: its time shows in cpu.stat only.
-                let mut untracked = false;
+                // It ran at some time since the previous look (`mark_at`):
+                // no earlier than that. Look again soon: a thread still
+                // running shows more such time, one that stopped none.
+                let mut untracked = 0;
                 for l in &mut a.leaves {
                     let (slot, _) = l.slot.expect("BPF leaves have a slot");
                     let runtime = src.read(slot, now.as_nanos()).runtime_ns;
                     if let Ok(u) = usage_usec(&l.path) {
                         let kernel_ns = u.saturating_sub(l.usage_mark) * 1000;
                         let seen_ns = runtime.saturating_sub(l.runtime_mark);
-                        untracked |= kernel_ns > seen_ns + 10_000_000 + seen_ns / 20;
+                        if kernel_ns > seen_ns + UNTRACKED_SLACK_NS + seen_ns / 20 {
+                            untracked += kernel_ns - seen_ns;
+                        }
                         l.usage_mark = u;
                     }
                     l.runtime_mark = runtime;
                 }
-                if untracked {
+                let mark_at = std::mem::replace(&mut a.mark_at, now);
+                if untracked > 0 {
                     self.stats.untracked_runs += 1;
-                    a.last_activity = now;
-                    a.recheck = Some(now + threshold);
+                    log::debug!(
+                        "activity: {key}: {} ms of CPU time in cpu.stat that the kernel side did not see switch in (a thread on a CPU since before its leaf was watched)",
+                        untracked / 1_000_000
+                    );
+                    a.last_activity = a.last_activity.max(mark_at);
+                    a.recheck = Some(now + (threshold / 10).max(Duration::from_millis(10)));
                     return;
                 }
                 // Arm every leaf, then look again: a switch-in between the

@@ -217,6 +217,22 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The monitor's own figures, and whether the agent stayed in its leaf.
+    fn finish(&mut self, leaf: &Path, fails: &mut Vec<String>) {
+        let s = self.mon.stats();
+        println!(
+            "monitor: {} checks, {} edges ({} lost), {} untracked runs, {} runs unaccounted",
+            s.checks, s.edges, s.edges_lost, s.untracked_runs, s.runs_unaccounted
+        );
+        if let Some(w) = self.moved_out(leaf) {
+            fails.push(format!(
+                "the fake agent left its leaf for {w}: moved by another process"
+            ));
+        }
+    }
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -352,11 +368,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
                     check_active(&mut fails, &format!("work {}", k / 2 + 1), t, w, &b);
                 }
             }
-            if let Some(w) = r.moved_out(&args.leaf) {
-                fails.push(format!(
-                    "the fake agent left its leaf for {w}: moved by another process"
-                ));
-            }
+            r.finish(&args.leaf, &mut fails);
         }
         Scenario::Blocked => {
             let mut r = Run::start(&args, &["block"])?;
@@ -389,11 +401,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
                     s.len()
                 )),
             }
-            if let Some(w) = r.moved_out(&args.leaf) {
-                fails.push(format!(
-                    "the fake agent left its leaf for {w}: moved by another process"
-                ));
-            }
+            r.finish(&args.leaf, &mut fails);
         }
         Scenario::Spinner => {
             let mut r = Run::start(&args, &["spin-among", "20"])?;
@@ -410,23 +418,17 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             if threads != 21 {
                 fails.push(format!("{threads} threads in the leaf, want 21"));
             }
-            if let Some(w) = r.moved_out(&args.leaf) {
-                fails.push(format!(
-                    "the fake agent left its leaf for {w}: moved by another process"
-                ));
-            }
             r.pump(MonoTime::now() + 3 * th);
             let snap = r.mon.snapshot(MonoTime::now());
             let a = &snap.agents[0];
             println!(
-                "after {:.1} s: {} (cpu {:?} %, running {:?}, runtime {:.3} s, wakeups {:?}); untracked runs {}",
+                "after {:.1} s: {} (cpu {:?} %, running now {:?}, runtime {:.3} s, wakeups {:?})",
                 3.0 * th.as_secs_f64(),
                 a.state,
                 a.cpu_percent,
                 a.running,
                 a.runtime_ns as f64 / 1e9,
                 a.wakeups,
-                snap.stats.untracked_runs
             );
             if !r.seen.is_empty() || a.state != State::Active {
                 fails.push(format!(
@@ -437,6 +439,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             if a.runtime_ns == 0 {
                 fails.push("no CPU time seen for a spinning thread".into());
             }
+            r.finish(&args.leaf, &mut fails);
         }
     }
     for f in &fails {
