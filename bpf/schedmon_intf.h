@@ -18,33 +18,30 @@ enum schedmon_consts {
 };
 
 /*
- * One watched leaf cgroup, a slot of `leaves[]` in the .bss, which the
- * daemon reads and writes in place (mmap). The `watched` hash map sends a
- * cgroup id to its slot. Counters are updated with atomics: tasks of one
- * leaf run on several CPUs at once. 128 bytes, so that two leaves never
- * share a cache line.
+ * One watched leaf cgroup on one CPU: the value of the per-CPU array
+ * `leaf_cpu`, indexed by the leaf's slot (the `watched` hash map sends a
+ * cgroup id to its slot). Per CPU, so that two CPUs running tasks of one
+ * leaf never write the same cache line; the daemon sums the CPUs' values
+ * whose `generation` is the slot's current one (a reused slot's stale
+ * counters are reset by the first program that touches them).
  */
 struct schedmon_leaf {
-	u64 generation;		/* userspace: bumped each time the slot is reused */
-	u64 runtime_ns;		/* on-CPU time of runs that ended */
-	u64 run_start_sum;	/* sum of the switch-in times of the runs going on */
-	s64 running;		/* tasks of the leaf on a CPU now (exact) */
+	u64 generation;		/* slot_gen[slot] when these counters began */
+	u64 runtime_ns;		/* on-CPU time (sum_exec_runtime) of runs that ended
+				 * on this CPU */
+	u64 cur_start;		/* start of the run going on on this CPU, 0: none */
 	u64 last_run_ns;	/* last switch-in or switch-out of one of its tasks */
 	u64 switches;		/* switch-ins (a sequence number for userspace) */
-	u64 wakeups;		/* sched_wakeup of its tasks */
-	u32 idle;		/* userspace sets it on idle; the first switch-in
-				 * clears it and sends one edge record */
-	u32 pad;
-	u64 edges;		/* edge records sent */
-	u64 reserved[6];
+	u64 wakeups;		/* sched_wakeup of its tasks (on the waker's CPU) */
 };
 
-/* Per task: the run going on, if any (task local storage). */
-struct schedmon_task {
-	u64 start_ns;		/* switch-in time */
-	u64 generation;		/* the slot's gen at the switch-in */
+/* Per CPU: the run going on (the task that was switched in last), if it
+ * is in a watched leaf. The next switch on that CPU ends it. */
+struct schedmon_cur {
+	u64 start_sum;		/* the task's sum_exec_runtime at the switch-in */
+	u64 generation;
 	u32 slot;
-	u32 on;			/* a run is going on */
+	u32 on;
 };
 
 /* Ring-buffer record: the first switch-in in a leaf marked idle. */

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -138,56 +138,54 @@ impl Source {
         (b as *const skel::types::bss).cast_mut()
     }
 
-    fn leaf(&self, slot: u32) -> *mut schedmon_leaf {
-        let b = self.bss();
-        // SAFETY: `slot` < MAX_LEAVES, the length of `leaves`; a raw
-        // pointer, because the BPF programs write the slot concurrently.
-        unsafe {
-            std::ptr::addr_of_mut!((*b).leaves)
-                .cast::<schedmon_leaf>()
-                .add(slot as usize % MAX_LEAVES)
-        }
-    }
-
     fn u64_at(p: *mut u64) -> &'static AtomicU64 {
         // SAFETY: an aligned u64 of the mmapped .bss, which lives as long
-        // as the skeleton (the monitor); BPF updates it with atomics.
+        // as the skeleton (the monitor); BPF reads or updates it atomically.
         unsafe { AtomicU64::from_ptr(p) }
     }
 
-    fn set_nr_watched(&self, n: u32) {
-        // SAFETY: aligned u32 of the mmapped .bss.
-        let p = unsafe { std::ptr::addr_of_mut!((*self.bss()).nr_watched) };
-        unsafe { AtomicU32::from_ptr(p) }.store(n, Ordering::SeqCst);
+    fn u32_at(p: *mut u32) -> &'static AtomicU32 {
+        // SAFETY: as for u64_at.
+        unsafe { AtomicU32::from_ptr(p) }
     }
 
-    /// Watch cgroup `cgroup_id`: a fresh slot (marked idle when `idle`) and
-    /// its entry in `watched`. Returns the slot and its generation.
+    fn slot_gen(&self, slot: u32) -> &'static AtomicU64 {
+        // SAFETY: slot < MAX_LEAVES, the array's length.
+        Self::u64_at(unsafe {
+            std::ptr::addr_of_mut!((*self.bss()).slot_gen)
+                .cast::<u64>()
+                .add(slot as usize % MAX_LEAVES)
+        })
+    }
+
+    fn idle_flag(&self, slot: u32) -> &'static AtomicU32 {
+        // SAFETY: slot < MAX_LEAVES, the array's length.
+        Self::u32_at(unsafe {
+            std::ptr::addr_of_mut!((*self.bss()).slot_idle)
+                .cast::<u32>()
+                .add(slot as usize % MAX_LEAVES)
+        })
+    }
+
+    fn set_nr_watched(&self, n: u32) {
+        // SAFETY: a field of the mmapped .bss.
+        Self::u32_at(unsafe { std::ptr::addr_of_mut!((*self.bss()).nr_watched) })
+            .store(n, Ordering::SeqCst);
+    }
+
+    /// Watch cgroup `cgroup_id`: a fresh slot (armed when `idle`) and its
+    /// entry in `watched`. Returns the slot and its generation.
     pub(crate) fn add(&mut self, cgroup_id: u64, idle: bool) -> anyhow::Result<(u32, u64)> {
         let Some(slot) = self.free.pop_front() else {
             bail!("the kernel side watches {MAX_LEAVES} leaves already");
         };
         self.gen += 1;
         let gen = self.gen;
-        let l = self.leaf(slot);
-        // SAFETY: the slot is not in `watched`, so no program starts a run
-        // there; fields of the mmapped slot, written in place.
-        unsafe {
-            Self::u64_at(std::ptr::addr_of_mut!((*l).generation)).store(gen, Ordering::SeqCst);
-            for p in [
-                std::ptr::addr_of_mut!((*l).runtime_ns),
-                std::ptr::addr_of_mut!((*l).run_start_sum),
-                std::ptr::addr_of_mut!((*l).last_run_ns),
-                std::ptr::addr_of_mut!((*l).switches),
-                std::ptr::addr_of_mut!((*l).wakeups),
-                std::ptr::addr_of_mut!((*l).edges),
-            ] {
-                Self::u64_at(p).store(0, Ordering::SeqCst);
-            }
-            AtomicI64::from_ptr(std::ptr::addr_of_mut!((*l).running)).store(0, Ordering::SeqCst);
-            AtomicU32::from_ptr(std::ptr::addr_of_mut!((*l).idle))
-                .store(idle as u32, Ordering::SeqCst);
-        }
+        // The slot is not in `watched` yet: no program starts a run there.
+        // Its per-CPU counters of an older generation are reset by the
+        // first program that touches them, and ignored until then.
+        self.slot_gen(slot).store(gen, Ordering::SeqCst);
+        self.idle_flag(slot).store(idle as u32, Ordering::SeqCst);
         if let Err(e) = self.skel.maps.watched.update(
             &cgroup_id.to_ne_bytes(),
             &slot.to_ne_bytes(),
@@ -202,40 +200,48 @@ impl Source {
 
     pub(crate) fn remove(&mut self, cgroup_id: u64, slot: u32) {
         let _ = self.skel.maps.watched.delete(&cgroup_id.to_ne_bytes());
+        self.idle_flag(slot).store(0, Ordering::SeqCst);
         self.free.push_back(slot);
         self.set_nr_watched((MAX_LEAVES - self.free.len()) as u32);
     }
 
-    /// Read a slot. `now_ns` completes the runs going on.
+    /// Sum a slot's per-CPU counters of the current generation. `now_ns`
+    /// completes the runs going on.
     pub(crate) fn read(&self, slot: u32, now_ns: u64) -> Counters {
-        let l = self.leaf(slot);
-        // SAFETY: fields of the mmapped slot, read atomically; the order
-        // (running, then run_start_sum, then runtime) matches the BPF
-        // side's, so a run in progress is never counted as started at 0.
-        unsafe {
-            let running = AtomicI64::from_ptr(std::ptr::addr_of_mut!((*l).running))
-                .load(Ordering::SeqCst)
-                .max(0) as u64;
-            let start_sum =
-                Self::u64_at(std::ptr::addr_of_mut!((*l).run_start_sum)).load(Ordering::SeqCst);
-            let done = Self::u64_at(std::ptr::addr_of_mut!((*l).runtime_ns)).load(Ordering::SeqCst);
-            let ongoing = (running as u128 * now_ns as u128).saturating_sub(start_sum as u128);
-            let ongoing = ongoing as u64;
-            Counters {
-                runtime_ns: done.saturating_add(ongoing),
-                running: running as u32,
-                last_run_ns: Self::u64_at(std::ptr::addr_of_mut!((*l).last_run_ns))
-                    .load(Ordering::SeqCst),
-                switches: Self::u64_at(std::ptr::addr_of_mut!((*l).switches))
-                    .load(Ordering::SeqCst),
-                wakeups: Self::u64_at(std::ptr::addr_of_mut!((*l).wakeups)).load(Ordering::SeqCst),
+        let gen = self.slot_gen(slot).load(Ordering::SeqCst);
+        let mut c = Counters::default();
+        let values = match self
+            .skel
+            .maps
+            .leaf_cpu
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => return c,
+            Err(e) => {
+                log::warn!("activity: read slot {slot}: {e}");
+                return c;
             }
+        };
+        for v in values {
+            if v.len() < std::mem::size_of::<schedmon_leaf>() {
+                continue;
+            }
+            // SAFETY: one CPU's schedmon_leaf, length checked.
+            let l: schedmon_leaf = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+            if l.generation != gen {
+                continue;
+            }
+            c.runtime_ns += l.runtime_ns;
+            if l.cur_start != 0 {
+                c.running += 1;
+                c.runtime_ns += now_ns.saturating_sub(l.cur_start);
+            }
+            c.last_run_ns = c.last_run_ns.max(l.last_run_ns);
+            c.switches += l.switches;
+            c.wakeups += l.wakeups;
         }
-    }
-
-    fn idle_flag(&self, slot: u32) -> &'static AtomicU32 {
-        // SAFETY: an aligned u32 of the mmapped slot.
-        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*self.leaf(slot)).idle)) }
+        c
     }
 
     /// Arm the edge: the next switch-in sends a record.
@@ -260,20 +266,11 @@ impl Source {
         }
     }
 
-    fn counter(&self, f: impl FnOnce(*mut skel::types::bss) -> *mut u64) -> u64 {
-        Self::u64_at(f(self.bss())).load(Ordering::Relaxed)
-    }
-
     /// Edge records the ring buffer had no room for (expected 0).
     pub(crate) fn edges_lost(&self) -> u64 {
         // SAFETY: a field of the mmapped .bss.
-        self.counter(|b| unsafe { std::ptr::addr_of_mut!((*b).nr_edge_lost) })
-    }
-
-    /// Runs not accounted because task storage could not be had.
-    pub(crate) fn no_storage(&self) -> u64 {
-        // SAFETY: a field of the mmapped .bss.
-        self.counter(|b| unsafe { std::ptr::addr_of_mut!((*b).nr_no_storage) })
+        Self::u64_at(unsafe { std::ptr::addr_of_mut!((*self.bss()).nr_edge_lost) })
+            .load(Ordering::Relaxed)
     }
 
     /// run_cnt and run_time_ns of each program, from /proc/self/fdinfo

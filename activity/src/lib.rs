@@ -184,8 +184,6 @@ pub struct Stats {
     pub edges: u64,
     /// ... that the ring buffer had no room for (expected 0).
     pub edges_lost: u64,
-    /// Runs the kernel could not account (no task storage).
-    pub runs_unaccounted: u64,
     /// Times an agent looked idle to BPF but its cpu.stat had grown: a
     /// thread that was on a CPU since before the leaf was watched.
     pub untracked_runs: u64,
@@ -846,7 +844,6 @@ impl Monitor {
         let mut s = self.stats.clone();
         if let Engine::Bpf(src) = &self.engine {
             s.edges_lost = src.edges_lost();
-            s.runs_unaccounted = src.no_storage();
             s.programs = src.prog_stats();
         }
         s

@@ -44,7 +44,8 @@ enum Cmd {
         /// Stop after this many seconds (default: at SIGINT/SIGTERM).
         #[arg(long)]
         duration_s: Option<f64>,
-        #[arg(required = true)]
+        /// Leaf cgroups; none: the programs are loaded and attached but
+        /// watch nothing (what the hooks alone cost).
         cgroups: Vec<PathBuf>,
     },
     /// End-to-end checks with a fake agent in an existing empty leaf.

@@ -222,8 +222,8 @@ impl Run {
     fn finish(&mut self, leaf: &Path, fails: &mut Vec<String>) {
         let s = self.mon.stats();
         println!(
-            "monitor: {} checks, {} edges ({} lost), {} untracked runs, {} runs unaccounted",
-            s.checks, s.edges, s.edges_lost, s.untracked_runs, s.runs_unaccounted
+            "monitor: {} checks, {} edges ({} lost), {} untracked runs",
+            s.checks, s.edges, s.edges_lost, s.untracked_runs
         );
         if let Some(w) = self.moved_out(leaf) {
             fails.push(format!(
