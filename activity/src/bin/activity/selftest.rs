@@ -1,0 +1,449 @@
+//! End-to-end checks of the monitor against fake agents in a real leaf
+//! cgroup, the same on the host (activity/tests/host_activity.rs) and in the
+//! VM (tests/vm/cases/61-activity.sh). Each scenario prints what it saw and
+//! exits non-zero with the reasons when a check fails.
+//!
+//! The bounds are the issue's: idle about `threshold` into a sleep, active
+//! within 100 ms of working again (BPF; the cpu.stat backend within its
+//! sampling interval), a blocked agent idle, a spinning thread among
+//! sleeping ones active.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use activity::{
+    AgentKey, Backend, BackendChoice, Monitor, MonoTime, Options, State, Subject, Transition,
+};
+use anyhow::{bail, Context};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// 1 s of work, 4 s of sleep, CYCLES times.
+    Cycle,
+    /// Blocked in a read on a pipe; one message wakes it.
+    Blocked,
+    /// One spinning thread among 20 sleeping ones.
+    Spinner,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendArg {
+    Auto,
+    Bpf,
+    Cpustat,
+}
+
+impl BackendArg {
+    pub fn choice(self) -> BackendChoice {
+        match self {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Bpf => BackendChoice::Bpf,
+            BackendArg::Cpustat => BackendChoice::CpuStat,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// An existing, empty leaf cgroup for the fake agent.
+    #[arg(long)]
+    leaf: PathBuf,
+    #[arg(long, value_enum, default_value = "bpf")]
+    backend: BackendArg,
+    #[arg(long, default_value_t = 2000)]
+    threshold_ms: u64,
+    /// Work/sleep cycles of the cycle scenario.
+    #[arg(long, default_value_t = 3)]
+    cycles: u32,
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+struct Run {
+    mon: Monitor,
+    agent: AgentKey,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<(String, MonoTime)>,
+    phases: Vec<(String, MonoTime)>,
+    seen: Vec<Transition>,
+}
+
+impl Run {
+    fn start(args: &Args, fake: &[&str]) -> anyhow::Result<Run> {
+        let opts = Options {
+            idle_threshold: Duration::from_millis(args.threshold_ms),
+            backend: args.backend.choice(),
+            ..Options::default()
+        };
+        let mon = Monitor::start(&opts);
+        let (b, why) = mon.backend();
+        let want = match args.backend {
+            BackendArg::Bpf => Some(Backend::Bpf),
+            BackendArg::Cpustat => Some(Backend::CpuStat),
+            BackendArg::Auto => None,
+        };
+        if want.is_some_and(|w| w != b) || b == Backend::Disabled {
+            bail!(
+                "backend {b}, not the one asked for ({})",
+                why.unwrap_or("no reason given")
+            );
+        }
+        println!(
+            "backend {b}{}",
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut child = Command::new(exe)
+            .arg("fake")
+            .args(fake)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawn the fake agent")?;
+        std::fs::write(args.leaf.join("cgroup.procs"), child.id().to_string())
+            .with_context(|| format!("move the fake agent into {}", args.leaf.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut it = line.split_whitespace();
+                if let (Some(name), Some(ns)) = (it.next(), it.next().and_then(|n| n.parse().ok()))
+                {
+                    if tx.send((name.to_string(), MonoTime(ns))).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let agent = AgentKey::new("fake", child.id());
+        Ok(Run {
+            mon,
+            agent,
+            child,
+            stdin,
+            lines,
+            phases: Vec::new(),
+            seen: Vec::new(),
+        })
+    }
+
+    fn watch(&mut self, leaf: &Path) -> anyhow::Result<()> {
+        self.mon
+            .watch(self.agent.clone(), &[(leaf.to_path_buf(), 0)])
+    }
+
+    fn send(&mut self) -> anyhow::Result<MonoTime> {
+        let at = MonoTime::now();
+        self.stdin
+            .write_all(b"go\n")
+            .context("write to the fake agent")?;
+        self.stdin.flush()?;
+        Ok(at)
+    }
+
+    /// Run the monitor as the daemon does (process() only when its fd is
+    /// readable) until `until`.
+    fn pump(&mut self, until: MonoTime) {
+        loop {
+            while let Ok(p) = self.lines.try_recv() {
+                self.phases.push(p);
+            }
+            let now = MonoTime::now();
+            if now >= until {
+                return;
+            }
+            let wait = until.saturating_since(now).min(20 * MS);
+            let readable = {
+                let fd = self.mon.as_fd().expect("monitor enabled");
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let t = PollTimeout::try_from(wait.as_millis().max(1) as u64)
+                    .unwrap_or(PollTimeout::MAX);
+                poll(&mut fds, t).unwrap_or(0) > 0
+            };
+            if readable {
+                for c in self.mon.process(MonoTime::now()) {
+                    if c.subject == Subject::Agent(self.agent.clone()) {
+                        let t = c.transition;
+                        println!(
+                            "  {:>8.3} s  agent {} -> {} (dated {:+.1} ms from detection)",
+                            secs(t.detected),
+                            t.from,
+                            t.to,
+                            -(t.detected.saturating_since(t.at).as_secs_f64() * 1000.0)
+                        );
+                        self.seen.push(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The time of the `n`-th (from 1) `name` phase the fake agent reported.
+    fn phase(&mut self, name: &str, n: usize, timeout: Duration) -> anyhow::Result<MonoTime> {
+        let until = MonoTime::now() + timeout;
+        loop {
+            while let Ok(p) = self.lines.try_recv() {
+                self.phases.push(p);
+            }
+            if let Some((_, t)) = self.phases.iter().filter(|(p, _)| p == name).nth(n - 1) {
+                return Ok(*t);
+            }
+            if MonoTime::now() >= until {
+                bail!("the fake agent did not report {name} #{n} within {timeout:?}");
+            }
+            self.pump(MonoTime::now() + 10 * MS);
+        }
+    }
+}
+
+impl Run {
+    /// Where the fake agent is now, when it is not in `leaf` (something
+    /// else moved it: another daemon on a shared host).
+    fn moved_out(&self, leaf: &Path) -> Option<String> {
+        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", self.child.id())).ok()?;
+        let now = cg.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+        let name = leaf.file_name()?.to_string_lossy().into_owned();
+        (!now.ends_with(&format!("/{name}"))).then_some(now)
+    }
+}
+
+impl Run {
+    /// The monitor's own figures, and whether the agent stayed in its leaf.
+    fn finish(&mut self, leaf: &Path, fails: &mut Vec<String>) {
+        let s = self.mon.stats();
+        println!(
+            "monitor: {} checks, {} edges ({} lost), {} untracked runs",
+            s.checks, s.edges, s.edges_lost, s.untracked_runs
+        );
+        if let Some(w) = self.moved_out(leaf) {
+            fails.push(format!(
+                "the fake agent left its leaf for {w}: moved by another process"
+            ));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn secs(t: MonoTime) -> f64 {
+    t.as_nanos() as f64 / 1e9
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Bounds for one backend: how late an active (after the first run) and an
+/// idle (after the last run) transition may be noticed.
+struct Bounds {
+    threshold: Duration,
+    active_late: Duration,
+    idle_early: Duration,
+    idle_late: Duration,
+}
+
+fn bounds(args: &Args, b: Backend) -> Bounds {
+    let threshold = Duration::from_millis(args.threshold_ms);
+    let sample = activity::Options::default().sample_interval;
+    match b {
+        Backend::CpuStat => Bounds {
+            threshold,
+            active_late: sample + 300 * MS,
+            idle_early: 100 * MS,
+            idle_late: 2 * sample + 300 * MS,
+        },
+        _ => Bounds {
+            threshold,
+            active_late: 100 * MS,
+            idle_early: 100 * MS,
+            idle_late: 500 * MS,
+        },
+    }
+}
+
+fn check_idle(fails: &mut Vec<String>, what: &str, t: &Transition, last_run: MonoTime, b: &Bounds) {
+    let after = t.detected.saturating_since(last_run);
+    println!(
+        "{what}: idle noticed {:.3} s after the last run (threshold {:.3} s)",
+        after.as_secs_f64(),
+        b.threshold.as_secs_f64()
+    );
+    if t.to != State::Idle {
+        fails.push(format!("{what}: transition to {}, want idle", t.to));
+    } else if after + b.idle_early < b.threshold || after > b.threshold + b.idle_late {
+        fails.push(format!(
+            "{what}: idle noticed {:.0} ms after the last run, want {:.0}..{:.0} ms",
+            ms(after),
+            ms(b.threshold - b.idle_early),
+            ms(b.threshold + b.idle_late)
+        ));
+    }
+}
+
+fn check_active(
+    fails: &mut Vec<String>,
+    what: &str,
+    t: &Transition,
+    first_run: MonoTime,
+    b: &Bounds,
+) {
+    let after = t.detected.saturating_since(first_run);
+    println!(
+        "{what}: active noticed {:.1} ms after the work began (dated {:.1} ms before detection)",
+        ms(after),
+        ms(t.detected.saturating_since(t.at))
+    );
+    if t.to != State::Active {
+        fails.push(format!("{what}: transition to {}, want active", t.to));
+    } else if after > b.active_late {
+        fails.push(format!(
+            "{what}: active noticed {:.1} ms after the work began, want at most {:.0} ms",
+            ms(after),
+            ms(b.active_late)
+        ));
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<bool> {
+    let mut fails = Vec::new();
+    let th = Duration::from_millis(args.threshold_ms);
+    match args.scenario {
+        Scenario::Cycle => {
+            let mut r = Run::start(&args, &["cycle", "1000", "4000"])?;
+            let b = bounds(&args, r.mon.backend().0);
+            r.watch(&args.leaf)?;
+            r.send()?;
+            let mut last_sleep = MonoTime::default();
+            for i in 1..=args.cycles as usize {
+                let w = r.phase("work", i, Duration::from_secs(10))?;
+                last_sleep = r.phase("sleep", i, Duration::from_secs(10))?;
+                println!(
+                    "cycle {i}: work at {:.3} s, sleep at {:.3} s",
+                    secs(w),
+                    secs(last_sleep)
+                );
+            }
+            r.pump(last_sleep + th + 1000 * MS);
+            let works: Vec<MonoTime> = r
+                .phases
+                .iter()
+                .filter(|(p, _)| p == "work")
+                .map(|p| p.1)
+                .collect();
+            let sleeps: Vec<MonoTime> = r
+                .phases
+                .iter()
+                .filter(|(p, _)| p == "sleep")
+                .map(|p| p.1)
+                .collect();
+            let want = 2 * args.cycles as usize - 1;
+            if r.seen.len() != want {
+                fails.push(format!(
+                    "{} transitions over {} cycles, want {want} (idle in each sleep, active at each work after the first)",
+                    r.seen.len(),
+                    args.cycles
+                ));
+            }
+            for (k, t) in r.seen.iter().enumerate() {
+                if k % 2 == 0 {
+                    if let Some(&s) = sleeps.get(k / 2) {
+                        check_idle(&mut fails, &format!("sleep {}", k / 2), t, s, &b);
+                    }
+                } else if let Some(&w) = works.get(k / 2 + 1) {
+                    check_active(&mut fails, &format!("work {}", k / 2 + 1), t, w, &b);
+                }
+            }
+            r.finish(&args.leaf, &mut fails);
+        }
+        Scenario::Blocked => {
+            let mut r = Run::start(&args, &["block"])?;
+            let b = bounds(&args, r.mon.backend().0);
+            r.watch(&args.leaf)?;
+            r.send()?;
+            let blocked = r.phase("block", 1, Duration::from_secs(10))?;
+            r.pump(blocked + th + b.idle_late + 1500 * MS);
+            match r.seen.as_slice() {
+                [t] => check_idle(&mut fails, "blocked", t, blocked, &b),
+                s => fails.push(format!(
+                    "blocked in a read: {} transitions, want 1 (idle): {s:?}",
+                    s.len()
+                )),
+            }
+            // The model replies: one message on its pipe.
+            let n = r.seen.len();
+            let sent = r.send()?;
+            r.pump(MonoTime::now() + 300 * MS);
+            let reblocked = r.phase("block", 2, Duration::from_secs(10))?;
+            r.pump(reblocked + th + b.idle_late + 500 * MS);
+            let after: Vec<Transition> = r.seen[n..].to_vec();
+            match after.as_slice() {
+                [a, i] => {
+                    check_active(&mut fails, "message", a, sent, &b);
+                    check_idle(&mut fails, "blocked again", i, reblocked, &b);
+                }
+                s => fails.push(format!(
+                    "after a message: {} transitions, want 2 (active, idle): {s:?}",
+                    s.len()
+                )),
+            }
+            r.finish(&args.leaf, &mut fails);
+        }
+        Scenario::Spinner => {
+            let mut r = Run::start(&args, &["spin-among", "20"])?;
+            r.send()?;
+            // Spinning before the leaf is watched: the monitor never saw
+            // that thread switch in until it is preempted.
+            r.phase("spin", 1, Duration::from_secs(10))?;
+            r.pump(MonoTime::now() + 100 * MS);
+            r.watch(&args.leaf)?;
+            let threads = std::fs::read_to_string(args.leaf.join("cgroup.threads"))?
+                .lines()
+                .count();
+            println!("threads in the leaf: {threads}");
+            if threads != 21 {
+                fails.push(format!("{threads} threads in the leaf, want 21"));
+            }
+            r.pump(MonoTime::now() + 3 * th);
+            let snap = r.mon.snapshot(MonoTime::now());
+            let a = &snap.agents[0];
+            println!(
+                "after {:.1} s: {} (cpu {:?} %, running now {:?}, runtime {:.3} s, wakeups {:?})",
+                3.0 * th.as_secs_f64(),
+                a.state,
+                a.cpu_percent,
+                a.running,
+                a.runtime_ns as f64 / 1e9,
+                a.wakeups,
+            );
+            if !r.seen.is_empty() || a.state != State::Active {
+                fails.push(format!(
+                    "a spinning thread among 20 sleeping: {} now, transitions {:?}",
+                    a.state, r.seen
+                ));
+            }
+            if a.runtime_ns == 0 {
+                fails.push("no CPU time seen for a spinning thread".into());
+            }
+            r.finish(&args.leaf, &mut fails);
+        }
+    }
+    for f in &fails {
+        println!("FAIL: {f}");
+    }
+    Ok(fails.is_empty())
+}
