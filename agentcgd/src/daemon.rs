@@ -27,6 +27,7 @@ use crate::classify::{
 use crate::config::Config;
 use crate::leaves::Leaves;
 use crate::memory::Memory;
+use crate::observe::{Observer, Settings, Watch};
 use crate::policy::{FamilyName, PolicySet, Priority};
 use crate::publish::{Publisher, Sources};
 use crate::sdnotify::Notifier;
@@ -164,6 +165,8 @@ struct Daemon {
     dirty: bool,
     /// The memory controller (restarted when the tree is rebuilt).
     mem: Arc<Memory>,
+    /// Activity and accounting (told of agent exits).
+    observer: Arc<Observer>,
     /// Reactive actions; the daemon only hands it typed triggers.
     reactions: Arc<reactions::Engine>,
     /// Agent root processes (placed by their family's own rule), by pid:
@@ -328,6 +331,29 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
 
+    let observer = Arc::new(
+        Observer::spawn(Settings {
+            activity: activity::Options {
+                enabled: cfg.activity.enabled && !opts.dry_run,
+                idle_threshold: Duration::from_millis(cfg.activity.idle_threshold_ms),
+                ..activity::Options::default()
+            },
+            accounting: cfg.accounting.clone(),
+            idle_after: idle_thresholds(&cfg.reactions),
+            reactions: reactions.clone(),
+        })
+        .context("start the observers")?,
+    );
+    let metrics = match &cfg.metrics {
+        Some(m) if m.enabled => match crate::metrics::serve(m.listen.0) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::warn!("metrics: cannot listen on {}: {e}", m.listen.0);
+                None
+            }
+        },
+        _ => None,
+    };
     let publisher = Publisher::spawn(Sources {
         path: opts.state.clone(),
         sessions: [Priority::High, Priority::Low]
@@ -337,6 +363,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         mem: mem.clone(),
         reactions: reactions.clone(),
         mailbox: mailbox.clone(),
+        observer: observer.clone(),
+        metrics,
     })
     .context("start the state writer")?;
 
@@ -364,7 +392,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 loaded_at_ms: now_ms(),
                 last_error: None,
             },
-            activity: "not available: the activity monitor is not part of this release".into(),
+            activity: "starting".into(),
             ..State::default()
         },
         opts,
@@ -390,6 +418,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         dirty: true,
         reactions: reactions.clone(),
         mem: mem.clone(),
+        observer,
         agents: Default::default(),
     };
     // The event source runs before the scan, so no exec falls in a gap;
@@ -538,10 +567,13 @@ fn start_reactions(
     monitor: &Monitor,
 ) -> reactions::Engine {
     use reactions::TriggerKind;
-    let mut unavailable = vec![(
-        TriggerKind::Idle,
-        "not available until the activity monitor exists".to_string(),
-    )];
+    let mut unavailable = Vec::new();
+    if !cfg.activity.enabled {
+        unavailable.push((
+            TriggerKind::Idle,
+            "activity.enabled: false (the activity monitor is off)".to_string(),
+        ));
+    }
     if monitor.backend() == procmon::Backend::ProcPoll {
         unavailable.push((
             TriggerKind::Crash,
@@ -698,6 +730,7 @@ impl Daemon {
                 if let Some(t) = self.tracker.remove(pid, start_ticks) {
                     self.dirty = true;
                     self.remember_departed(&t);
+                    self.note_agent_exit(&t, exit_code);
                     // An agent's root process died by a signal or non-zero.
                     let root =
                         placed_by(&t.reason).is_none() && !matches!(t.reason, Reason::Adopted);
@@ -1431,6 +1464,44 @@ impl Daemon {
         }
     }
 
+    /// An agent's root process exited: the observers record its figures.
+    fn note_agent_exit(&mut self, t: &Tracked, wait_status: Option<i32>) {
+        let Some(key) = t
+            .agent
+            .filter(|k| k.pid == t.pid && k.start_ticks == t.start_ticks)
+        else {
+            return;
+        };
+        let Some(a) = self.leaves.as_ref().and_then(|l| l.agent(&key)) else {
+            return;
+        };
+        let killed_tools = self
+            .recent_kills
+            .iter()
+            .filter(|(_, k, _)| k.agent == Some(key) && k.pid != t.pid)
+            .map(|(_, k, _)| accounting::KilledTool {
+                pid: k.pid,
+                comm: k.comm.clone(),
+                signal: libc::SIGKILL,
+            })
+            .collect();
+        let w = Watch {
+            id: a.id.clone(),
+            family: a.family.to_string(),
+            root_pid: key.pid,
+            leaves: a.leaf_dirs(),
+            pids: Vec::new(),
+        };
+        let info = accounting::ExitInfo {
+            family: a.family.to_string(),
+            root_pid: key.pid,
+            wait_status,
+            started_at_ms: a.started_at_ms,
+            killed_tools,
+        };
+        self.observer.exit(w, info);
+    }
+
     /// Remember an agent's root process for reactions: its cwd is gone once
     /// it has exited. Only read when a rule wants crash or OOM triggers.
     fn note_agent(&mut self, info: &ProcInfo, family: &str) {
@@ -1615,6 +1686,7 @@ impl Daemon {
             Ok((cfg, _)) if cfg.reactions != self.cfg.reactions => {
                 log::info!("reactions reloaded: {} rules", cfg.reactions.rules.len());
                 self.reactions.reconfigure(cfg.reactions.clone());
+                self.observer.idle_after(idle_thresholds(&cfg.reactions));
                 self.cfg.reactions = cfg.reactions;
             }
             Ok(_) => {}
@@ -1700,6 +1772,14 @@ impl Daemon {
             .collect();
         s
     }
+}
+
+/// `idle.after_s` of every reaction rule that has one.
+fn idle_thresholds(cfg: &reactions::Config) -> Vec<u64> {
+    cfg.rules
+        .iter()
+        .filter_map(|r| r.idle.as_ref().map(|i| i.after_s))
+        .collect()
 }
 
 /// The tracked ancestor a reason names (None: the process is its agent's

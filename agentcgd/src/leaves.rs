@@ -54,6 +54,15 @@ impl Agent {
             .collect()
     }
 
+    /// Its leaf directories, high first.
+    pub fn leaf_dirs(&self) -> Vec<PathBuf> {
+        self.leaves
+            .iter()
+            .flatten()
+            .map(|l| l.dir.clone())
+            .collect()
+    }
+
     /// The leaf directory of session `p`, if it has one.
     pub fn leaf_dir(&self, p: Priority) -> Option<&std::path::Path> {
         self.leaves[slot(p)].as_ref().map(|l| l.dir.as_path())

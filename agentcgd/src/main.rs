@@ -12,6 +12,7 @@ mod leaves;
 mod logging;
 mod memory;
 mod metrics;
+mod observe;
 mod policy;
 mod prefilter;
 mod publish;

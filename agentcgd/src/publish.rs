@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::cgroup::read_pids;
 use crate::daemon::{Mailbox, Msg};
+use crate::observe::{Observer, Watch};
 use crate::policy::Priority;
 use crate::state::{now_ms, SessionStatus, State};
 
@@ -33,6 +34,10 @@ pub struct Sources {
     pub mem: Arc<crate::memory::Memory>,
     pub reactions: Arc<reactions::Engine>,
     pub mailbox: Mailbox,
+    /// The activity monitor and the accounting sampler.
+    pub observer: Arc<Observer>,
+    /// The Prometheus listener, when `metrics:` is on.
+    pub metrics: Option<crate::metrics::Handle>,
 }
 
 impl Publisher {
@@ -82,6 +87,7 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
     let mut written: Vec<u8> = Vec::new();
     let mut last_report: Option<std::time::Instant> = None;
     let mut sched_attached = (false, 0);
+    let mut watched: Vec<Watch> = Vec::new();
     loop {
         let open = match rx.recv_timeout(REFRESH) {
             Ok(s) => {
@@ -121,6 +127,16 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
         }
         if let Some(s) = state.as_mut() {
             refresh(s, &src);
+            // The observers follow the agents as they come and go.
+            let now = watches(s, &src);
+            if now != watched {
+                src.observer.agents(now.clone());
+                watched = now;
+            }
+            observed(s, &src);
+            if let Some(m) = &src.metrics {
+                m.publish(s);
+            }
             s.updated_at_ms = 0;
             let body = serde_json::to_vec(s).unwrap_or_default();
             if body != written {
@@ -175,4 +191,56 @@ fn session_pids(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0);
     read_pids(&dir.join("cgroup.procs")).len() + leaves
+}
+
+/// The agents of `s` as the observers need them.
+fn watches(s: &State, src: &Sources) -> Vec<Watch> {
+    s.agents
+        .iter()
+        .map(|a| Watch {
+            id: a.id.clone(),
+            family: a.family.clone(),
+            root_pid: a.root_pid,
+            leaves: src
+                .sessions
+                .iter()
+                .map(|(_, dir)| dir.join(&a.id))
+                .filter(|d| {
+                    a.cgroups
+                        .iter()
+                        .any(|c| d.ends_with(c.trim_start_matches('/')))
+                })
+                .collect(),
+            pids: s
+                .processes
+                .iter()
+                .filter(|t| {
+                    t.agent
+                        .is_some_and(|k| k.pid == a.root_pid && k.start_ticks == a.root_start_ticks)
+                })
+                .map(|t| (t.pid, t.start_ticks))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Fold what the observers saw into `s`.
+fn observed(s: &mut State, src: &Sources) {
+    let v = src.observer.view();
+    for a in &mut s.agents {
+        if let Some(x) = v.agents.get(&a.id) {
+            a.state = x.state;
+            a.state_since_ms = x.state_since_ms;
+            a.transitions = x.transitions;
+            a.history = x.history.clone();
+            a.cpu_percent = x.cpu_percent;
+        }
+        a.usage = v.usage.get(&a.id).cloned();
+    }
+    s.family_activity = v.families;
+    s.exits = v.exits;
+    s.gpu = v.gpu;
+    if !v.activity.is_empty() {
+        s.activity = v.activity;
+    }
 }

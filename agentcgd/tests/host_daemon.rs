@@ -593,3 +593,83 @@ fn per_agent_leaves_hold_each_agent_and_go_when_empty() {
         .is_none_or(|l| l.is_empty()));
     stop(daemon);
 }
+
+/// The observers at work in the daemon: an agent that alternates CPU work
+/// with sleep is seen going idle and active again (status, per agent and
+/// per family), its CPU and memory are accounted with their source, and
+/// its root's exit is recorded with the exit code.
+#[test]
+fn agents_are_observed_idle_active_accounted_and_their_exit_recorded() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("observe", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    // 1 s of work, 4 s of sleep, twice, then exit 3.
+    let a = fx.spawn(Command::new(&agent).args([
+        "-c",
+        "for i in 1 2; do timeout 1 sh -c 'while :; do :; done'; sleep 4; done; exit 3",
+    ]));
+    let id = format!("fake-agent-{a}");
+    let agent_state = |st: &serde_json::Value| {
+        st["agents"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(6), || agent_state(&fx.status_json())
+            ["state"]
+            == "idle"),
+        "never idle: {}",
+        agent_state(&fx.status_json())
+    );
+    let st = fx.status_json();
+    assert_eq!(
+        st["family_activity"]["fake-agent"]["state"], "idle",
+        "{}",
+        st["family_activity"]
+    );
+    assert!(
+        wait_for(Duration::from_secs(6), || agent_state(&fx.status_json())
+            ["state"]
+            == "active"),
+        "never active again: {}",
+        agent_state(&fx.status_json())
+    );
+    let x = agent_state(&fx.status_json());
+    assert!(x["transitions"].as_u64() >= Some(2), "{x}");
+    // Accounting: CPU from its leaf (cpu.stat exists on every cgroup) or
+    // from /proc, memory from /proc where the memory controller is off;
+    // each figure names its source.
+    let u = &x["usage"];
+    assert!(
+        u["cpu_usec"].as_u64() > Some(100_000),
+        "1 s of work not accounted: {u}"
+    );
+    assert!(
+        u["sources"]["cpu"] == "cgroup" || u["sources"]["cpu"] == "proc",
+        "{u}"
+    );
+    assert!(u["memory_bytes"].as_u64() > Some(0), "{u}");
+    // The root's exit: one record, with its code.
+    assert!(
+        wait_for(Duration::from_secs(12), || fx.status_json()["exits"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|r| r["agent"] == id))),
+        "no exit record: {}",
+        fx.status_json()["exits"]
+    );
+    let st = fx.status_json();
+    let rec = st["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["agent"] == id)
+        .cloned()
+        .unwrap();
+    assert_eq!(rec["exit"], serde_json::json!({"code": 3}), "{rec}");
+    assert!(rec["cpu_usec"].as_u64() > Some(100_000), "{rec}");
+    stop(daemon);
+}

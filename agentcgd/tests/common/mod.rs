@@ -188,8 +188,19 @@ impl Drop for Fixture {
 /// Move anything left in ROOT (e.g. grandchildren) to the mount's root
 /// cgroup, then remove the tree.
 pub fn remove_tree(root: &Path, mount: &Path) {
-    for s in ["session_high", "session_low", ""] {
-        let d = root.join(s);
+    // Deepest first: the agent leaves, the sessions, ROOT.
+    let mut dirs = Vec::new();
+    for s in ["session_high", "session_low"] {
+        if let Ok(rd) = fs::read_dir(root.join(s)) {
+            dirs.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    dirs.extend(["session_high", "session_low", ""].map(|s| root.join(s)));
+    for d in &dirs {
         for pid in fs::read_to_string(d.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -197,10 +208,9 @@ pub fn remove_tree(root: &Path, mount: &Path) {
             let _ = fs::write(mount.join("cgroup.procs"), pid);
         }
     }
-    for s in ["session_high", "session_low", ""] {
-        let d = root.join(s);
+    for d in &dirs {
         let deadline = Instant::now() + Duration::from_secs(3);
-        while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+        while fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
