@@ -17,6 +17,7 @@ mod report;
 mod sdnotify;
 mod state;
 mod top;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
