@@ -458,8 +458,9 @@ impl Sampler {
 
         // Processes and tasks
         u.processes = if leaves.is_empty() {
+            // Only the tracked pids that are still those processes.
             s.pids = Source::Proc;
-            reads.len().max(a.pids.len()) as u64
+            reads.len() as u64
         } else {
             s.pids = Source::Cgroup;
             pids.len() as u64
