@@ -126,9 +126,75 @@ pub struct AgentUsage {
     pub sampled_at_ms: u64,
 }
 
+/// Bytes in KiB/MiB/GiB with one decimal ("512 B" below 1 KiB).
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+impl AgentUsage {
+    /// One line for `status`: CPU%, memory now/peak, GPU, OOM kills, and
+    /// where the memory figure comes from.
+    pub fn brief(&self) -> String {
+        let mut s = format!(
+            "cpu {} mem {}",
+            self.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+            human_bytes(self.memory_bytes)
+        );
+        if let Some(p) = self.memory_peak_bytes {
+            s += &format!(" (peak {})", human_bytes(p));
+        }
+        s += &format!(" [{}]", self.sources.memory);
+        if let Some(g) = self.gpu_memory_bytes {
+            s += &format!(" gpu {}", human_bytes(g));
+        }
+        match self.oom_kills {
+            Some(n) => s += &format!(" oom_kills {n}"),
+            None => s += " oom_kills ?",
+        }
+        s
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_line() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(300 << 20), "300.0 MiB");
+        let u = AgentUsage {
+            cpu_percent: Some(12.5),
+            memory_bytes: 300 << 20,
+            memory_peak_bytes: Some(600 << 20),
+            gpu_memory_bytes: Some(2 << 30),
+            oom_kills: None,
+            sources: Sources {
+                memory: Source::Proc,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            u.brief(),
+            "cpu 12.5% mem 300.0 MiB (peak 600.0 MiB) [proc] gpu 2.0 GiB oom_kills ?"
+        );
+    }
 }

@@ -91,6 +91,9 @@ impl Config {
     }
 }
 
+/// Open fds are counted every this many sweeps (cached in between).
+const FD_EVERY: u64 = 5;
+
 /// What the sampler keeps per agent between sweeps (bounded: the agents of
 /// the last sweep, and per agent the processes it has).
 #[derive(Debug, Default)]
@@ -100,6 +103,9 @@ struct AgentState {
     peak_rss: u64,
     /// (pid, start) -> (utime, stime) ticks at the last read.
     procs: HashMap<(u32, u64), (u64, u64)>,
+    /// (pid, start) -> open fds at the last count (refreshed every
+    /// `FD_EVERY` sweeps; fds change slowly and counting them is a readdir).
+    fds: HashMap<(u32, u64), u64>,
     /// Ticks of processes that have exited since the sampler first saw them.
     gone: (u64, u64),
 }
@@ -117,6 +123,7 @@ pub struct Sampler {
     gpu: Gpu,
     /// Processes read from /proc in the last sweep (the cost figure).
     last_proc_reads: usize,
+    sweeps: u64,
 }
 
 /// What a leaf's cgroup files said.
@@ -171,9 +178,7 @@ struct ProcRead {
     key: (u32, u64),
     ticks: (u64, u64),
     rss: u64,
-    anon: u64,
     threads: u64,
-    fds: Option<u64>,
 }
 
 impl Sampler {
@@ -189,6 +194,7 @@ impl Sampler {
             rotate: 0,
             gpu,
             last_proc_reads: 0,
+            sweeps: 0,
         }
     }
 
@@ -240,6 +246,7 @@ impl Sampler {
     pub fn sweep(&mut self, agents: &[AgentRef]) {
         let now = Instant::now();
         self.last_sweep = Some(now);
+        self.sweeps += 1;
         let ids: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
         self.state.retain(|k, _| ids.contains(k.as_str()));
         self.usage.retain(|k, _| ids.contains(k.as_str()));
@@ -339,7 +346,23 @@ impl Sampler {
                 }
             }
         }
+        let count_fds = need_proc && self.opts.count_fds;
+        let fd_refresh = self.sweeps % FD_EVERY == 1 || FD_EVERY == 1;
         let st = self.state.entry(a.id.clone()).or_default();
+        if count_fds {
+            let mut fds = HashMap::with_capacity(reads.len());
+            for (_, r) in &reads {
+                let n = match st.fds.get(&r.key) {
+                    Some(&n) if !fd_refresh => Some(n),
+                    _ => self.procfs.fd_count(r.key.0).ok(),
+                };
+                if let Some(n) = n {
+                    fds.insert(r.key, n);
+                }
+            }
+            u.open_fds = Some(fds.values().sum());
+            st.fds = fds;
+        }
 
         // CPU
         if let Some(cpus) = &cgroup_cpu {
@@ -423,10 +446,7 @@ impl Sampler {
             s.memory = Source::Proc;
             s.memory_peak = Source::Proc;
             let rss: u64 = reads.iter().map(|(_, r)| r.rss).sum();
-            let anon: u64 = reads.iter().map(|(_, r)| r.anon).sum();
             u.memory_bytes = rss;
-            u.anon_bytes = Some(anon);
-            u.file_bytes = Some(rss - anon);
             st.peak_rss = st.peak_rss.max(rss);
             u.memory_peak_bytes = Some(st.peak_rss);
             for (li, r) in &reads {
@@ -438,8 +458,9 @@ impl Sampler {
 
         // Processes and tasks
         u.processes = if leaves.is_empty() {
+            // Only the tracked pids that are still those processes.
             s.pids = Source::Proc;
-            reads.len().max(a.pids.len()) as u64
+            reads.len() as u64
         } else {
             s.pids = Source::Cgroup;
             pids.len() as u64
@@ -448,12 +469,6 @@ impl Sampler {
             u.tasks = Some(t.iter().sum());
         } else if need_proc {
             u.tasks = Some(reads.iter().map(|(_, r)| r.threads).sum());
-        }
-        if need_proc && self.opts.count_fds {
-            u.open_fds = reads
-                .iter()
-                .map(|(_, r)| r.fds)
-                .try_fold(0u64, |acc, f| f.map(|f| acc + f));
         }
 
         // io
@@ -466,23 +481,18 @@ impl Sampler {
         u
     }
 
+    /// One process: /proc/PID/stat only (CPU ticks, threads, start time and
+    /// RSS are all in it: one open/read/close per process).
     fn read_proc(&self, pid: u32, start: Option<u64>) -> Option<ProcRead> {
         let stat = self.procfs.stat(pid).ok()?;
         if start.is_some_and(|s| s != stat.start_ticks) || stat.is_kernel_thread() {
             return None; // pid reused, or not a user process
         }
-        let m = self.procfs.statm(pid).unwrap_or_default();
         Some(ProcRead {
             key: (pid, stat.start_ticks),
             ticks: (stat.utime, stat.stime),
-            rss: m.resident * self.page,
-            anon: m.anon() * self.page,
+            rss: stat.rss_pages * self.page,
             threads: stat.threads as u64,
-            fds: if self.opts.count_fds {
-                self.procfs.fd_count(pid).ok()
-            } else {
-                None
-            },
         })
     }
 
@@ -508,19 +518,18 @@ mod tests {
     use crate::gpu::fake::{device, FakeGpu};
     use std::fs;
 
-    /// A fake /proc process: stat with utime/stime/threads/start, statm.
+    /// A fake /proc process: stat with utime/stime/threads/start/rss.
     fn proc_entry(root: &Path, pid: u32, start: u64, ticks: (u64, u64), rss_pages: u64) {
         let d = root.join(pid.to_string());
         fs::create_dir_all(d.join("fd")).unwrap();
         fs::write(
             d.join("stat"),
             format!(
-                "{pid} (tool x) S 1 1 1 0 -1 4194560 0 0 0 0 {} {} 0 0 20 0 3 0 {start} 0 0 0",
+                "{pid} (tool x) S 1 1 1 0 -1 4194560 0 0 0 0 {} {} 0 0 20 0 3 0 {start} 9999 {rss_pages} 0",
                 ticks.0, ticks.1
             ),
         )
         .unwrap();
-        fs::write(d.join("statm"), format!("9999 {rss_pages} 1 0 0 0 0\n")).unwrap();
         for fd in 0..4 {
             fs::write(d.join("fd").join(fd.to_string()), "").unwrap();
         }
@@ -684,7 +693,7 @@ mod tests {
         assert_eq!(u.oom_kills, None, "unknown, not zero");
         assert_eq!(u.cpu_usec, 170 * 1_000_000 / hz);
         assert_eq!(u.memory_bytes, 384 * page);
-        assert_eq!(u.anon_bytes, Some(382 * page));
+        assert_eq!(u.anon_bytes, None, "no anon/file split from /proc/PID/stat");
         assert_eq!(u.tasks, Some(6));
         assert_eq!(u.open_fds, Some(8));
         assert_eq!(u.sessions[0].memory_bytes, 384 * page);

@@ -234,13 +234,24 @@ pub fn render(s: &State) -> String {
         if let Some(g) = u.gpu_memory_bytes {
             gpu.get_or_create(&l).set(g as i64);
         }
+        // CPU per session from cpu.stat (monotonic); from /proc the
+        // per-session split is not (a tool moved between sessions takes its
+        // time along), so the agent's total under session="all".
+        if u.sources.cpu == accounting::Source::Proc {
+            let ll = LeafLabels {
+                family: a.family.clone(),
+                agent: a.id.clone(),
+                session: "all".into(),
+            };
+            cpu.get_or_create(&ll).inc_by(u.cpu_usec as f64 / 1e6);
+        }
         for su in &u.sessions {
             let ll = LeafLabels {
                 family: a.family.clone(),
                 agent: a.id.clone(),
                 session: su.session.clone(),
             };
-            if u.sources.cpu != accounting::Source::None {
+            if u.sources.cpu == accounting::Source::Cgroup {
                 cpu.get_or_create(&ll).inc_by(su.cpu_usec as f64 / 1e6);
             }
             if u.sources.memory != accounting::Source::None {
@@ -513,6 +524,19 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("# EOF"));
+    }
+
+    #[test]
+    fn proc_cpu_is_one_agent_total() {
+        let mut s = state();
+        let u = s.agents[0].usage.as_mut().unwrap();
+        u.sources.cpu = accounting::Source::Proc;
+        let t = render(&s);
+        assert!(
+            t.contains("agentcgd_agent_cpu_seconds_total{family=\"claude\",agent=\"claude-10\",session=\"all\"} 2.5"),
+            "{t}"
+        );
+        assert!(!t.contains("agent_cpu_seconds_total{family=\"claude\",agent=\"claude-10\",session=\"session_high\"}"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Stat {
     /// Threads in the process (field 20).
     pub threads: u32,
     pub start_ticks: u64,
+    /// Resident pages (field 24; the same count as statm's resident).
+    pub rss_pages: u64,
 }
 
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -59,19 +61,35 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     }
     let pid = text[..open].trim().parse().ok()?;
     let comm = text[open + 1..close].to_string();
-    let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    let field = |n: usize| rest.get(n - 3).copied();
+    // One pass over the fields after comm: field 3 (state) is the first;
+    // the ones we use come in ascending order.
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let mut at = 2;
+    let mut field = |n: usize| {
+        let f = rest.nth(n - at - 1);
+        at = n;
+        f
+    };
+    let state = field(3)?.chars().next()?;
+    let ppid = field(4)?.parse().ok()?;
+    let flags = field(9)?.parse().ok()?;
+    let utime = field(14)?.parse().ok()?;
+    let stime = field(15)?.parse().ok()?;
+    let threads = field(20)?.parse().ok()?;
+    let start_ticks = field(22)?.parse().ok()?;
+    // Field 24 (rss, pages) is missing from truncated fixtures: 0 then.
+    let rss_pages = field(24).and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(Stat {
         pid,
         comm,
-        state: field(3)?.chars().next()?,
-        ppid: field(4)?.parse().ok()?,
-        flags: field(9)?.parse().ok()?,
-        utime: field(14)?.parse().ok()?,
-        stime: field(15)?.parse().ok()?,
-        threads: field(20)?.parse().ok()?,
-        start_ticks: field(22)?.parse().ok()?,
+        state,
+        ppid,
+        flags,
+        utime,
+        stime,
+        threads,
+        start_ticks,
+        rss_pages,
     })
 }
 
@@ -177,8 +195,21 @@ impl ProcFs {
     }
 
     pub fn stat(&self, pid: u32) -> io::Result<Stat> {
-        let text = fs::read_to_string(self.path(pid, "stat"))?;
-        parse_stat(&text)
+        use std::io::Read;
+        // open, read into the stack, close: no size probe, no heap buffer
+        // (the accounting sampler reads this for every process it samples).
+        let mut f = fs::File::open(self.path(pid, "stat"))?;
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(parse_stat)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
     }
 
@@ -315,6 +346,7 @@ mod tests {
         assert_eq!(s.threads, 1);
         assert_eq!(s.start_ticks, 987654);
         assert_eq!((s.utime, s.stime), (1, 2));
+        assert_eq!(s.rss_pages, 100);
         assert!(!s.is_kernel_thread());
     }
 
