@@ -71,9 +71,12 @@ echo 1 > /proc/sys/kernel/bpf_stats_enabled || die "cannot enable kernel.bpf_sta
 for m in loaded unwatched on; do
     case $m in on) start_mon agent ;; unwatched) start_mon other ;; loaded) start_mon ;; esac
     t0=$(cut -d' ' -f1 /proc/uptime)
+    u0=$(awk '$1 == "usage_usec" { print $2 }' $W/agent/cpu.stat)
     for w in pipe hackbench; do t=$(wl $w) || die "workload $w failed"; echo "BENCH stats-run $m $w $t"; done
+    u1=$(awk '$1 == "usage_usec" { print $2 }' $W/agent/cpu.stat)
     t1=$(cut -d' ' -f1 /proc/uptime)
     stop_mon
+    echo "BENCH work $m $((u1 - u0))"
     awk -v m=$m -v t0=$t0 -v t1=$t1 '$1 == "prog" { print "BENCH prog", m, $2, $4, $6, t1 - t0 }' $OUT
 done
 echo $old > /proc/sys/kernel/bpf_stats_enabled
