@@ -1,5 +1,5 @@
 #!/bin/sh
-# 61-accounting-cgroup: the accounting sampler's kernel-first path on a
+# 62-accounting-cgroup: the accounting sampler's kernel-first path on a
 # kernel with the cpu, memory and pids controllers on (the development
 # host has neither cpu nor memory in its cgroup2): a process holding 48 MB
 # in a real leaf is counted from memory.current/memory.peak (source
