@@ -485,3 +485,61 @@ fn version_names_the_git_revision_and_status_shows_it() {
     )));
     stop(daemon);
 }
+
+/// `on: [idle]`: an agent idle for `after_s` (from the activity monitor)
+/// runs the rule once per idle spell, with AGENTCG_IDLE_S; working again
+/// and going idle again runs it again.
+#[test]
+fn idle_agent_runs_the_idle_reaction_once_per_idle_spell() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fx::new("idle", mount);
+    let out = fx.path("idle.log");
+    let save = fx.script(
+        "save",
+        &format!(
+            "echo \"$AGENTCG_EVENT|$AGENTCG_AGENT|$AGENTCG_IDLE_S\" >> {}",
+            out.display()
+        ),
+    );
+    fx.config(&format!(
+        "activity: {{idle_threshold_ms: 500}}\nreactions:\n  enabled: true\n  rules:\n    - name: idle\n      on: [idle]\n      idle: {{after_s: 2}}\n      families: [fake-agent]\n      debounce_s: 0\n      action: run\n      command: [{}]\n      user: root\n",
+        save.display()
+    ));
+    let daemon = fx.command().spawn().unwrap();
+    fx.wait_ready();
+    // Idle 6 s, busy 1 s, idle: two idle spells past 2 s.
+    let a = fx.run_agent(
+        &fx.path("ws"),
+        "sleep 6; timeout 1 sh -c 'while :; do :; done'; sleep 30",
+    );
+    let lines = || -> Vec<String> {
+        fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(8), || !lines().is_empty()),
+        "no idle run; reactions: {}\nlog:\n{}",
+        fx.reactions(),
+        fx.log()
+    );
+    let first = lines()[0].clone();
+    let f: Vec<&str> = first.split('|').collect();
+    assert_eq!(f[0], "idle", "{first}");
+    assert_eq!(f[1], format!("fake-agent-{a}"));
+    assert!(f[2].parse::<u64>().is_ok_and(|s| s >= 2), "{first}");
+    // Once per spell: still one run 1.5 s later while it stays idle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let n = lines().len();
+    assert_eq!(n, 1, "{:?}", lines());
+    assert!(
+        wait_for(Duration::from_secs(10), || lines().len() > n),
+        "the second idle spell ran nothing: {:?}\nlog:\n{}",
+        lines(),
+        fx.log()
+    );
+    assert_eq!(lines().len(), 2, "{:?}", lines());
+    stop(daemon);
+}
