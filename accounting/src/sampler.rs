@@ -746,6 +746,13 @@ mod tests {
         assert_ne!(first, second);
     }
 
+    /// The daemon runs the sampler on its state-writer thread.
+    #[test]
+    fn sampler_is_send() {
+        fn send<T: Send>() {}
+        send::<Sampler>();
+    }
+
     #[test]
     fn config() {
         let c = Config::default();

@@ -22,6 +22,24 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
         "  scheduler.enabled={} memcg.enabled={} activity.enabled={}",
         cfg.scheduler.enabled, cfg.memcg.enabled, cfg.activity.enabled
     );
+    let a = &cfg.accounting;
+    println!(
+        "  accounting: {}; metrics: {}",
+        if a.enabled {
+            format!(
+                "every {} ms, at most {} /proc reads a sweep, gpu {}",
+                a.interval_ms,
+                a.max_procs,
+                if a.gpu { "on" } else { "off" }
+            )
+        } else {
+            "off".into()
+        },
+        match &cfg.metrics {
+            Some(m) if m.enabled => format!("http://{}/metrics", m.listen.0),
+            _ => "off".into(),
+        }
+    );
     let r = &cfg.reactions;
     println!(
         "  reactions: {} ({} rules{})",
