@@ -346,7 +346,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     );
     let metrics = match &cfg.metrics {
         Some(m) if m.enabled => match crate::metrics::serve(m.listen.0) {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                // Port 0 in the config picks one: say which.
+                log::debug!("metrics bound to {}", h.local_addr());
+                Some(h)
+            }
             Err(e) => {
                 log::warn!("metrics: cannot listen on {}: {e}", m.listen.0);
                 None

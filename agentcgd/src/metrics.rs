@@ -8,10 +8,6 @@
 //! enabled, and the state writer calls [`Handle::publish`] with each state
 //! it writes.
 
-// Used by the daemon once it starts the listener (the wiring is in
-// daemon.rs/publish.rs); until then only the tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
