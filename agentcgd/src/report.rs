@@ -318,8 +318,8 @@ fn print_agents(s: &State) {
         }
     );
     println!(
-        "  {:<24} {:<9} {:<14} {:>6} {:>5}  LEAF",
-        "AGENT", "SESSIONS", "STATE", "CPU%", "PIDS"
+        "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>5}  LEAF",
+        "AGENT", "SESSIONS", "STATE", "CPU%", "MEM", "GPU", "PIDS"
     );
     for a in &s.agents {
         let sessions: Vec<&str> = a
@@ -339,14 +339,19 @@ fn print_agents(s: &State) {
             crate::state::Activity::Unknown => "-".to_string(),
             st => format!("{st} {}", age(a.state_since_ms).trim_end_matches(" ago")),
         };
+        let u = a.usage.as_ref();
+        let bytes = |b: Option<u64>| b.map(accounting::human_bytes).unwrap_or_else(|| "-".into());
         println!(
-            "  {:<24} {:<9} {:<14} {:>6} {:>5}  {}",
+            "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>5}  {}",
             a.id,
             sessions.join("+"),
             state,
             a.cpu_percent
+                .or(u.and_then(|u| u.cpu_percent))
                 .map(|c| format!("{c:.1}"))
                 .unwrap_or_else(|| "-".into()),
+            bytes(u.map(|u| u.memory_bytes)),
+            bytes(u.and_then(|u| u.gpu_memory_bytes)),
             a.pids,
             a.cgroups.join(" ")
         );
