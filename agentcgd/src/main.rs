@@ -8,13 +8,18 @@ mod classify;
 mod config;
 mod daemon;
 mod launch;
+mod limits;
+mod loader;
 mod logging;
 mod policy;
 mod prefilter;
 mod publish;
+mod redact;
 mod report;
 mod sdnotify;
 mod state;
+mod statefile;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
