@@ -270,11 +270,19 @@ int BPF_PROG(procmon_fork, struct task_struct *parent, struct task_struct *child
 	if (child->pid != child->tgid)
 		return 0;	/* a thread */
 	ppid = parent->tgid;
-	lin = bpf_map_lookup_elem(&lineage, &ppid);
-	if (!lin)
-		return 0;
-	v = *lin;
 	pid = child->tgid;
+	lin = bpf_map_lookup_elem(&lineage, &ppid);
+	if (!lin) {
+		/*
+		 * A lineage entry under the child's pid is stale: seeded for a
+		 * process that had already exited (userspace decides after the
+		 * exec event, the exit may come first). With pid_max 32768 a
+		 * reused pid would otherwise inherit a dead agent's lineage.
+		 */
+		bpf_map_delete_elem(&lineage, &pid);
+		return 0;
+	}
+	v = *lin;
 	if (bpf_map_update_elem(&lineage, &pid, &v, BPF_ANY)) {
 		/* Full: userspace finds the child by a reconciling scan. */
 		__sync_fetch_and_add(&nr_lineage_full, 1);
