@@ -13,6 +13,8 @@ mod loader;
 mod logging;
 mod policy;
 mod prefilter;
+#[cfg(test)]
+mod props;
 mod publish;
 mod redact;
 mod report;
