@@ -70,7 +70,7 @@ impl Storm {
                 if !p.load(Ordering::Relaxed) {
                     // Half fork workers right after exec, half are exec'd
                     // by a shell that forked a child first.
-                    let c = if live.len() % 2 == 0 {
+                    let c = if live.len().is_multiple_of(2) {
                         Command::new(&agent).arg("2").spawn()
                     } else {
                         Command::new("/bin/sh")

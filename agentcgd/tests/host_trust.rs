@@ -125,7 +125,7 @@ match:
     let as_nobody = |c: &mut Command| {
         c.uid(NOBODY).gid(NOBODY);
     };
-    let mut run = |fx: &mut Fixture, exe: &Path, arg0: &str, args: &[&str], cwd: &Path| {
+    let run = |fx: &mut Fixture, exe: &Path, arg0: &str, args: &[&str], cwd: &Path| {
         let mut c = Command::new(exe);
         c.arg0(arg0).args(args).current_dir(cwd);
         as_nobody(&mut c);
@@ -442,4 +442,48 @@ fn hostile_policy_file_does_not_stop_placement_and_replaced_dir_is_watched() {
     let low = fx.session("session_low");
     assert!(wait_for(Duration::from_secs(2), || cgroup_of(q) == low));
     stop(daemon);
+}
+
+#[test]
+fn explain_shows_argv_to_root_and_owner_only_and_redacts_secrets() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("privacy", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    chmod(fx.dir.path(), 0o755);
+    let key = "sk-ant-api03-abcdefghijklmnop";
+    // A shell whose positional parameters hold the secrets (argv is what
+    // explain shows).
+    let pid = fx.spawn(Command::new("/bin/sh").args([
+        "-c",
+        "sleep 30; true",
+        "sh",
+        &format!("--api-key={key}"),
+        "GITHUB_TOKEN=ghp_0123456789abcdefghij",
+    ]));
+    let explain = |uid: Option<u32>| {
+        let mut c = Command::new(BIN);
+        c.args(["explain", &pid.to_string(), "--policies"])
+            .arg(fx.policies())
+            .arg("--config")
+            .arg(fx.dir.path().join("agentcgd.yaml"))
+            .arg("--state")
+            .arg(fx.state());
+        if let Some(u) = uid {
+            c.uid(u).gid(u);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let root = explain(None);
+    assert!(root.contains("--api-key=<redacted>"), "{root}");
+    assert!(root.contains("GITHUB_TOKEN=<redacted>"), "{root}");
+    assert!(!root.contains(key) && !root.contains("ghp_0123"), "{root}");
+    let other = explain(Some(NOBODY));
+    assert!(other.contains("hidden: "), "{other}");
+    assert!(!other.contains("api-key"), "{other}");
 }
