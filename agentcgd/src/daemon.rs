@@ -872,7 +872,25 @@ impl Daemon {
             log::warn!("{e:#}");
             self.counters.errors += 1;
         }
+        let (pid, start) = (t.pid, t.start_ticks);
         self.tracker.insert(t);
+        self.forget_if_exited(pid, start);
+    }
+
+    /// A process that had exited before its lineage was seeded (a zombie
+    /// the children walk found, a tool that ran for a millisecond) sends
+    /// no exit event any more: it would stay tracked, and its kernel-side
+    /// lineage entry would wait for a reused pid. Checked after the seed,
+    /// so an exit from here on is reported. (The soak run found ~2,800
+    /// dead tools tracked after 20 minutes.)
+    fn forget_if_exited(&mut self, pid: u32, start: u64) {
+        let gone = match self.procfs.stat(pid) {
+            Ok(s) => s.start_ticks != start || matches!(s.state, 'Z' | 'X' | 'x'),
+            Err(_) => true,
+        };
+        if gone {
+            self.untrack(pid, start);
+        }
     }
 
     /// Move `pid` (the process that started at `start`) into `target`. A

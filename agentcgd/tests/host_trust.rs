@@ -441,6 +441,16 @@ fn hostile_policy_file_does_not_stop_placement_and_replaced_dir_is_watched() {
     let q = fx.spawn(Command::new(&new_bin).arg("30"));
     let low = fx.session("session_low");
     assert!(wait_for(Duration::from_secs(2), || cgroup_of(q) == low));
+    // Settled: no reload loop once the new directory is watched.
+    std::thread::sleep(Duration::from_secs(1));
+    let reloads = || {
+        fx.status_json()["counters"]["policy_reloads"]
+            .as_u64()
+            .unwrap()
+    };
+    let n = reloads();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reloads(), n, "policies keep reloading with nothing changed");
     stop(daemon);
 }
 
