@@ -23,6 +23,7 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
         "  scheduler.enabled={} memcg.enabled={} activity.enabled={}",
         cfg.scheduler.enabled, cfg.memcg.enabled, cfg.activity.enabled
     );
+    print_trust_mode(&cfg.trust);
     let r = &cfg.reactions;
     println!(
         "  reactions: {} ({} rules{})",
@@ -549,5 +550,19 @@ fn print_trust(
         Err(why) => println!(
             "  trust: strict mode REFUSES session_high for this match: {why}; the daemon leaves it where it is (or with its agent ancestor)"
         ),
+    }
+}
+
+/// `check`: which trust mode decides session_high (docs/security.md).
+fn print_trust_mode(t: &crate::trust::TrustConfig) {
+    if t.strict() {
+        println!(
+            "  trust: strict (session_high by rule only for root-owned executables and scripts, or users {:?} groups {:?})",
+            t.users, t.groups
+        );
+    } else {
+        println!(
+            "  trust: default (a match is enough: names can be imitated; see docs/security.md)"
+        );
     }
 }
