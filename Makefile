@@ -14,6 +14,8 @@
 #   make agents-test    the real agent CLIs (tests/agents/agents.lock) under
 #                       agentcgd on this host: where each process lands
 #   make agents-latest  the same with the newest releases; says what changed
+#   make soak DURATION=30m  the daemon under an agent storm: RSS, fds and CPU
+#                           per minute (target/soak/; docs/soak.md)
 SHELL := /bin/bash
 TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
@@ -22,7 +24,7 @@ APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev libzstd-dev pkg-config \
 	qemu-system-x86 busybox-static cpio cgroup-tools bpftool procps lintian \
 	tmux python3-venv gcc libc6-dev prometheus
 
-.PHONY: run deps build static test cargo-test vm-test agents-test agents-latest bench fmt clippy lint \
+.PHONY: run deps build static test cargo-test vm-test agents-test agents-latest soak bench fmt clippy lint \
 	install install-files deb deb-test
 
 deps:
@@ -76,6 +78,12 @@ agents-test: static
 
 agents-latest: static
 	tests/agents/run --latest
+
+# Long run under a steady storm of agents; figures per minute, and at the
+# end every live agent must be placed (not part of `make test`).
+DURATION ?= 30m
+soak: static
+	tests/soak/run $(DURATION)
 
 # Benchmarks: figures, not pass/fail. Tables on stdout, JSON in target/bench/.
 bench: deps static

@@ -273,9 +273,12 @@ int BPF_PROG(procmon_fork, struct task_struct *parent, struct task_struct *child
 	pid = child->tgid;
 	lin = bpf_map_lookup_elem(&lineage, &ppid);
 	if (!lin) {
-		/* A new process outside every lineage: an entry under its pid
-		 * is stale (seeded by userspace just after the pid's previous
-		 * owner exited) and must not claim it. */
+		/*
+		 * A lineage entry under the child's pid is stale: seeded for a
+		 * process that had already exited (userspace decides after the
+		 * exec event, the exit may come first). With pid_max 32768 a
+		 * reused pid would otherwise inherit a dead agent's lineage.
+		 */
 		bpf_map_delete_elem(&lineage, &pid);
 		return 0;
 	}

@@ -253,7 +253,7 @@ pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
 }
 
 /// Real gid and supplementary groups of `pid`.
-fn groups(proc_root: &Path, pid: u32) -> Vec<u32> {
+pub(crate) fn groups(proc_root: &Path, pid: u32) -> Vec<u32> {
     let status =
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
     status

@@ -145,6 +145,9 @@ pub struct Config {
     pub accounting: accounting::Config,
     /// Prometheus metrics: off unless the section is present.
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// Strict mode: session_high by rule only for root-controlled
+    /// executables or listed users/groups (docs/security.md).
+    pub trust: crate::trust::TrustConfig,
 }
 
 impl Default for Config {
@@ -159,14 +162,25 @@ impl Default for Config {
             user_priority: UserPriority::default(),
             accounting: accounting::Config::default(),
             metrics: None,
+            trust: crate::trust::TrustConfig::default(),
         }
     }
 }
 
 impl Config {
     /// Load `path`; a missing file gives the defaults (and says so in `source`).
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<(Config, String), String> {
-        let text = match std::fs::read_to_string(path) {
+        Self::load_with(path, crate::trust::FileTrust::Any)
+    }
+
+    /// `load`, the file (if present) checked as `trust` says: the daemon
+    /// refuses an agentcgd.yaml that someone other than root can change.
+    pub fn load_with(
+        path: &Path,
+        trust: crate::trust::FileTrust,
+    ) -> Result<(Config, String), String> {
+        let text = match crate::trust::read_file(path, trust, crate::limits::MAX_FILE_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok((
@@ -193,6 +207,7 @@ impl Config {
         {
             return Ok(Config::default());
         }
+        crate::limits::check_depth(text).map_err(|(l, m)| format!("{l}: {m}"))?;
         let cfg: Config = serde_norway::from_str(text).map_err(|e| {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
@@ -216,6 +231,13 @@ impl Config {
             return Err(format!(
                 "{}: sessions.max_agents must be at least 1 (per_agent: false turns leaves off)",
                 line.map(|l| l.to_string()).unwrap_or_default()
+            ));
+        }
+        if cfg.tools.len() > crate::limits::MAX_RULES {
+            return Err(format!(
+                " {} tools rules, more than the limit of {}",
+                cfg.tools.len(),
+                crate::limits::MAX_RULES
             ));
         }
         cfg.scheduler.validate().map_err(|e| format!(" {e}"))?;

@@ -72,6 +72,8 @@ pub enum Msg {
     Reconcile(&'static str),
     /// `agentcgd run` asks to be moved (see launch.rs).
     Launch(crate::launch::Request),
+    /// The policy loader thread read and parsed the policies (loader.rs).
+    Loaded(Box<crate::loader::Loaded>),
 }
 
 /// Sends messages to the daemon thread and wakes it.
@@ -91,9 +93,6 @@ impl Mailbox {
 
 /// At most this often a changed state is handed to the publisher.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
-/// Wait this long after a policy-file change before reloading (editors
-/// write files in several steps).
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 /// Nice value of the daemon's threads (see `run`).
 const DAEMON_NICE: i32 = -10;
 /// Bound on the ancestor walk when looking for a tracked ancestor.
@@ -108,7 +107,6 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 const TOKEN_PROC: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_MAIL: u64 = 3;
-const TOKEN_POLICY: u64 = 4;
 const TOKEN_LEAVES: u64 = 5;
 
 /// Whether a placement also places what the process forked before it.
@@ -224,8 +222,9 @@ fn setup_tree(
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("agentcgd {} starting", crate::VERSION);
-    let (cfg, cfg_source) = Config::load(&opts.config).map_err(anyhow::Error::msg)?;
-    let policies = PolicySet::load_dir(&opts.policies)
+    let (cfg, cfg_source) = Config::load_with(&opts.config, crate::trust::FileTrust::RootOnly)
+        .map_err(anyhow::Error::msg)?;
+    let policies = PolicySet::load_dir_with(&opts.policies, crate::trust::FileTrust::RootOnly)
         .map_err(|e| anyhow::anyhow!("{e}\nrefusing to start with a broken policy"))?
         .with_shared_tools(cfg.tools.clone(), &opts.config);
     if policies.families.is_empty() {
@@ -312,7 +311,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         }
     );
-    let policy_watch = watch_policies(&opts.policies);
+    // Policies are read and parsed on the loader's thread: this one keeps
+    // placing while a reload parses.
+    let loader = {
+        let mb = mailbox.clone();
+        crate::loader::Loader::spawn(
+            opts.policies.clone(),
+            opts.config.clone(),
+            crate::trust::FileTrust::RootOnly,
+            Box::new(move |l| {
+                let _ = mb.send(Msg::Loaded(Box::new(l)));
+            }),
+        )
+        .context("start the policy loader")?
+    };
     let reactions = Arc::new(start_reactions(&cfg, &opts, &tree, &monitor));
     {
         let mb = mailbox.clone();
@@ -458,9 +470,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     add(d.monitor.as_fd(), TOKEN_PROC)?;
     add(sigfd.as_fd(), TOKEN_SIGNAL)?;
     add(wake.as_fd(), TOKEN_MAIL)?;
-    if let Some(fd) = &policy_watch {
-        add(fd.as_fd(), TOKEN_POLICY)?;
-    }
     if let Some(l) = &d.leaves {
         add(l.as_fd(), TOKEN_LEAVES)?;
     }
@@ -470,11 +479,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let mut events = [EpollEvent::empty(); 8];
     let mut last_publish = Instant::now();
-    let mut reload_at: Option<Instant> = None;
     'run: loop {
         notify.watchdog_tick();
-        let now = Instant::now();
-        let mut wait: Option<Duration> = reload_at.map(|t| t.saturating_duration_since(now));
+        let mut wait: Option<Duration> = None;
         if let Some(w) = notify.watchdog_interval() {
             wait = Some(wait.map_or(w, |x| x.min(w)));
         }
@@ -500,7 +507,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 TOKEN_SIGNAL => {
                     while let Ok(Some(si)) = sigfd.read_signal() {
                         match Signal::try_from(si.ssi_signo as i32) {
-                            Ok(Signal::SIGHUP) => reload_at = Some(Instant::now()),
+                            Ok(Signal::SIGHUP) => loader.request("SIGHUP"),
                             Ok(sig) => {
                                 log::info!("{sig}: stopping; placed processes stay where they are");
                                 break 'run;
@@ -516,18 +523,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     }
                 }
                 TOKEN_LEAVES => d.reap_leaves(),
-                TOKEN_POLICY => {
-                    if let Some(fd) = &policy_watch {
-                        drain_fd(fd);
-                    }
-                    reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
-                }
                 _ => {}
             }
-        }
-        if reload_at.is_some_and(|t| Instant::now() >= t) {
-            reload_at = None;
-            d.reload();
         }
         if d.dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
             if publisher.offer(d.snapshot()) {
@@ -618,50 +615,6 @@ fn start_monitor(source: EventSource) -> anyhow::Result<Monitor> {
         }
     }
     Ok(mon)
-}
-
-/// An inotify fd (non-blocking) that is readable when a policy file changes.
-fn watch_policies(dir: &Path) -> Option<OwnedFd> {
-    use inotify::{Inotify, WatchMask};
-    let setup = || -> std::io::Result<Inotify> {
-        let ino = Inotify::init()?;
-        ino.watches().add(
-            dir,
-            WatchMask::CLOSE_WRITE
-                | WatchMask::MOVED_TO
-                | WatchMask::MOVED_FROM
-                | WatchMask::DELETE
-                | WatchMask::CREATE,
-        )?;
-        Ok(ino)
-    };
-    match setup() {
-        Ok(ino) => {
-            let fd = ino.as_raw_fd();
-            // Keep the descriptor, not the wrapper: we only need readiness.
-            std::mem::forget(ino);
-            // SAFETY: fd is the inotify descriptor we just created and leaked.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let _ = nix::fcntl::fcntl(
-                fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            );
-            Some(fd)
-        }
-        Err(e) => {
-            log::warn!(
-                "cannot watch {} ({e}): reload policies with SIGHUP",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-/// Read and discard whatever a non-blocking fd holds.
-fn drain_fd(fd: &OwnedFd) {
-    let mut buf = [0u8; 4096];
-    while matches!(nix::unistd::read(fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
 }
 
 fn policies_need_exe(set: &PolicySet) -> bool {
@@ -771,6 +724,7 @@ impl Daemon {
             Msg::TreeLost(why) => self.rebuild_tree(&why),
             Msg::Reconcile(why) => self.reconcile(why),
             Msg::Launch(req) => self.handle_launch(req),
+            Msg::Loaded(l) => self.reload(*l),
         }
     }
 
@@ -847,8 +801,20 @@ impl Daemon {
         if let Some(d) = own_match(&self.policies, info, &parents) {
             // An agent root may pick its session (AGENTCG_PRIORITY).
             let d = user_priority(d, info, &self.cfg.user_priority, Path::new("/proc"));
-            let agent = self.agent_for_match(info, &d, known);
-            return Some((d, agent));
+            // Strict trust: a name is not enough for session_high.
+            match crate::trust::gate(
+                &self.cfg.trust,
+                &self.policies,
+                &d,
+                info,
+                Path::new("/proc"),
+            ) {
+                Ok(()) => {
+                    let agent = self.agent_for_match(info, &d, known);
+                    return Some((d, agent));
+                }
+                Err(why) => self.refuse_untrusted(info, &d, &why),
+            }
         }
         let lin = match known {
             Some(lin) => lin,
@@ -916,6 +882,27 @@ impl Daemon {
         let r = l.reap();
         if r.removed > 0 {
             self.dirty = true;
+        }
+    }
+
+    /// Strict trust refused a match: counted, logged at debug, and at
+    /// info once per executable (bounded), so imitation is visible without
+    /// a log line per exec.
+    fn refuse_untrusted(&mut self, info: &ProcInfo, d: &Decision, why: &str) {
+        self.counters.untrusted_refused += 1;
+        self.dirty = true;
+        log::debug!(
+            "pid {} ({}): matched {} but not promoted (strict trust): {why}",
+            info.pid,
+            info.comm,
+            d.family
+        );
+        if crate::trust::first_refusal(&info.exe) {
+            log::info!(
+                "strict trust: {} matched family {} but gets no session_high: {why}",
+                info.exe,
+                d.family
+            );
         }
     }
 
@@ -1031,7 +1018,25 @@ impl Daemon {
             log::warn!("{e:#}");
             self.counters.errors += 1;
         }
+        let (pid, start) = (t.pid, t.start_ticks);
         self.tracker.insert(t);
+        self.forget_if_exited(pid, start);
+    }
+
+    /// A process that had exited before its lineage was seeded (a zombie
+    /// the children walk found, a tool that ran for a millisecond) sends
+    /// no exit event any more: it would stay tracked, and its kernel-side
+    /// lineage entry would wait for a reused pid. Checked after the seed,
+    /// so an exit from here on is reported. (The soak run found ~2,800
+    /// dead tools tracked after 20 minutes.)
+    fn forget_if_exited(&mut self, pid: u32, start: u64) {
+        let gone = match self.procfs.stat(pid) {
+            Ok(s) => s.start_ticks != start || matches!(s.state, 'Z' | 'X' | 'x'),
+            Err(_) => true,
+        };
+        if gone {
+            self.untrack(pid, start);
+        }
     }
 
     /// Move `pid` (the process that started at `start`) into `target`. A
@@ -1602,7 +1607,15 @@ impl Daemon {
     /// cannot be traced to its ancestor any more), for processes that are
     /// still the same ones.
     fn adopt_previous_state(&mut self) {
-        let prev = State::read(&self.opts.state).ok();
+        let prev = match State::read_trusted(&self.opts.state) {
+            Ok(prev) => Some(prev),
+            Err(e) => {
+                if self.opts.state.exists() {
+                    log::warn!("previous state not adopted: {e}");
+                }
+                None
+            }
+        };
         if let Some(l) = &mut self.leaves {
             let known: HashMap<String, (AgentKey, u64)> = prev
                 .iter()
@@ -1629,7 +1642,10 @@ impl Daemon {
         let Some(prev) = prev else { return };
         let mut adopted = 0;
         for t in prev.processes {
-            let still_there = self.procfs.start_ticks(t.pid) == Some(t.start_ticks);
+            // The same process (its start time), and where a previous run
+            // put it: an entry never moves a process by itself.
+            let still_there =
+                self.procfs.start_ticks(t.pid) == Some(t.start_ticks) && self.adoptable(&t);
             if still_there && self.policies.family(t.family.as_str()).is_some() {
                 let id = match self.place_target(t.priority, t.agent, &t.family) {
                     Ok(target) => target.id,
@@ -1642,6 +1658,14 @@ impl Daemon {
         log::info!("adopted {adopted} processes from the previous run's state");
     }
 
+    /// A state entry is adopted only for a process that sits in the
+    /// session the entry names (or below it): the previous run moved it
+    /// there. Anything else is decided afresh by the scan.
+    fn adoptable(&self, t: &Tracked) -> bool {
+        let session = &self.target(t.priority).rel;
+        cgroup_of(t.pid).is_some_and(|cg| cg == *session || cg.starts_with(&format!("{session}/")))
+    }
+
     fn install_prefilter(&mut self) {
         let pf = crate::prefilter::compile(&self.policies);
         if let Some(why) = &pf.pass_all {
@@ -1652,10 +1676,15 @@ impl Daemon {
         }
     }
 
-    fn reload(&mut self) {
-        match PolicySet::load_dir(&self.opts.policies) {
+    /// Take what the loader thread parsed (a SIGHUP or a changed file).
+    fn reload(&mut self, loaded: crate::loader::Loaded) {
+        log::debug!(
+            "{}: policies read and parsed in {:.1} ms on the loader thread",
+            loaded.why,
+            loaded.took.as_secs_f64() * 1000.0
+        );
+        match loaded.policies {
             Ok(set) => {
-                let set = set.with_shared_tools(self.cfg.tools.clone(), &self.opts.config);
                 let set = set.with_shared_tools(self.cfg.tools.clone(), &self.opts.config);
                 log::info!("policies reloaded: {} families", set.families.len());
                 self.needs_exe = policies_need_exe(&set);
@@ -1675,7 +1704,7 @@ impl Daemon {
                 self.state.policy.last_error = Some(e.to_string());
             }
         }
-        self.reload_reactions();
+        self.reload_reactions(loaded.config);
         // A SIGHUP also checks the tree.
         if !self.opts.dry_run && self.targets.iter().any(|t| !t.procs.exists()) {
             self.rebuild_tree("session cgroups missing at reload");
@@ -1685,9 +1714,9 @@ impl Daemon {
 
     /// Re-read agentcgd.yaml for its `reactions:` (other sections need a
     /// restart); a broken file keeps the reactions in force.
-    fn reload_reactions(&mut self) {
-        match Config::load(&self.opts.config) {
-            Ok((cfg, _)) if cfg.reactions != self.cfg.reactions => {
+    fn reload_reactions(&mut self, loaded: Result<Config, String>) {
+        match loaded {
+            Ok(cfg) if cfg.reactions != self.cfg.reactions => {
                 log::info!("reactions reloaded: {} rules", cfg.reactions.rules.len());
                 self.reactions.reconfigure(cfg.reactions.clone());
                 self.observer.idle_after(idle_thresholds(&cfg.reactions));

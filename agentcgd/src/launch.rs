@@ -87,7 +87,7 @@ pub type Sink = Box<dyn Fn(Request) + Send>;
 /// daemon's channel) and its answer comes back on the request's `reply`.
 pub fn serve(path: &Path, sink: Sink) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::statefile::ensure_dir(dir)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

@@ -9,17 +9,24 @@ mod config;
 mod daemon;
 mod launch;
 mod leaves;
+mod limits;
+mod loader;
 mod logging;
 mod memory;
 mod metrics;
 mod observe;
 mod policy;
 mod prefilter;
+#[cfg(test)]
+mod props;
 mod publish;
+mod redact;
 mod report;
 mod sdnotify;
 mod state;
+mod statefile;
 mod top;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use procmon::ProcInfo;
 
+use crate::trust::FileTrust;
+
 /// The daemon-wide settings file may sit beside the families (as in the
 /// repository's policies/); it is never a family.
 pub const DAEMON_CONFIG_NAME: &str = "agentcgd.yaml";
@@ -120,6 +122,13 @@ impl Glob {
     pub fn matches(&self, s: &str) -> bool {
         self.0.matches_with(s, GLOB_OPTS)
     }
+
+    /// Matches (nearly) everything: only wildcards and `/` (`*`, `/*`,
+    /// `*/*`, `?*`).
+    pub fn catch_all(&self) -> bool {
+        let s = self.as_str();
+        s.contains('*') && s.chars().all(|c| matches!(c, '*' | '?' | '/'))
+    }
 }
 
 /// One match block: every field given must match (AND).
@@ -165,6 +174,35 @@ impl TryFrom<RawBlock> for MatchBlock {
                 "empty match block would match every process; give comm, exe, argv, uid or parent"
                     .into(),
             );
+        }
+        for (field, g) in [("comm", &r.comm), ("exe", &r.exe)] {
+            if let Some(g) = g {
+                if g.catch_all() {
+                    return Err(format!(
+                        "{field}: {:?} matches every process: refused (name the program, or leave {field} out)",
+                        g.as_str()
+                    ));
+                }
+            }
+        }
+        if !r.argv.is_empty() && r.argv.iter().all(Glob::catch_all) {
+            return Err(format!(
+                "argv: {:?} matches every process: refused (name the program in some position)",
+                r.argv.iter().map(Glob::as_str).collect::<Vec<_>>()
+            ));
+        }
+        if r.comm.is_none() && r.exe.is_none() && r.argv.is_empty() {
+            return Err(
+                "a match block needs a comm, exe or argv pattern: uid or parent alone would take every process of that user or parent"
+                    .into(),
+            );
+        }
+        if r.argv.len() > crate::limits::MAX_RULES {
+            return Err(format!(
+                "{} argv patterns, more than the limit of {}",
+                r.argv.len(),
+                crate::limits::MAX_RULES
+            ));
         }
         Ok(MatchBlock {
             comm: r.comm,
@@ -247,6 +285,13 @@ fn non_empty_blocks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<MatchB
     if v.is_empty() {
         return Err(serde::de::Error::custom("`match` needs at least one block"));
     }
+    if v.len() > crate::limits::MAX_RULES {
+        return Err(serde::de::Error::custom(format!(
+            "`match` has {} blocks, more than the limit of {}",
+            v.len(),
+            crate::limits::MAX_RULES
+        )));
+    }
     Ok(v)
 }
 
@@ -300,8 +345,24 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// Parse one family file's text.
+/// Parse one family file's text (its size and depth bounded first).
 pub fn parse_family(file: &Path, text: &str) -> Result<Family, PolicyError> {
+    if text.len() as u64 > crate::limits::MAX_FILE_BYTES {
+        return Err(PolicyError {
+            file: file.to_path_buf(),
+            line: None,
+            message: format!(
+                "{} bytes, more than the limit of {}: refused before parsing",
+                text.len(),
+                crate::limits::MAX_FILE_BYTES
+            ),
+        });
+    }
+    crate::limits::check_depth(text).map_err(|(line, message)| PolicyError {
+        file: file.to_path_buf(),
+        line: Some(line),
+        message,
+    })?;
     let mut fam: Family = serde_norway::from_str(text).map_err(|e| {
         // serde_norway puts "at line L column C" in the message; keep ours clean.
         let msg = e.to_string();
@@ -327,6 +388,17 @@ pub fn parse_family(file: &Path, text: &str) -> Result<Family, PolicyError> {
                 .position(|l| l.trim_start().starts_with("cpu_weight:"))
                 .map(|i| i + 1),
             message: format!("cpu_weight {w} is out of range 1..=10000"),
+        });
+    }
+    if fam.tools.len() > crate::limits::MAX_RULES {
+        return Err(PolicyError {
+            file: file.to_path_buf(),
+            line: None,
+            message: format!(
+                "{} tools rules, more than the limit of {}",
+                fam.tools.len(),
+                crate::limits::MAX_RULES
+            ),
         });
     }
     fam.file = file.to_path_buf();
@@ -371,12 +443,20 @@ pub struct SharedTools {
 impl PolicySet {
     /// Load every `*.yaml`/`*.yml` in `dir` (not hidden, not agentcgd.yaml).
     /// Any error rejects the whole set, so a caller keeps its last good one.
+    #[cfg(test)]
     pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
+        Self::load_dir_with(dir, FileTrust::Any)
+    }
+
+    /// `load_dir`, with the directory and every file checked as `trust`
+    /// says (the daemon and `check`: root's, writable by root only).
+    pub fn load_dir_with(dir: &Path, trust: FileTrust) -> Result<PolicySet, PolicyError> {
         let err = |m: String| PolicyError {
             file: dir.to_path_buf(),
             line: None,
             message: m,
         };
+        crate::trust::check_dir(dir, trust).map_err(err)?;
         let rd = std::fs::read_dir(dir)
             .map_err(|e| err(format!("cannot read policy directory: {e}")))?;
         let mut files: Vec<PathBuf> = rd
@@ -390,14 +470,22 @@ impl PolicySet {
             })
             .collect();
         files.sort();
+        if files.len() > crate::limits::MAX_FILES {
+            return Err(err(format!(
+                "{} policy files, more than the limit of {}",
+                files.len(),
+                crate::limits::MAX_FILES
+            )));
+        }
         let mut set = PolicySet::default();
         let mut seen: BTreeMap<FamilyName, PathBuf> = BTreeMap::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| PolicyError {
-                file: file.clone(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            })?;
+            let text = crate::trust::read_file(&file, trust, crate::limits::MAX_FILE_BYTES)
+                .map_err(|e| PolicyError {
+                    file: file.clone(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                })?;
             let fam = parse_family(&file, &text)?;
             if let Some(first) = seen.get(&fam.family) {
                 return Err(PolicyError {
@@ -585,6 +673,42 @@ tools:
 
         let e = err_of("");
         assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn catch_all_patterns_are_refused() {
+        for (block, what) in [
+            ("{comm: \"*\"}", "comm: \"*\" matches every process"),
+            ("{exe: \"*\"}", "exe: \"*\" matches every process"),
+            ("{exe: \"/*\"}", "exe: \"/*\""),
+            ("{argv: [\"*\"]}", "argv: [\"*\"] matches every process"),
+            ("{argv: [\"*\", \"*\"], uid: 1000}", "matches every process"),
+            ("{comm: \"*\", argv: [node, x.js]}", "comm: \"*\""),
+            ("{uid: 1000}", "uid or parent alone"),
+            ("{parent: {comm: sshd}}", "uid or parent alone"),
+        ] {
+            let e = err_of(&format!("family: a\npriority: high\nmatch:\n  - {block}\n"));
+            assert!(e.message.contains(what), "{block}: {e}");
+            assert_eq!(e.line, Some(4), "{block}: {e}");
+        }
+        // Wildcards in some positions of a named program are fine.
+        assert!(parse("family: a\npriority: high\nmatch:\n  - {comm: \"pip*\", argv: [\"*\", \"*\", install]}\n").is_ok());
+    }
+
+    #[test]
+    fn oversized_and_deep_input_is_refused_before_parsing() {
+        let deep = format!("family: a\npriority: high\nmatch: {}\n", "[".repeat(70_000));
+        let e = err_of(&deep);
+        assert!(e.message.contains("nested deeper than"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let big = format!(
+            "family: a\npriority: high\nmatch: [{{comm: x}}]\n#{}\n",
+            "x".repeat(300 * 1024)
+        );
+        assert!(err_of(&big).message.contains("more than the limit"));
+        let many: String = (0..300).map(|i| format!("  - comm: c{i}\n")).collect();
+        let e = err_of(&format!("family: a\npriority: high\nmatch:\n{many}"));
+        assert!(e.message.contains("more than the limit of 256"), "{e}");
     }
 
     #[test]

@@ -163,9 +163,9 @@ mod tests {
     fn unreducible_blocks_pass_everything() {
         for block in [
             "- argv: ['*', '*claude*']",
-            "- uid: 1000",
+            "- {uid: 1000, comm: '?x'}",
             "- comm: '*x'",
-            "- exe: '/*'",
+            "- exe: '*/x*'",
         ] {
             let pf = keys(&format!("family: a\npriority: high\nmatch:\n{block}\n"));
             assert!(pf.pass_all.is_some(), "{block}: {pf:?}");

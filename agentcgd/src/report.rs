@@ -11,8 +11,9 @@ use crate::policy::PolicySet;
 use crate::state::State;
 
 pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
-    let (cfg, src) = Config::load(config)?;
-    let set = PolicySet::load_dir(policies).map_err(|e| e.to_string())?;
+    let (cfg, src) = Config::load_with(config, crate::trust::FileTrust::RootOnly)?;
+    let set = PolicySet::load_dir_with(policies, crate::trust::FileTrust::RootOnly)
+        .map_err(|e| e.to_string())?;
     println!("config: {src}");
     println!(
         "  sessions: session_high cpu.weight={}, session_low cpu.weight={}",
@@ -40,6 +41,7 @@ pub fn check(policies: &Path, config: &Path) -> Result<(), String> {
             _ => "off".into(),
         }
     );
+    print_trust_mode(&cfg.trust);
     let r = &cfg.reactions;
     println!(
         "  reactions: {} ({} rules{})",
@@ -222,6 +224,12 @@ pub fn status(state: &Path, json: bool) -> Result<(), String> {
         "placement: placed={} already={} vanished={} pid_reused={} errors={} protected={} reconciles={}",
         c.placed, c.already_placed, c.vanished, c.pid_reused, c.errors, c.protected_skipped, c.reconciles
     );
+    if c.untrusted_refused > 0 {
+        println!(
+            "  strict trust: {} matches refused session_high (see `explain PID`)",
+            c.untrusted_refused
+        );
+    }
     println!(
         "  subtrees: forks moved={} children placed={}; tree rebuilds={}{}",
         c.forks_moved,
@@ -447,8 +455,8 @@ fn print_scheduler(v: &scheduler::Status) {
 /// /proc the way the daemon decides at each exec, so it works without a
 /// running daemon; with one, also what the daemon recorded.
 pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result<(), String> {
-    let (cfg, _) = Config::load(config)?;
-    let set = PolicySet::load_dir(policies)
+    let (cfg, _) = Config::load_with(config, crate::trust::FileTrust::RootOnly)?;
+    let set = PolicySet::load_dir_with(policies, crate::trust::FileTrust::RootOnly)
         .map_err(|e| e.to_string())?
         .with_shared_tools(cfg.tools.clone(), config);
     let procfs = ProcFs::default();
@@ -456,8 +464,13 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
         .read(pid)
         .map_err(|e| format!("pid {pid}: no such process ({e})"))?;
     println!(
-        "pid {} ({}) ppid {} uid {}\n  exe:  {}\n  argv: {:?}",
-        info.pid, info.comm, info.ppid, info.uid, info.exe, info.argv
+        "pid {} ({}) ppid {} uid {}\n  exe:  {}\n  argv: {}",
+        info.pid,
+        info.comm,
+        info.ppid,
+        info.uid,
+        info.exe,
+        shown_argv(&info)
     );
     println!(
         "  cgroup now: {}",
@@ -516,7 +529,7 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
     // An orphan (reparented to pid 1 or a subreaper) cannot be traced; the
     // daemon keeps what it recorded for such a process.
     let mine = decisions.last().cloned().flatten();
-    match (mine, &tracked) {
+    match (mine.clone(), &tracked) {
         (Some(d), _) => {
             println!(
                 "policy: family {} -> {} because {}",
@@ -547,10 +560,58 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
             policies.display()
         ),
     }
+    print_trust(&cfg, &set, mine.as_ref(), &info);
     if std::fs::read(format!("/proc/{pid}/environ")).is_err() {
         println!(
             "  (cannot read its environment: an {PRIORITY_ENV} there is not taken into account)"
         );
     }
     Ok(())
+}
+
+/// argv for `explain`: only root and the process's owner see it, and known
+/// secret shapes are masked for them too.
+fn shown_argv(info: &procmon::ProcInfo) -> String {
+    if crate::redact::may_see_argv(info.uid) {
+        format!("{:?}", crate::redact::argv(&info.argv))
+    } else {
+        format!(
+            "(hidden: {} arguments; only root and uid {} see them)",
+            info.argv.len(),
+            info.uid
+        )
+    }
+}
+
+/// Strict trust mode's verdict on a session_high decision by rule.
+fn print_trust(
+    cfg: &Config,
+    set: &PolicySet,
+    d: Option<&crate::classify::Decision>,
+    info: &procmon::ProcInfo,
+) {
+    let Some(d) = d else { return };
+    if !cfg.trust.strict() {
+        return;
+    }
+    match crate::trust::gate(&cfg.trust, set, d, info, Path::new("/proc")) {
+        Ok(()) => println!("  trust: strict mode; this match may give session_high"),
+        Err(why) => println!(
+            "  trust: strict mode REFUSES session_high for this match: {why}; the daemon leaves it where it is (or with its agent ancestor)"
+        ),
+    }
+}
+
+/// `check`: which trust mode decides session_high (docs/security.md).
+fn print_trust_mode(t: &crate::trust::TrustConfig) {
+    if t.strict() {
+        println!(
+            "  trust: strict (session_high by rule only for root-owned executables and scripts, or users {:?} groups {:?})",
+            t.users, t.groups
+        );
+    } else {
+        println!(
+            "  trust: default (a match is enough: names can be imitated; see docs/security.md)"
+        );
+    }
 }

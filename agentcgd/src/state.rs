@@ -99,6 +99,10 @@ pub struct Counters {
     /// Agent leaves removed once empty.
     #[serde(default)]
     pub leaves_removed: u64,
+    /// Strict trust mode: matches refused session_high (untrusted
+    /// executable or script, unlisted user).
+    #[serde(default)]
+    pub untrusted_refused: u64,
 }
 
 /// Exec-to-placement latency as the daemon measures it: from the kernel's
@@ -341,19 +345,21 @@ impl State {
 
     /// Write atomically: readers see the old or the new file, never half.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         // No fsync: the file describes the running daemon and lives in /run;
         // rename is what makes it atomic for readers, and an fsync would
-        // stall the event loop.
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut f, self)?;
-        f.write_all(b"\n")?;
-        f.flush()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
+        // stall the event loop. statefile.rs: 0755 directory, O_EXCL|
+        // O_NOFOLLOW temporary file, mode 0644.
+        let mut buf = serde_json::to_vec(self)?;
+        buf.write_all(b"\n")?;
+        crate::statefile::write_atomic(path, &buf)
+    }
+
+    /// The previous run's state, for adoption: only a file that is root's
+    /// alone (else ignored, with the reason).
+    pub fn read_trusted(path: &Path) -> Result<State, String> {
+        let text = crate::statefile::read_trusted(path)?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("state file {} is malformed: {e}", path.display()))
     }
 }
 

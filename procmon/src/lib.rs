@@ -17,6 +17,8 @@ mod bpf;
 mod netlink;
 mod poll;
 pub mod procfs;
+#[cfg(test)]
+mod props;
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;

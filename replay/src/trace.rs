@@ -200,3 +200,50 @@ mod tests {
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
     }
 }
+
+/// Property tests (issue 13): the trace parser never panics, and what it
+/// accepts plans into steps that keep time order.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parser_never_panics(text in any::<String>()) {
+            let _ = parse_memory_csv(&text);
+        }
+
+        #[test]
+        fn parser_never_panics_on_csv_shaped_input(
+            header in "(t_s|mem_mb|cpu_pct|x)(,(t_s|mem_mb|cpu_pct|x)){0,3}",
+            rows in proptest::collection::vec("[-0-9.eEinfNa, ]{0,30}", 0..40)
+        ) {
+            let text = format!("{header}\n{}", rows.join("\n"));
+            if let Ok(samples) = parse_memory_csv(&text) {
+                prop_assert!(samples.windows(2).all(|w| w[0].t_s <= w[1].t_s));
+                prop_assert!(samples.iter().all(|s| s.mem_mb.is_finite() && s.mem_mb >= 0.0));
+                let cap = scale_for_cap(&samples, Some(100.0));
+                let steps = plan(&samples, 10.0, cap);
+                prop_assert!(steps.windows(2).all(|w| w[0].at_s <= w[1].at_s));
+                prop_assert!(steps.iter().all(|s| s.bytes % PAGE == 0));
+            }
+        }
+
+        #[test]
+        fn valid_traces_roundtrip(
+            pts in proptest::collection::vec((0.0f64..1e4, 0.0f64..1e5), 1..50)
+        ) {
+            let mut t = 0.0;
+            let mut text = String::from("t_s,mem_mb,cpu_pct\n");
+            for (dt, m) in &pts {
+                t += dt;
+                text.push_str(&format!("{t},{m},1\n"));
+            }
+            let samples = parse_memory_csv(&text).unwrap();
+            prop_assert_eq!(samples.len(), pts.len());
+        }
+    }
+}
