@@ -89,7 +89,11 @@ fn probe(args: &[String]) -> ExitCode {
     let mut buf = [0u8; 4096];
     let mut first = true;
     let line = loop {
-        let placed = cgroup_v2_path(fd, &mut buf) == Some(target);
+        // The target or a cgroup below it (agentcgd's per-agent leaf).
+        let placed = cgroup_v2_path(fd, &mut buf).is_some_and(|p| {
+            p.strip_prefix(target)
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+        });
         let now = mono_ns();
         if placed {
             break format!(

@@ -28,7 +28,8 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
-/* Is the cgroup v2 line ("0::PATH") of /proc/self/cgroup equal to want? */
+/* Is the cgroup v2 line ("0::PATH") of /proc/self/cgroup want or a cgroup
+ * below it (agentcgd's per-agent leaf, want/<family>-<pid>)? */
 static int in_cgroup(int fd, const char *want, size_t want_len)
 {
 	char buf[4096];
@@ -45,7 +46,8 @@ static int in_cgroup(int fd, const char *want, size_t want_len)
 		if (strncmp(p, "0::", 3))
 			continue;
 		p += 3;
-		return !strncmp(p, want, want_len) && (p[want_len] == '\n' || !p[want_len]);
+		return !strncmp(p, want, want_len) &&
+		       (p[want_len] == '\n' || !p[want_len] || p[want_len] == '/');
 	}
 	return 0;
 }

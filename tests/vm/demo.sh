@@ -22,12 +22,15 @@ sleep 2
 h0=$(usage session_high); l0=$(usage session_low)
 sleep 5
 h1=$(usage session_high); l1=$(usage session_low)
-echo; echo "## cat $R/session_high/cgroup.procs"; cat $R/session_high/cgroup.procs
-echo "## cat $R/session_low/cgroup.procs"; cat $R/session_low/cgroup.procs
+# One leaf per agent instance: session_*/<family>-<pid>.
+for f in $R/session_high/*/cgroup.procs $R/session_low/*/cgroup.procs; do
+    [ -r $f ] || continue
+    echo; echo "## cat ${f#$R/}"; cat $f
+done
 echo "## cpu.weight high/low: $(cat $R/session_high/cpu.weight) / $(cat $R/session_low/cpu.weight)"
 awk -v h=$((h1 - h0)) -v l=$((l1 - l0)) 'BEGIN { printf "## CPU time over 5 s: session_high %.2f s, session_low %.2f s, ratio %.2f:1 (weights 3:1)\n", h/1e6, l/1e6, h/l }'
 echo "## cat /sys/kernel/sched_ext/root/ops: $(cat /sys/kernel/sched_ext/root/ops 2>/dev/null)"
 echo; echo "## agentcgd status"; agentcgd status
 echo; echo "## agentcgd log"; cat /tmp/agentcgd.log
 kill -TERM $D; wait $D
-echo "## after SIGTERM: sched_ext $(cat /sys/kernel/sched_ext/state); processes stay: $(wc -l < $R/session_high/cgroup.procs) in session_high"
+echo "## after SIGTERM: sched_ext $(cat /sys/kernel/sched_ext/state); processes stay: $(cat $R/session_high/*/cgroup.procs | wc -l) in session_high's leaves"

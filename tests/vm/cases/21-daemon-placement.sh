@@ -2,7 +2,9 @@
 # 21-daemon-placement: the daemon, started as users start it, builds
 # agentcg/{session_high,session_low} with cpu and memory enabled and the
 # weights set, places processes by the shipped policies (comm rules,
-# descendants, tools), leaves others alone, and stops on SIGTERM in < 1 s.
+# descendants, tools) into their agent's leaf (session_high/<family>-<pid>,
+# its tools in session_low/<family>-<pid>), leaves others alone, removes an
+# agent's leaves once it has exited, and stops on SIGTERM in < 1 s.
 R=/sys/fs/cgroup/agentcg
 W=/tmp/t21
 mkdir -p $W/bin
@@ -33,8 +35,14 @@ done
 [ "$(cat $R/session_high/cpu.weight)" = 150 ] || fail "session_high cpu.weight $(cat $R/session_high/cpu.weight)"
 [ "$(cat $R/session_low/cpu.weight)" = 50 ] || fail "session_low cpu.weight $(cat $R/session_low/cpu.weight)"
 echo "tree: $(cat $R/cgroup.subtree_control) weights 150/50"
+# The sessions are parents of the agents' leaves: the controllers go down.
+for s in session_high session_low; do
+    for c in cpu memory; do
+        grep -qw $c $R/$s/cgroup.subtree_control || fail "$c not enabled for the leaves of $s: $(cat $R/$s/cgroup.subtree_control)"
+    done
+done
 
-wait_cg $early /agentcg/session_low || fail "pre-existing aider ($early) not placed: $(cg $early)"
+wait_cg $early /agentcg/session_low/aider-$early || fail "pre-existing aider ($early) not placed in its leaf: $(cg $early)"
 
 # Claude Code (comm rule, high) whose shell spawns a plain child (inherits)
 # and a pytest (tools rule: low).
@@ -45,14 +53,23 @@ $W/bin/claude & agent=$!
 sleep 50 & other=$!
 i=0; until [ -s $W/child ] && [ -s $W/tool ]; do i=$((i+1)); [ $i -gt 100 ] && fail "agent children not started"; usleep 20000; done
 child=$(cat $W/child); tool=$(cat $W/tool)
-wait_cg $agent /agentcg/session_high || fail "claude ($agent) in $(cg $agent)"
-wait_cg $child /agentcg/session_high || fail "claude's child ($child) in $(cg $child)"
-wait_cg $tool /agentcg/session_low || fail "claude's pytest ($tool) in $(cg $tool)"
+A=claude-code-$agent
+wait_cg $agent /agentcg/session_high/$A || fail "claude ($agent) in $(cg $agent)"
+wait_cg $child /agentcg/session_high/$A || fail "claude's child ($child) in $(cg $child)"
+wait_cg $tool /agentcg/session_low/$A || fail "claude's pytest ($tool) in $(cg $tool)"
 # The tool's own children stay with the tool (session_low).
 children() { for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null); [ "$4" = "$1" ] || [ "$4" != "$C" ] || echo $1; done; }
 C=$tool; i=0; until [ -n "$(children)" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "pytest has no child"; usleep 20000; done
 tchild=$(children | head -1)
-wait_cg $tchild /agentcg/session_low || fail "pytest's child ($tchild) in $(cg $tchild)"
+wait_cg $tchild /agentcg/session_low/$A || fail "pytest's child ($tchild) in $(cg $tchild)"
+# A leaf takes its family's weight (100 unless the family file sets
+# cpu_weight) and claims the session's memory protection (min/low max: the
+# guest's cgroup2 is mounted without memory_recursiveprot).
+for l in session_high/$A session_low/$A; do
+    [ "$(cat $R/$l/cpu.weight)" = 100 ] || fail "$l cpu.weight $(cat $R/$l/cpu.weight)"
+    [ "$(cat $R/$l/memory.min)/$(cat $R/$l/memory.low)" = max/max ] || fail "$l memory.min/low $(cat $R/$l/memory.min)/$(cat $R/$l/memory.low)"
+done
+echo "leaves: $(cd $R && ls -d session_*/*-* | tr '\n' ' ')"
 usleep 300000
 [ "$(cg $other)" = "/" ] || fail "unmatched sleep moved to $(cg $other)"
 [ "$(cat /proc/$tool/oom_score_adj)" -gt "$(cat /proc/$agent/oom_score_adj)" ] || \
@@ -61,9 +78,15 @@ usleep 300000
 usleep 400000
 agentcgd status > $W/status.txt || fail "status failed"
 cat $W/status.txt
-grep -q "claude-code" $W/status.txt || fail "status lacks claude-code"
+grep -q "^  $A  *high+low .* /agentcg/session_high/$A /agentcg/session_low/$A\$" $W/status.txt || fail "status lacks agent $A in both sessions"
+grep -q "^  aider-$early  *low " $W/status.txt || fail "status lacks agent aider-$early"
 agentcgd explain $tool > $W/explain.txt; cat $W/explain.txt
 grep -q "because tools rule 1" $W/explain.txt || fail "explain does not name the tools rule"
+
+# The aider agent exits: its leaf goes (cgroup.events watched, no polling).
+C=$early; kill $early $(children); wait $early 2>/dev/null
+i=0; while [ -d $R/session_low/aider-$early ]; do i=$((i+1)); [ $i -gt 100 ] && fail "leaf aider-$early not removed after its agent exited"; usleep 20000; done
+echo "empty leaf session_low/aider-$early removed within $((i * 20 + 20)) ms"
 
 kill -TERM $D
 n=0; while kill -0 $D 2>/dev/null && [ -d /proc/$D ] && ! grep -q '^State:.*Z' /proc/$D/status 2>/dev/null; do
@@ -72,6 +95,6 @@ wait $D; rc=$?; D=
 [ $rc = 0 ] || fail "agentcgd exited $rc on SIGTERM"
 echo "SIGTERM to exit: about $((n * 10)) ms"
 [ $n -le 100 ] || fail "SIGTERM took more than 1 s"
-[ "$(cg $agent)" = /agentcg/session_high ] || fail "processes must stay where they are after stop"
-kill $early $agent $other 2>/dev/null
-echo "PASS: tree built, weights set, placement by policy, clean stop"
+[ "$(cg $agent)" = /agentcg/session_high/$A ] || fail "processes must stay where they are after stop: $(cg $agent)"
+kill $agent $other 2>/dev/null
+echo "PASS: tree built, weights set, placement by policy into the agents' leaves, empty leaf removed, clean stop"

@@ -1,10 +1,13 @@
 #!/bin/sh
 # 22-daemon-no-escape: placement that no process escapes, on the sched_ext
 # kernel with the scheduler and memcg running: agents that fork workers
-# right after exec (no exec in the workers) are placed whole, 20 runs of
-# 10 agents x (1 + 5 workers + 5 grandchildren) within 1 s each; a process
-# that renames itself into a rule is placed; the session cgroups removed
-# under the running daemon are reported and rebuilt.
+# right after exec (no exec in the workers) are placed whole, each in its
+# own agent's leaf (session_high/forker-<agent pid>), 20 runs of 10 agents
+# x (1 + 5 workers + 5 grandchildren) within 1 s each, and the leaves are
+# removed once the agents are gone; a process that renames itself into a
+# rule is placed in a leaf of its own; the session cgroups removed under
+# the running daemon are reported and rebuilt, the tracked process placed
+# again in its leaf.
 R=/sys/fs/cgroup/agentcg
 W=/tmp/t22
 mkdir -p $W/bin $W/pol
@@ -36,13 +39,26 @@ grep -q "process events from bpf" $W/log || fail "not on BPF events: $(grep 'pro
 # known issues); this case is about forks, renames and the lost tree.
 i=0; until [ "$(cat /sys/kernel/sched_ext/state 2>/dev/null)" = enabled ]; do i=$((i+1)); [ $i -gt 300 ] && fail "sched_ext not enabled"; usleep 100000; done
 
-# "total placed" of the agents' processes (all named agentcg-fk), in one
-# awk over /proc: shell loops are too slow under TCG to time anything.
+# "total placed" of the agents' processes (all named agentcg-fk): placed
+# means in the leaf of its own agent, session_high/forker-<root>, the root
+# being its oldest agentcg-fk ancestor (the agent the test started). One
+# awk over the leaves' cgroup.procs and /proc/*/stat: shell loops are too
+# slow under TCG to time anything. (busybox awk stops at a file that
+# vanished or a leaf glob that matched nothing: the caller tries again.)
 count() {
-    awk 'NR == FNR { high[$1] = 1; next }
-         FNR == 1 && $0 == "agentcg-fk" { split(FILENAME, a, "/"); t++; if (a[3] in high) p++ }
-         END { printf "%d %d\n", t, p }' $R/session_high/cgroup.procs /proc/[0-9]*/comm 2>/dev/null
+    awk 'FILENAME ~ /cgroup.procs$/ { split(FILENAME, a, "/"); leaf[$1] = a[7]; next }
+         FNR == 1 { comm[$1] = $2; ppid[$1] = $4 }
+         END {
+             for (p in comm) {
+                 if (comm[p] != "(agentcg-fk)") continue
+                 t++; r = p
+                 while (comm[ppid[r]] == "(agentcg-fk)") r = ppid[r]
+                 if (leaf[p] == "forker-" r) ok++
+             }
+             printf "%d %d\n", t, ok
+         }' $R/session_high/*/cgroup.procs /proc/[0-9]*/stat 2>/dev/null
 }
+leaves() { ls -d $R/session_high/forker-* $R/session_low/forker-* 2>/dev/null | wc -l; }
 worst=0
 for run in $(seq 20); do
     t0=$(cut -d' ' -f1 /proc/uptime)
@@ -58,24 +74,33 @@ for run in $(seq 20); do
     ms=$(echo "$t0 $now" | awk '{ printf "%d", ($2 - $1) * 1000 }')
     if [ $ok != 1 ]; then
         for p in $(fk_pids); do
-            c=$(cg $p); [ "$c" = /agentcg/session_high ] && continue
-            echo "outside: pid $p ppid $(cut -d' ' -f4 /proc/$p/stat) in $c"
+            echo "pid $p ppid $(cut -d' ' -f4 /proc/$p/stat) in $(cg $p)"
             grep -w "$p" $W/log | tail -3
         done
+        echo "agents started: $agents"
         agentcgd status --json | grep -E '"(placed|already_placed|vanished|pid_reused|errors|reconciles|exec_seen|exec_passed|exec|lost)"'
         # Does one more event bring the missing one along (a lost wake-up)?
         $W/bin/agentcg-fk & poke=$!
         usleep 2000000
-        set -- $(fk_pids); echo "after a poke: first outside pid $(for p in $(fk_pids); do [ "$(cg $p)" = /agentcg/session_high ] || { echo $p; break; }; done)"
+        echo "after a poke: $(count) (total, in their agent's leaf)"
         agentcgd status --json | grep -E '"(exec_passed|exec)"'
-        fail "run $run: $2 of $1 agent processes in session_high after $ms ms"
+        # Did procmon_exec run for every exec (recursion_misses)?
+        bpftool prog show 2>/dev/null | grep -A3 'name procmon_exec'
+        fail "run $run: $2 of $1 agent processes in their agent's leaf of session_high after $ms ms"
     fi
     [ $ms -gt $worst ] && worst=$ms
     kill $(fk_pids) 2>/dev/null
     wait $agents 2>/dev/null
-    for try in $(seq 100); do set -- $(count); [ "$1" = 0 ] && break; kill $(fk_pids) 2>/dev/null; usleep 20000; done
+    for try in $(seq 100); do [ -z "$(fk_pids)" ] && break; kill $(fk_pids) 2>/dev/null; usleep 20000; done
+    # Their ten leaves go once they are empty.
+    for try in $(seq 100); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
+    [ "$(leaves)" = 0 ] || fail "run $run: leaves left after the agents exited: $(ls -d $R/session_*/forker-*)"
 done
-echo "forking agents: 20 runs x 110 processes all in session_high (slowest run complete after $worst ms of guest time)"
+echo "forking agents: 20 runs x 10 agents x 11 processes, each in its agent's leaf (slowest run complete after $worst ms of guest time); leaves removed after each run"
+# 200 leaves came and went under the scheduler: it must not have exited
+# (a leaf's mkdir fails while its cgroup_init errs, and the agent stays out).
+scx_err=$(dmesg | grep 'sched_ext: .*disabled' | grep -v 'unregistered from user space')
+[ -z "$scx_err" ] || fail "the sched_ext scheduler exited while leaves came and went: $scx_err $(dmesg | grep 'sched_ext: agentcg:')"
 
 # Rename into a rule (prctl(PR_SET_NAME) through /proc/self/comm).
 mkfifo $W/go
@@ -83,13 +108,15 @@ sh -c "read x < $W/go; printf %s agentcg-renamed > /proc/self/comm; read x < $W/
 usleep 200000
 [ "$(cg $rn)" = / ] || fail "renamer placed before renaming: $(cg $rn)"
 echo go > $W/go
-i=0; until [ "$(cg $rn)" = /agentcg/session_high ]; do i=$((i+1)); [ $i -gt 100 ] && fail "renamed process not placed: $(cg $rn), comm $(cat /proc/$rn/comm)"; usleep 10000; done
-echo "renamed process placed after about $((i * 10)) ms"
+i=0; until [ "$(cg $rn)" = /agentcg/session_high/forker-$rn ]; do i=$((i+1)); [ $i -gt 100 ] && fail "renamed process not placed in its leaf: $(cg $rn), comm $(cat /proc/$rn/comm)"; usleep 10000; done
+echo "renamed process placed in session_high/forker-$rn after about $((i * 10)) ms"
 
-# Remove the session cgroups under the running daemon.
+# Remove the session cgroups under the running daemon (its emptied leaf
+# first: a cgroup with children cannot be removed).
 echo $rn > /sys/fs/cgroup/cgroup.procs
-rmdir $R/session_high $R/session_low || fail "cannot remove the sessions"
-i=0; until [ "$(cg $rn)" = /agentcg/session_high ]; do i=$((i+1)); [ $i -gt 300 ] && fail "tree not rebuilt / tracked process not placed again: $(cg $rn)"; usleep 10000; done
+i=0; while [ "$(leaves)" != 0 ]; do i=$((i+1)); [ $i -gt 100 ] && fail "leaf of the renamed process not removed once empty"; usleep 10000; done
+rmdir $R/session_high $R/session_low || fail "cannot remove the sessions: $(ls $R/session_*)"
+i=0; until [ "$(cg $rn)" = /agentcg/session_high/forker-$rn ]; do i=$((i+1)); [ $i -gt 300 ] && fail "tree not rebuilt / tracked process not placed again in its leaf: $(cg $rn)"; usleep 10000; done
 [ "$(cat $R/session_high/cpu.weight)" = 150 ] || fail "rebuilt session_high has cpu.weight $(cat $R/session_high/cpu.weight)"
 grep -q "lost" $W/log || fail "the loss was not logged"
 usleep 300000

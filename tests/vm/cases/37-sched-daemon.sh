@@ -1,7 +1,9 @@
 #!/bin/sh
 # 37-sched-daemon: agentcgd loads the scheduler (state enabled, ops agentcg,
-# `agentcgd status` says so), CPU hogs written into session_high and
-# session_low split 3:1 (cpu.weight 150:50) within 5%, sysrq-S is reported
+# `agentcgd status` says so), CPU hogs written into a leaf of session_high
+# and one of session_low (made as the daemon makes an agent's leaf: the
+# sessions hold only leaves) split 3:1 (cpu.weight 150:50) within 5%,
+# sysrq-S is reported
 # and recovered from (restart, last exit sysrq), and SIGTERM leaves the
 # kernel on its own scheduler (state disabled).
 . /vm/lib/sched.sh
@@ -28,8 +30,10 @@ agentcgd status | grep -i sched
 for s in session_high session_low; do [ -d $ROOT/$s ] || fail "$ROOT/$s missing"; done
 echo "weights: high $(cat $ROOT/session_high/cpu.weight) low $(cat $ROOT/session_low/cpu.weight)"
 
-hogs agentcg/session_high $NCPU
-hogs agentcg/session_low $NCPU
+leaf agentcg/session_high/t37
+leaf agentcg/session_low/t37
+hogs agentcg/session_high/t37 $NCPU
+hogs agentcg/session_low/t37 $NCPU
 sleep $WARM
 ratio agentcg/session_high agentcg/session_low 3 || fail "session_high:session_low is not 3:1 within 5%"
 
@@ -55,4 +59,5 @@ stop_daemon
 wait_state disabled 5 || fail "state $(cat $SX/state) after SIGTERM of agentcgd"
 echo "after SIGTERM: state $(cat $SX/state)"
 cleanup
+rmdir $ROOT/session_high/t37 $ROOT/session_low/t37 2>/dev/null
 echo "PASS 37-sched-daemon"

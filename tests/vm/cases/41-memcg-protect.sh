@@ -2,25 +2,30 @@
 # vm-env: VM_MEM_MB=2048
 # 41-memcg-protect: the tight-memory experiment of the AgentCgroup study,
 # scaled to the VM. HIGH (all_images_haiku/dask__dask-11628) in
-# agentcg/session_high and two LOW (all_images_haiku/sigmavirus24__github3.py-673)
-# in agentcg/session_low, replayed by agentcg-replay at 50x, share
+# a leaf of agentcg/session_high and two LOW
+# (all_images_haiku/sigmavirus24__github3.py-673) in leaves of
+# agentcg/session_low, replayed by agentcg-replay at 50x, share
 # agentcg/memory.max = LIMIT_MB, below the sum of their peaks (321 + 2 x 306
 # MB; 700-820 MB whenever their bursts meet). Rounds alternate in one boot:
 #
-#   baseline  no daemon: the same tree (cpu+memory enabled, cpu.weight 100
-#             both), the same memory.max; the script writes cgroup.procs
-#             itself; oom_score_adj 0.
+#   baseline  no daemon: the same tree (cpu+memory enabled down to the
+#             leaves, cpu.weight 100 both), the same memory.max; the script
+#             makes one leaf per replay as the daemon makes an agent's leaf
+#             (session_*/baseline-<label>, memory.min/low max) and writes
+#             its cgroup.procs itself; oom_score_adj 0.
 #   agentcgd  the real daemon, `agentcgd /sys/fs/cgroup/agentcg` with the
 #             shipped config and policies (scheduler on where the kernel has
 #             sched_ext, memcg controller: fallback backend on this kernel).
 #             The replays are placed by policy: HIGH runs as `claude`
 #             (claude-code, high), each LOW as `aider` started with
 #             AGENTCG_PRIORITY=low (aider is high by default); the daemon
-#             also writes their oom_score_adj.
+#             also writes their oom_score_adj. Each replay is an agent of
+#             its own: session_high/claude-code-<pid>, session_low/aider-<pid>.
 #
 # In both modes the replay binary is exec'd through a symlink with that name
 # (comm claude / aider). Under agentcgd a small #! wrapper of the same name is
-# exec'd first and waits until the daemon has moved it (and set its
+# exec'd first and waits until the daemon has moved it into its own agent
+# leaf (and set its
 # oom_score_adj) before it execs the replay: memory charged before placement
 # would stay in the root cgroup, outside agentcg/memory.max.
 #
@@ -289,6 +294,11 @@ echo $((LIMIT_MB * 1000000)) > $R/memory.max || fail "cannot set memory.max"
 echo +memory > $R/cgroup.subtree_control || fail "cannot enable memory in agentcg"
 echo +cpu > $R/cgroup.subtree_control 2>/dev/null
 mkdir -p $R/session_high $R/session_low
+# The sessions hold only leaves (per-agent leaves, the daemon's default).
+for s in session_high session_low; do
+    echo +memory > $R/$s/cgroup.subtree_control || fail "cannot enable memory in $s"
+    echo +cpu > $R/$s/cgroup.subtree_control 2>/dev/null
+done
 [ -e $R/session_high/memory.pressure ] || fail "no PSI (memory.pressure missing)"
 echo "kernel $(uname -r), $(awk '/MemTotal/{print $2/1024 " MB"}' /proc/meminfo) RAM;" \
      "agentcg/memory.max=${LIMIT_MB} MB, speed ${SPEED}x, $ROUNDS rounds per mode"
@@ -299,12 +309,13 @@ for n in claude aider; do
     ln -sf "$REPLAY" $W/bin/$n
     cat > $W/wrap/$n <<WRAP
 #!/bin/sh
-# \$1 = session the daemon must put us in, \$2 = label; the rest: replay args.
-want=\$1 label=\$2; shift 2
+# \$1 = session/family whose leaf for us (<family>-<our pid>) the daemon
+# must put us in, \$2 = label; the rest: replay args.
+want=\$1-\$\$ label=\$2; shift 2
 i=0
 while :; do
     read cg < /proc/\$\$/cgroup
-    case \$cg in *agentcg/\$want) break;; esac
+    case \$cg in 0::/agentcg/\$want) break;; esac
     i=\$((i + 1)); [ \$i -gt 2000 ] && { echo "not placed: \$cg" > $W/unplaced.\$label; exit 99; }
     usleep 5000
 done
@@ -329,10 +340,13 @@ run_one() {
     rm -f $W/placed.$2 $W/unplaced.$2
     args="--trace $5 --speed $SPEED --json --label $2"
     if [ $1 != baseline ]; then
+        case $3 in claude) fam=claude-code;; *) fam=$3;; esac
         # The user's per-launch choice: AGENTCG_PRIORITY=high|low.
-        AGENTCG_PRIORITY=${4#session_} $W/wrap/$3 $4 $2 $args > $W/out.$2 2>&1 &
+        AGENTCG_PRIORITY=${4#session_} $W/wrap/$3 $4/$fam $2 $args > $W/out.$2 2>&1 &
     else
-        sh -c "echo \$\$ > $R/$4/cgroup.procs && exec $W/bin/$3 $args" > $W/out.$2 2>&1 &
+        l=$R/$4/baseline-$2
+        mkdir -p $l && echo max > $l/memory.min && echo max > $l/memory.low || fail "cannot make leaf $l"
+        sh -c "echo \$\$ > $l/cgroup.procs && exec $W/bin/$3 $args" > $W/out.$2 2>&1 &
     fi
 }
 
@@ -381,6 +395,7 @@ round() { # MODE N
     wait $ph; rh=$?; wait $pl1; rl1=$?; wait $pl2; rl2=$?
     t1=$(now_cs)
     k1h=$(oomk session_high); k1l=$(oomk session_low)
+    [ $mode = baseline ] && rmdir $R/session_high/baseline-high $R/session_low/baseline-low1 $R/session_low/baseline-low2
     for s in high low1 low2; do [ -e $W/unplaced.$s ] && fail "$mode round $n: $s $(cat $W/unplaced.$s)"; done
     if [ $mode != baseline ]; then
         adj_h=$(sed -n 's/.* adj //p' $W/placed.high); adj_l=$(sed -n 's/.* adj //p' $W/placed.low1)

@@ -6,9 +6,11 @@
 # scheduler off: this case is about memory):
 #  - `agentcgd status` says `bpf: memcg_bpf_ops`; `bpftool link` lists two
 #    struct_ops links, and they are the daemon's (its /proc/PID/fdinfo);
-#  - the ops are on the session cgroups: a cgroup created below session_low
-#    inherits them (handle_cgroup_online runs: status bpf.online rises), and
-#    removing it runs handle_cgroup_offline;
+#  - the ops are on the session cgroups: an agent's leaf the daemon creates
+#    below session_low (session_low/aider-<pid>, for an aider started with
+#    AGENTCG_PRIORITY=low) inherits them (handle_cgroup_online runs: status
+#    bpf.online rises), and its removal once the agent has exited runs
+#    handle_cgroup_offline;
 #  - while the daemon holds the sessions, another loader's attach fails with
 #    EBUSY and that controller falls back, saying why in its status;
 #  - SIGTERM detaches: no struct_ops link is left, memory files restored;
@@ -19,7 +21,7 @@
 CG=/sys/fs/cgroup
 R=$CG/agentcg
 W=/tmp/t44
-mkdir -p $W
+mkdir -p $W/bin
 D=
 fail() {
     echo "FAIL: $*"
@@ -69,20 +71,25 @@ start "start"
 echo "--- bpftool link show"; bpftool link show | grep -A2 struct_ops
 grep -h 'link_type\|link_id' $(grep -l 'link_type:.*struct_ops' /proc/$D/fdinfo/*) | tr '\n' ' '; echo
 
-# Inheritance: a new cgroup below session_low gets the ops (online hook).
-# (A child has its own memcg only with +memory in the parent's subtree_control.)
+# Inheritance: an agent's leaf below session_low gets the ops (online
+# hook). (A leaf has its own memcg because the daemon enables memory in
+# the session's subtree_control for its leaves.)
+grep -qw memory $R/session_low/cgroup.subtree_control || fail "memory not enabled for the leaves of session_low: $(cat $R/session_low/cgroup.subtree_control)"
 on0=$(bpfc online); off0=$(bpfc offline)
-echo +memory > $R/session_low/cgroup.subtree_control || fail "cannot enable memory below session_low"
-mkdir $R/session_low/t44 || fail "mkdir below session_low"
-usleep 100000; rmdir $R/session_low/t44
-echo -memory > $R/session_low/cgroup.subtree_control
-i=0; while :; do
-    on1=$(bpfc online); off1=$(bpfc offline)
-    [ "$on1" -gt "$on0" ] 2>/dev/null && [ "$off1" -gt "$off0" ] 2>/dev/null && break
-    i=$((i + 1)); [ $i -gt 100 ] && fail "handle_cgroup_online/offline not seen for a cgroup below session_low (online $on0 -> $on1, offline $off0 -> $off1)"
-    usleep 50000
-done
-echo "child of session_low: handle_cgroup_online $on0 -> $on1, offline $off0 -> $off1"
+mkfifo $W/fifo
+printf '#!/bin/sh\nread x < %s\n' $W/fifo > $W/bin/aider; chmod +x $W/bin/aider
+AGENTCG_PRIORITY=low $W/bin/aider & a=$!
+i=0; until [ "$(sed -n 's/^0:://p' /proc/$a/cgroup)" = /agentcg/session_low/aider-$a ]; do
+    i=$((i + 1)); [ $i -gt 200 ] && fail "aider ($a) not placed in session_low/aider-$a: $(cat /proc/$a/cgroup)"; usleep 20000; done
+gt() { [ -n "$1" ] && [ "$1" -gt "$2" ] 2>/dev/null; }
+i=0; until gt "$(bpfc online)" "$on0"; do
+    i=$((i + 1)); [ $i -gt 100 ] && fail "handle_cgroup_online not seen for leaf session_low/aider-$a (online $on0 -> $(bpfc online))"; usleep 50000; done
+on1=$(bpfc online)
+kill $a; wait $a 2>/dev/null
+i=0; until [ ! -d $R/session_low/aider-$a ] && gt "$(bpfc offline)" "$off0"; do
+    i=$((i + 1)); [ $i -gt 100 ] && fail "leaf aider-$a not removed / handle_cgroup_offline not seen (offline $off0 -> $(bpfc offline))"; usleep 50000; done
+off1=$(bpfc offline)
+echo "agent leaf session_low/aider-$a: handle_cgroup_online $on0 -> $on1, offline (leaf removed) $off0 -> $off1"
 
 # A second loader on the same sessions: attach refused (EBUSY), fallback with the reason.
 $DEMO run $R > $W/demo.log 2>&1 & c=$!
@@ -113,4 +120,4 @@ start "restart after SIGKILL"
 kill -TERM $D; wait $D; D=
 [ $(ops_links) = 0 ] || fail "struct_ops links left after the last SIGTERM"
 dmesg | grep 'BUG:\|WARNING:\|memcontrol bpf ops' && fail "kernel warnings (above)"
-echo "PASS: BPF backend attached to session_high/session_low, inherited below, detached on SIGTERM and on SIGKILL, re-attached on restart"
+echo "PASS: BPF backend attached to session_high/session_low, inherited by an agent's leaf, detached on SIGTERM and on SIGKILL, re-attached on restart"

@@ -18,7 +18,10 @@
 #             takes at least one bpf_delay_ms), the delay is in the status.
 #
 # The replays are put into the sessions by the script (not by policy): no
-# oom_score_adj steering, so an OOM would be the kernel's plain choice.
+# oom_score_adj steering, so an OOM would be the kernel's plain choice. As
+# the daemon's sessions hold only leaves, each replay gets a leaf made the
+# way the daemon makes an agent's (session_high/t45, session_low/t45:
+# memory enabled for them, memory.min/low max) in both rounds.
 CG=/sys/fs/cgroup
 R=$CG/agentcg
 W=/tmp/t45
@@ -56,12 +59,16 @@ oomk() { sed -n 's/^oom_kill //p' $R/memory.events; }
 
 echo +memory > $CG/cgroup.subtree_control
 mkdir -p $R && echo +memory > $R/cgroup.subtree_control && mkdir -p $R/session_high $R/session_low || fail "tree"
+for s in session_high session_low; do
+    echo +memory > $R/$s/cgroup.subtree_control && mkdir -p $R/$s/t45 &&
+        echo max > $R/$s/t45/memory.min && echo max > $R/$s/t45/memory.low || fail "leaf $s/t45"
+done
 echo $((LIMIT_MB * 1000000)) > $R/memory.max || fail "memory.max"
 
 round() { # MODE
     k0=$(oomk)
-    sh -c "echo \$\$ > $R/session_high/cgroup.procs && exec $REPLAY --trace $W/high.csv --json --label high" > $W/high.out 2>&1 & ph=$!
-    sh -c "echo \$\$ > $R/session_low/cgroup.procs && exec $REPLAY --trace $W/low.csv --json --label low" > $W/low.out 2>&1 & pl=$!
+    sh -c "echo \$\$ > $R/session_high/t45/cgroup.procs && exec $REPLAY --trace $W/high.csv --json --label high" > $W/high.out 2>&1 & ph=$!
+    sh -c "echo \$\$ > $R/session_low/t45/cgroup.procs && exec $REPLAY --trace $W/low.csv --json --label low" > $W/low.out 2>&1 & pl=$!
     wait $ph; rh=$?; wait $pl; rl=$?
     KILLS=$(( $(oomk) - k0 ))
     H=$(grep '^{' $W/high.out | tail -1); L=$(grep '^{' $W/low.out | tail -1)

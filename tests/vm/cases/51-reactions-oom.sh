@@ -3,7 +3,8 @@
 # process named "aider" (family aider, started with AGENTCG_PRIORITY=low: session_low) replays a trace that
 # cannot fit under agentcg/memory.max; the kernel kills it. The reaction
 # `save` (on: [oom_kill]) must run once, outside the agent tree, with
-# AGENTCG_EVENT=oom_kill and the agent's family, pid, cgroup and cwd; the
+# AGENTCG_EVENT=oom_kill and the agent's family, pid, cgroup (its own leaf,
+# session_low/aider-<pid>) and cwd; the
 # `note` rule (on: [crash], action: log) must log the SIGKILL death.
 #
 # Needs the memcg controller (it reports the OOM kill); SKIPs without it.
@@ -60,7 +61,7 @@ grep -qx "AGENTCG_FAMILY=aider" $W/save.out || fail "AGENTCG_FAMILY"
 grep -qx "AGENTCG_PID=$a" $W/save.out || fail "AGENTCG_PID (want $a)"
 grep -qx "AGENTCG_AGENT=aider-$a" $W/save.out || fail "AGENTCG_AGENT"
 grep -qx "AGENTCG_EXIT=signal:SIGKILL" $W/save.out || fail "AGENTCG_EXIT"
-grep -qx "AGENTCG_CGROUP=$R/session_low" $W/save.out || fail "AGENTCG_CGROUP"
+grep -qx "AGENTCG_CGROUP=$R/session_low/aider-$a" $W/save.out || fail "AGENTCG_CGROUP (want its leaf $R/session_low/aider-$a)"
 grep -qx "AGENTCG_CWD=$W/ws" $W/save.out || fail "AGENTCG_CWD"
 grep -q "^CGROUP=0::/agentcg" $W/save.out && fail "the action ran inside the agent tree"
 grep -q "^CGROUP=0::/" $W/save.out || fail "no cgroup recorded for the action"

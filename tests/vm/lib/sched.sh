@@ -29,6 +29,16 @@ hogs() { # CGROUP N: N busy loops in CGROUP
         n=$((n + 1))
     done
 }
+# leaf CGROUP: a leaf cgroup made the way agentcgd makes an agent's leaf
+# (a session enables controllers for its leaves, so nothing can be written
+# into the session itself): mkdir, memory.min/low "max" so that it claims
+# the session's memory protection (no memory_recursiveprot in the guest).
+leaf() {
+    mkdir -p $CG/$1 || fail "cannot create $CG/$1"
+    for f in memory.min memory.low; do
+        [ -e $CG/$1/$f ] && { echo max > $CG/$1/$f || fail "cannot set $1/$f"; }
+    done
+}
 usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
 # ratio A B TARGET: measure A:B usage over WINDOW s, check within TOL of TARGET
 ratio() {
