@@ -67,7 +67,15 @@ fn scenario(name: &str, backend: &str) {
         std::fs::create_dir(l).expect("create a scratch leaf");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_agentcg-activity"))
-        .args(["selftest", name, "--backend", backend, "--leaf"])
+        .args([
+            "selftest",
+            name,
+            "--backend",
+            backend,
+            "--cycles",
+            "2",
+            "--leaf",
+        ])
         .arg(&leaves[0])
         .arg("--leaf2")
         .arg(&leaves[1])
