@@ -861,3 +861,62 @@ fn resolve_id(path: &Path, id: u64) -> anyhow::Result<u64> {
     }
     cgroup_id(path).context("cgroup id")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_loads_nothing_and_watches_nothing() {
+        let mut m = Monitor::start(&Options {
+            enabled: false,
+            ..Options::default()
+        });
+        assert_eq!(m.backend().0, Backend::Disabled);
+        assert!(m.backend().1.is_some_and(|r| r.contains("enabled")));
+        assert!(m.as_fd().is_none());
+        m.watch(AgentKey::new("x", 1), &[(PathBuf::from("/nonexistent"), 7)])
+            .unwrap();
+        let s = m.snapshot(MonoTime::now());
+        assert!(s.agents.is_empty() && s.families.is_empty());
+        assert!(m.process(MonoTime::now()).is_empty());
+    }
+
+    #[test]
+    fn cpustat_backend_names_its_reason_and_refuses_a_leaf_without_cpu_stat() {
+        let mut m = Monitor::start(&Options {
+            backend: BackendChoice::CpuStat,
+            ..Options::default()
+        });
+        let (b, why) = m.backend();
+        assert_eq!(b, Backend::CpuStat);
+        assert!(why.is_some());
+        assert!(m.as_fd().is_some());
+        let dir = std::env::temp_dir().join(format!("activity-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = m
+            .watch(AgentKey::new("fam", 42), &[(dir.clone(), 0)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fam-42") && err.contains("cpu.stat"), "{err}");
+        // The agent is known (it starts active), with no leaf.
+        let s = m.snapshot(MonoTime::now());
+        assert_eq!(s.agents.len(), 1);
+        assert_eq!(s.agents[0].state, State::Active);
+        assert!(s.agents[0].leaves.is_empty());
+        assert_eq!(s.families[0].family, "fam");
+        m.unwatch(&AgentKey::new("fam", 42));
+        let s = m.snapshot(MonoTime::now());
+        assert!(s.agents.is_empty() && s.families.is_empty());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn agent_key_is_the_leaf_name() {
+        assert_eq!(
+            AgentKey::new("claude-code", 4711).to_string(),
+            "claude-code-4711"
+        );
+        assert_eq!(Backend::CpuStat.to_string(), "cpu.stat");
+    }
+}

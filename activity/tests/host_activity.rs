@@ -7,7 +7,10 @@
 //!   (cpu.stat: within its 500 ms sampling interval);
 //! - an agent blocked in a read on a pipe is idle, and one message makes it
 //!   active at once;
-//! - one spinning thread among 20 sleeping ones keeps its agent active.
+//! - one spinning thread among 20 sleeping ones keeps its agent active;
+//! - an agent with two leaves (session_high and session_low): a leaf added
+//!   while it is idle wakes it, work in either leaf counts, a dropped leaf
+//!   keeps its CPU time in the agent's and no longer counts.
 //!
 //! Serialised: two scenarios at once on a 2-CPU machine would measure each
 //! other's CPU work.
@@ -50,23 +53,42 @@ fn scenario(name: &str, backend: &str) {
         eprintln!("SKIP: {name} ({backend}) needs {what}");
         return;
     }
-    let leaf = cgroup2_mount().unwrap().join(format!(
-        "agentcg-activity-test-{}-{name}-{backend}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir(&leaf);
-    std::fs::create_dir(&leaf).expect("create the scratch leaf");
+    let leaves: Vec<PathBuf> = ["", "-low"]
+        .iter()
+        .map(|sfx| {
+            cgroup2_mount().unwrap().join(format!(
+                "agentcg-activity-test-{}-{name}-{backend}{sfx}",
+                std::process::id()
+            ))
+        })
+        .collect();
+    for l in &leaves {
+        let _ = std::fs::remove_dir(l);
+        std::fs::create_dir(l).expect("create a scratch leaf");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_agentcg-activity"))
-        .args(["selftest", name, "--backend", backend, "--leaf"])
-        .arg(&leaf)
+        .args([
+            "selftest",
+            name,
+            "--backend",
+            backend,
+            "--cycles",
+            "2",
+            "--leaf",
+        ])
+        .arg(&leaves[0])
+        .arg("--leaf2")
+        .arg(&leaves[1])
         .output()
         .expect("run agentcg-activity selftest");
-    // The fake agent was killed and reaped by the selftest.
-    for _ in 0..50 {
-        if std::fs::remove_dir(&leaf).is_ok() {
-            break;
+    // The fake agents were killed and reaped by the selftest.
+    for l in &leaves {
+        for _ in 0..50 {
+            if std::fs::remove_dir(l).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -106,4 +128,14 @@ fn cpustat_agent_blocked_on_a_pipe_is_idle() {
 #[test]
 fn cpustat_one_spinning_thread_among_twenty_sleeping_is_active() {
     scenario("spinner", "cpustat");
+}
+
+#[test]
+fn bpf_agent_with_two_leaves() {
+    scenario("two-leaves", "bpf");
+}
+
+#[test]
+fn cpustat_agent_with_two_leaves() {
+    scenario("two-leaves", "cpustat");
 }

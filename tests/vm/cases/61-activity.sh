@@ -4,8 +4,9 @@
 # the cpu controller on, in leaves of a session tree: a 1 s work / 4 s sleep
 # agent goes idle ~2 s into each sleep and active within 100 ms of working
 # (BPF; cpu.stat within its sampling interval), an agent blocked on a pipe
-# is idle, one spinning thread among 20 sleeping ones is active; then the
-# cycle again under scx_agentcg. cpu.idle and cpu.weight of every cgroup
+# is idle, one spinning thread among 20 sleeping ones is active, an agent
+# with a session_high and a session_low leaf; then the cycle again under
+# scx_agentcg. cpu.idle and cpu.weight of every cgroup
 # under the test root are read before, every 500 ms during and after the
 # runs: the monitor observes, it must not have changed any of them.
 . /vm/lib/sched.sh
@@ -26,7 +27,8 @@ mkdir -p $T && echo +cpu > $T/cgroup.subtree_control || fail "cannot enable cpu 
 for s in session_high:150 session_low:50; do
     mkdir -p $T/${s%%:*} && echo ${s#*:} > $T/${s%%:*}/cpu.weight && echo +cpu > $T/${s%%:*}/cgroup.subtree_control || fail "cannot set up ${s%%:*}"
 done
-for l in session_high/cycle-1:100 session_high/blocked-2:200 session_low/spinner-3:100 session_low/cycle-4:100 session_high/cycle-5:100; do
+LEAVES="session_high/cycle-1:100 session_high/blocked-2:200 session_low/spinner-3:100 session_low/cycle-4:100 session_high/cycle-5:100 session_high/two-6:100 session_low/two-6:100"
+for l in $LEAVES; do
     mkdir -p $T/${l%%:*} && echo ${l#*:} > $T/${l%%:*}/cpu.weight || fail "cannot create ${l%%:*}"
 done
 # one non-default cpu.idle, so that a change back to 0 shows too
@@ -35,7 +37,7 @@ echo 1 > $T/session_low/spinner-3/cpu.idle || fail "cannot set cpu.idle"
 knobs() { find $T -name cpu.idle -o -name cpu.weight | sort | while read -r f; do echo "${f#$T/} $(cat "$f")"; done; }
 knobs > /tmp/knobs.before
 echo "cpu.idle and cpu.weight under $T:"; sed 's/^/  /' /tmp/knobs.before
-[ "$(wc -l < /tmp/knobs.before)" -ge 16 ] || fail "expected cpu.idle and cpu.weight in 8 cgroups"
+[ "$(wc -l < /tmp/knobs.before)" -ge 20 ] || fail "expected cpu.idle and cpu.weight in 10 cgroups"
 ( while :; do knobs > /tmp/knobs.now; cmp -s /tmp/knobs.before /tmp/knobs.now || { diff /tmp/knobs.before /tmp/knobs.now > /tmp/knobs.changed; }; usleep 500000; done ) &
 SAMPLER=$!
 
@@ -50,6 +52,7 @@ run "work/sleep cycles (bpf)" cycle --backend bpf --cycles 3 --leaf $T/session_h
 run "blocked on a pipe (bpf)" blocked --backend bpf --leaf $T/session_high/blocked-2
 run "one spinner among 20 sleepers (bpf)" spinner --backend bpf --leaf $T/session_low/spinner-3
 run "work/sleep cycles (cpu.stat)" cycle --backend cpustat --cycles 2 --leaf $T/session_low/cycle-4
+run "one agent, two leaves (bpf)" two-leaves --backend bpf --leaf $T/session_high/two-6 --leaf2 $T/session_low/two-6
 scx_agentcg >/tmp/scx61.log 2>&1 &
 SCHED=$!
 wait_state enabled 30 || { cat /tmp/scx61.log; fail "scx_agentcg did not attach"; }
@@ -66,5 +69,5 @@ if [ -s /tmp/knobs.changed ] || ! cmp -s /tmp/knobs.before /tmp/knobs.after; the
 fi
 echo "cpu.idle and cpu.weight of $(($(wc -l < /tmp/knobs.after) / 2)) cgroups unchanged after the runs"
 [ $rc -eq 0 ] || fail "a selftest failed (see above)"
-for l in session_high/cycle-1 session_high/blocked-2 session_low/spinner-3 session_low/cycle-4 session_high/cycle-5; do rmdir $T/$l; done
+for l in $LEAVES; do rmdir $T/${l%%:*}; done
 echo "PASS 61-activity"

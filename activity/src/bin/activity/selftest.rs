@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
 use activity::{
@@ -29,6 +29,10 @@ pub enum Scenario {
     Blocked,
     /// One spinning thread among 20 sleeping ones.
     Spinner,
+    /// An agent with two leaves (--leaf and --leaf2, as session_high and
+    /// session_low): a leaf added while idle, work in either leaf, a leaf
+    /// dropped keeps its CPU time.
+    TwoLeaves,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,9 @@ pub struct Args {
     /// An existing, empty leaf cgroup for the fake agent.
     #[arg(long)]
     leaf: PathBuf,
+    /// A second leaf (two-leaves).
+    #[arg(long)]
+    leaf2: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "bpf")]
     backend: BackendArg,
     #[arg(long, default_value_t = 2000)]
@@ -71,9 +78,54 @@ struct Run {
     agent: AgentKey,
     child: Child,
     stdin: ChildStdin,
+    tx: Sender<(String, MonoTime)>,
     lines: Receiver<(String, MonoTime)>,
     phases: Vec<(String, MonoTime)>,
     seen: Vec<Transition>,
+}
+
+/// Spawn a fake agent, move it into `leaf`, and forward its phases (names
+/// prefixed with `tag`) to `tx`.
+fn spawn_fake(
+    leaf: &Path,
+    fake: &[&str],
+    tag: &'static str,
+    tx: Sender<(String, MonoTime)>,
+) -> anyhow::Result<(Child, ChildStdin)> {
+    let exe = std::env::current_exe().context("own executable")?;
+    let mut child = Command::new(exe)
+        .arg("fake")
+        .args(fake)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn the fake agent")?;
+    std::fs::write(leaf.join("cgroup.procs"), child.id().to_string())
+        .with_context(|| format!("move the fake agent into {}", leaf.display()))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let mut it = line.split_whitespace();
+            if let (Some(name), Some(ns)) = (it.next(), it.next().and_then(|n| n.parse().ok())) {
+                if tx.send((format!("{tag}{name}"), MonoTime(ns))).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok((child, stdin))
+}
+
+/// Send one line to a fake agent; returns when it was sent.
+fn poke(stdin: &mut ChildStdin) -> anyhow::Result<MonoTime> {
+    let at = MonoTime::now();
+    stdin
+        .write_all(b"go\n")
+        .context("write to the fake agent")?;
+    stdin.flush()?;
+    Ok(at)
 }
 
 impl Run {
@@ -100,37 +152,15 @@ impl Run {
             "backend {b}{}",
             why.map(|w| format!(" ({w})")).unwrap_or_default()
         );
-        let exe = std::env::current_exe().context("own executable")?;
-        let mut child = Command::new(exe)
-            .arg("fake")
-            .args(fake)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("spawn the fake agent")?;
-        std::fs::write(args.leaf.join("cgroup.procs"), child.id().to_string())
-            .with_context(|| format!("move the fake agent into {}", args.leaf.display()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut it = line.split_whitespace();
-                if let (Some(name), Some(ns)) = (it.next(), it.next().and_then(|n| n.parse().ok()))
-                {
-                    if tx.send((name.to_string(), MonoTime(ns))).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let (child, stdin) = spawn_fake(&args.leaf, fake, "", tx.clone())?;
         let agent = AgentKey::new("fake", child.id());
         Ok(Run {
             mon,
             agent,
             child,
             stdin,
+            tx,
             lines,
             phases: Vec::new(),
             seen: Vec::new(),
@@ -143,12 +173,7 @@ impl Run {
     }
 
     fn send(&mut self) -> anyhow::Result<MonoTime> {
-        let at = MonoTime::now();
-        self.stdin
-            .write_all(b"go\n")
-            .context("write to the fake agent")?;
-        self.stdin.flush()?;
-        Ok(at)
+        poke(&mut self.stdin)
     }
 
     /// Run the monitor as the daemon does (process() only when its fd is
@@ -440,6 +465,115 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
                 fails.push("no CPU time seen for a spinning thread".into());
             }
             r.finish(&args.leaf, &mut fails);
+        }
+        Scenario::TwoLeaves => {
+            let Some(leaf2) = args.leaf2.clone() else {
+                bail!("two-leaves needs --leaf2");
+            };
+            // The framework, blocked on its model, in the first leaf.
+            let mut r = Run::start(&args, &["block"])?;
+            let b = bounds(&args, r.mon.backend().0);
+            r.watch(&args.leaf)?;
+            r.send()?;
+            let blocked = r.phase("block", 1, Duration::from_secs(10))?;
+            r.pump(blocked + th + b.idle_late + 300 * MS);
+            match r.seen.as_slice() {
+                [t] => check_idle(&mut fails, "framework blocked", t, blocked, &b),
+                s => fails.push(format!(
+                    "framework blocked: {} transitions, want 1 (idle): {s:?}",
+                    s.len()
+                )),
+            }
+            // A tool starts in the second leaf while the agent is idle: the
+            // agent's leaves are now both.
+            let (mut tool, mut tool_in) = spawn_fake(&leaf2, &["block"], "tool-", r.tx.clone())?;
+            let both = [(args.leaf.clone(), 0), (leaf2.clone(), 0)];
+            r.mon.watch(r.agent.clone(), &both)?;
+            poke(&mut tool_in)?;
+            let n = r.seen.len();
+            let started = r.phase("tool-block", 1, Duration::from_secs(10))?;
+            r.pump(started + th + b.idle_late + 300 * MS);
+            // The tool's start ran in the second leaf: active, then idle.
+            match &r.seen[n..] {
+                [a, i] if a.to == State::Active && i.to == State::Idle => {
+                    check_idle(&mut fails, "tool blocked", i, started, &b)
+                }
+                s => fails.push(format!(
+                    "a tool starting in the added leaf: {} transitions, want 2 (active, idle): {s:?}",
+                    s.len()
+                )),
+            }
+            // Work in the second leaf only.
+            let n = r.seen.len();
+            let sent = poke(&mut tool_in)?;
+            r.pump(MonoTime::now() + 300 * MS);
+            let reblocked = r.phase("tool-block", 2, Duration::from_secs(10))?;
+            r.pump(reblocked + th + b.idle_late + 300 * MS);
+            match &r.seen[n..] {
+                [a, i] => {
+                    check_active(&mut fails, "work in the second leaf", a, sent, &b);
+                    check_idle(&mut fails, "second leaf blocked again", i, reblocked, &b);
+                }
+                s => fails.push(format!(
+                    "work in the second leaf: {} transitions, want 2 (active, idle): {s:?}",
+                    s.len()
+                )),
+            }
+            let before = r.mon.snapshot(MonoTime::now()).agents[0].runtime_ns;
+            // The second leaf is dropped: its CPU time stays, its work no
+            // longer counts.
+            r.mon.watch(r.agent.clone(), &both[..1])?;
+            let n = r.seen.len();
+            let sent = poke(&mut tool_in)?;
+            r.pump(sent + b.active_late + 200 * MS);
+            let snap = r.mon.snapshot(MonoTime::now());
+            let a = &snap.agents[0];
+            println!(
+                "after the second leaf was dropped: {} leaves, runtime {:.3} s (before {:.3} s), transitions {}",
+                a.leaves.len(),
+                a.runtime_ns as f64 / 1e9,
+                before as f64 / 1e9,
+                r.seen.len() - n
+            );
+            if r.seen.len() != n {
+                fails.push(format!(
+                    "work in a dropped leaf made transitions: {:?}",
+                    &r.seen[n..]
+                ));
+            }
+            if a.leaves.len() != 1 || a.runtime_ns < before || before == 0 {
+                fails.push(format!(
+                    "after dropping a leaf: {} leaves, runtime {} ns, before {} ns (want 1 leaf, the runtime kept)",
+                    a.leaves.len(), a.runtime_ns, before
+                ));
+            }
+            // The framework gets its reply.
+            let n = r.seen.len();
+            let sent = r.send()?;
+            r.pump(sent + b.active_late + 200 * MS);
+            match &r.seen[n..] {
+                [a, ..] => check_active(&mut fails, "framework reply", a, sent, &b),
+                [] => fails.push("the framework's reply made no transition".into()),
+            }
+            let fams = &r.mon.snapshot(MonoTime::now()).families;
+            println!(
+                "family: {:?}",
+                fams.iter()
+                    .map(|f| (f.family.clone(), f.state, f.transitions))
+                    .collect::<Vec<_>>()
+            );
+            if fams.len() != 1
+                || fams[0].state != State::Active
+                || fams[0].transitions != r.seen.len() as u64
+            {
+                fails.push(format!(
+                    "family state {fams:?}, want active with the agent's {} transitions",
+                    r.seen.len()
+                ));
+            }
+            r.finish(&args.leaf, &mut fails);
+            let _ = tool.kill();
+            let _ = tool.wait();
         }
     }
     for f in &fails {
