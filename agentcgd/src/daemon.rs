@@ -1030,8 +1030,16 @@ impl Daemon {
     /// so an exit from here on is reported. (The soak run found ~2,800
     /// dead tools tracked after 20 minutes.)
     fn forget_if_exited(&mut self, pid: u32, start: u64) {
+        // PF_EXITING is set before the exit tracepoint fires: without it,
+        // the exit is still to come and will see the seed. (A process whose
+        // main thread alone exited is still alive: it has other threads.)
+        const PF_EXITING: u64 = 0x4;
         let gone = match self.procfs.stat(pid) {
-            Ok(s) => s.start_ticks != start || matches!(s.state, 'Z' | 'X' | 'x'),
+            Ok(s) => {
+                s.start_ticks != start
+                    || ((s.flags & PF_EXITING != 0 || matches!(s.state, 'Z' | 'X' | 'x'))
+                        && s.threads <= 1)
+            }
             Err(_) => true,
         };
         if gone {
