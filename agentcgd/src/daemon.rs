@@ -381,6 +381,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         mailbox: mailbox.clone(),
         observer: observer.clone(),
         metrics,
+        misses: monitor.miss_probe(),
     })
     .context("start the state writer")?;
 

@@ -38,6 +38,8 @@ pub struct Sources {
     pub observer: Arc<Observer>,
     /// The Prometheus listener, when `metrics:` is on.
     pub metrics: Option<crate::metrics::Handle>,
+    /// Events the kernel skipped our BPF event programs for.
+    pub misses: Option<procmon::MissProbe>,
 }
 
 impl Publisher {
@@ -88,6 +90,7 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
     let mut last_report: Option<std::time::Instant> = None;
     let mut sched_attached = (false, 0);
     let mut watched: Vec<Watch> = Vec::new();
+    let mut missed = src.misses.as_ref().map_or(0, |p| p.misses());
     loop {
         let open = match rx.recv_timeout(REFRESH) {
             Ok(s) => {
@@ -111,6 +114,23 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
                 .mailbox
                 .send(Msg::TreeLost(format!("missing {}", missing.join(", "))));
             last_report = Some(std::time::Instant::now());
+        }
+        // An event the kernel never ran our tracer for (its recursion
+        // guard) is found by a reconciling /proc scan.
+        if let Some(p) = &src.misses {
+            let n = p.misses();
+            if n > missed {
+                if running {
+                    log::warn!(
+                        "the kernel skipped the BPF event tracers {} times: reconciling",
+                        n - missed
+                    );
+                    let _ = src
+                        .mailbox
+                        .send(Msg::Reconcile("BPF tracer skipped by the kernel"));
+                }
+                missed = n;
+            }
         }
         // Each time our scheduler attaches, have the daemon reconcile: an
         // exec during the switch to sched_ext was seen to go missing in

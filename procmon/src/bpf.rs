@@ -211,6 +211,23 @@ impl Source {
         }
     }
 
+    /// Duplicates of the programs' fds, for reading their miss counts
+    /// from another thread.
+    pub(crate) fn miss_probe(&self) -> std::io::Result<crate::MissProbe> {
+        use std::os::fd::AsFd;
+        let p = &self.skel.progs;
+        let fds = [
+            p.procmon_exec.as_fd(),
+            p.procmon_fork.as_fd(),
+            p.procmon_rename.as_fd(),
+            p.procmon_exit.as_fd(),
+        ]
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(crate::MissProbe { fds })
+    }
+
     pub(crate) fn seed(&self, pid: u32, seed: Seed) -> anyhow::Result<()> {
         let v = procmon_lineage {
             tracked_pid: seed.ancestor.pid,

@@ -280,6 +280,15 @@ impl Monitor {
         }
     }
 
+    /// A reader of the times the kernel skipped our BPF programs (BPF
+    /// only): None for the other sources.
+    pub fn miss_probe(&self) -> Option<MissProbe> {
+        match &self.source {
+            Source::Bpf(s) => s.miss_probe().ok(),
+            _ => None,
+        }
+    }
+
     /// The kernel follows lineages and prefilters execs (BPF only).
     pub fn kernel_lineage(&self) -> bool {
         matches!(self.source, Source::Bpf(_))
@@ -323,4 +332,41 @@ fn exec_from_proc(procfs: &ProcFs, pid: u32) -> Option<ProcEvent> {
             at_ns: None,
         })
     })
+}
+
+/// The kernel skips a tracing program on a CPU where it is already running
+/// (its recursion guard: on a preemptible kernel, a task preempted inside
+/// the exec tracer and another task's exec on that CPU): that event is
+/// never seen. This reads the programs' `recursion_misses` so the caller
+/// can reconcile from /proc when it rises. Send: it holds duplicated fds.
+pub struct MissProbe {
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl MissProbe {
+    /// Events skipped so far, all programs together.
+    pub fn misses(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        self.fds
+            .iter()
+            .map(|fd| {
+                // SAFETY: bpf_prog_info is plain old data; the kernel fills
+                // at most `len` bytes of it.
+                let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+                let r = unsafe {
+                    libbpf_sys::bpf_obj_get_info_by_fd(
+                        fd.as_raw_fd(),
+                        (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+                        &mut len,
+                    )
+                };
+                if r == 0 {
+                    info.recursion_misses
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
 }
