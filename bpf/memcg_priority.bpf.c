@@ -84,6 +84,27 @@ static __always_inline struct page_counter *memcg_counter(struct mem_cgroup *mem
 /* cgroup levels searched for session_high above the current task. */
 #define MAX_LEVELS 16
 
+struct mem_cgroup___css {
+	struct cgroup_subsys_state css;
+} __attribute__((preserve_access_index));
+
+/* session_high's own memcg, found from memcg (session_high or one of its
+ * agents' leaves, which charge through it): the burst sensor measures the
+ * whole session, not whichever leaf charged last. */
+static __always_inline struct mem_cgroup *session_high_of(struct mem_cgroup *memcg)
+{
+	int i;
+
+	for (i = 0; i < MAX_LEVELS && memcg; i++) {
+		struct mem_cgroup___css *m = (struct mem_cgroup___css *)memcg;
+
+		if (BPF_CORE_READ(m, css.cgroup, kn, id) == high_cgid)
+			return memcg;
+		memcg = (struct mem_cgroup *)BPF_CORE_READ(m, css.parent);
+	}
+	return NULL;
+}
+
 /* Two kinds of pressure on session_high: reclaim (memory is short now) and
  * a burst (session_high is taking memory fast; short soon if near a limit). */
 static __always_inline void note_reclaim(__u64 now)
@@ -163,17 +184,20 @@ bool BPF_PROG(high_below_min, struct mem_cgroup *memcg)
 	return true;
 }
 
-/* session_high's charge path (once per refilled charge batch): never a
- * delay; measures how fast session_high grows. */
+/* session_high's charge path, also for its leaves (once per refilled
+ * charge batch): never a delay; measures how fast session_high grows. */
 SEC("struct_ops/high_get_high_delay_ms")
 unsigned int BPF_PROG(high_get_high_delay_ms, struct mem_cgroup *memcg)
 {
 	__u64 now = bpf_ktime_get_ns();
-	__u64 usage = BPF_CORE_READ(memcg_counter(memcg), usage.counter);
-	__u64 ref = high_ref_pages;
+	struct mem_cgroup *high = session_high_of(memcg);
+	__u64 usage, ref = high_ref_pages;
 
 	__sync_fetch_and_add(&stats.high_charges, 1);
-	high_pc = (__u64)memcg_counter(memcg);
+	if (!high)
+		return 0;
+	usage = BPF_CORE_READ(memcg_counter(high), usage.counter);
+	high_pc = (__u64)memcg_counter(high);
 	if (now - high_ref_ns > window_ns || usage < ref) {
 		high_ref_ns = now;
 		high_ref_pages = usage;
