@@ -862,7 +862,15 @@ impl Daemon {
             .and_then(|f| f.cpu_weight)
             .unwrap_or(100);
         match &mut self.leaves {
-            Some(l) => l.target(p, agent, family, weight, now_ms()),
+            // An agent's leaf that cannot be made (mkdir refused) still
+            // leaves the family's shared one: placed, if not alone.
+            Some(l) => l.target(p, agent, family, weight, now_ms()).or_else(|e| {
+                if agent.is_none() {
+                    return Err(e);
+                }
+                log::warn!("{e}: using the shared leaf of {family}");
+                l.target(p, None, family, weight, now_ms())
+            }),
             None => Ok(self.target(p).clone()),
         }
     }
