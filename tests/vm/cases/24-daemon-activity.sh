@@ -37,7 +37,7 @@ $W/bin/aider & B=$!
 i=0; until [ -d $R/session_high/claude-code-$A ] && [ -d $R/session_high/aider-$B ]; do
     i=$((i+1)); [ $i -gt 200 ] && fail "agents not in their leaves: $(ls $R/session_high)"; usleep 50000; done
 knobs > $W/before
-echo "leaves: $(ls $R/session_high | tr '\n' ' ')"
+echo "leaves: $(cd $R/session_high && ls -d */ | tr -d / | tr "\n" " ")"
 
 # The cycling agent: idle in a sleep, active again when it works.
 seen_idle=0; seen_active_again=0; t=0
