@@ -1,4 +1,6 @@
-//! Typed access to the agentcg cgroup v2 tree: ROOT/{session_high,session_low}.
+//! The agentcg cgroup v2 tree: ROOT/{session_high,session_low} and the
+//! agents' leaves, built on `cgroupfs` (the one typed layer over cgroup
+//! files).
 //!
 //! Every failure is an explicit `CgroupError` naming the file; a missing
 //! controller is reported, not fatal, because placement works without it.
@@ -7,6 +9,8 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use cgroupfs::{Cgroup, Controller, Limit, MemoryLimit};
 
 use crate::policy::Priority;
 
@@ -52,6 +56,34 @@ impl std::error::Error for CgroupError {}
 fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_path_buf();
     move |err| CgroupError::Io { path, op, err }
+}
+
+/// A cgroupfs error as ours (the file it names, the operation).
+fn cg_err(op: &'static str) -> impl FnOnce(cgroupfs::Error) -> CgroupError {
+    move |e| {
+        let path = match &e {
+            cgroupfs::Error::Missing { path }
+            | cgroupfs::Error::Io { path, .. }
+            | cgroupfs::Error::Parse { path, .. }
+            | cgroupfs::Error::Invalid { path, .. } => path.clone(),
+        };
+        let err = match e {
+            cgroupfs::Error::Io { source, .. } => source,
+            other => io::Error::new(other.kind(), other.to_string()),
+        };
+        CgroupError::Io { path, op, err }
+    }
+}
+
+fn controller(name: &str) -> Option<Controller> {
+    [
+        Controller::Cpu,
+        Controller::Memory,
+        Controller::Pids,
+        Controller::Io,
+    ]
+    .into_iter()
+    .find(|c| c.name() == name)
 }
 
 /// Filesystem magic of the mount holding `path`.
@@ -134,14 +166,11 @@ impl Tree {
     /// where each parent offers them, and set the weights.
     pub fn setup(&self, weights: [(Priority, u32); 2]) -> Result<SetupReport, CgroupError> {
         let mut report = SetupReport::default();
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root, "create"))?;
+        Cgroup::new(&self.root).create().map_err(cg_err("create"))?;
         for p in [Priority::High, Priority::Low] {
-            let d = self.session_dir(p);
-            match fs::create_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&d, "create")(e)),
-            }
+            Cgroup::new(self.session_dir(p))
+                .create()
+                .map_err(cg_err("create"))?;
         }
         // Enable from the mount's top down to ROOT so each level offers the
         // controller to the next: ancestors' subtree_control, then ROOT's.
@@ -168,8 +197,9 @@ impl Tree {
         }
         if report.enabled.iter().any(|c| c == "cpu") {
             for (p, w) in weights {
-                let f = self.session_dir(p).join("cpu.weight");
-                write_file(&f, &w.to_string())?;
+                Cgroup::new(self.session_dir(p))
+                    .set_cpu_weight(w)
+                    .map_err(cg_err("write"))?;
                 report.weights.push(format!("{}={w}", p.session()));
             }
         } else {
@@ -188,7 +218,8 @@ impl Tree {
         let mut moved = 0;
         for p in [Priority::High, Priority::Low] {
             let dir = self.session_dir(p);
-            let strays = read_pids(&dir.join("cgroup.procs"));
+            let session = Cgroup::new(&dir);
+            let strays = session.procs().unwrap_or_default();
             if !strays.is_empty() {
                 let leaf = self.leaf(p, UNSORTED, None)?;
                 for pid in strays {
@@ -201,16 +232,18 @@ impl Tree {
                     }
                 }
             }
-            let offered = controllers(&dir);
-            let sc = dir.join("cgroup.subtree_control");
-            let on = fs::read_to_string(&sc).unwrap_or_default();
-            for c in WANTED.iter().chain(OPTIONAL.iter()) {
-                if offered.iter().any(|o| o == c) && !on.split_whitespace().any(|x| x == *c) {
-                    if let Err(e) = fs::write(&sc, format!("+{c}")) {
-                        report.warnings.push(format!(
-                            "cannot enable {c} for agent leaves in {}: {e}",
-                            sc.display()
-                        ));
+            let offered = session.controllers().unwrap_or_default();
+            let on = session.subtree_control().unwrap_or_default();
+            for c in WANTED
+                .iter()
+                .chain(OPTIONAL.iter())
+                .filter_map(|c| controller(c))
+            {
+                if offered.contains(&c) && !on.contains(&c) {
+                    if let Err(e) = session.set_subtree_control(&[(c, true)]) {
+                        report
+                            .warnings
+                            .push(format!("cannot enable {} for agent leaves: {e}", c.name()));
                     }
                 }
             }
@@ -230,12 +263,13 @@ impl Tree {
         weight: Option<u32>,
     ) -> Result<Target, CgroupError> {
         let dir = self.session_dir(p).join(name);
+        let leaf = Cgroup::new(&dir);
         match fs::create_dir(&dir) {
             Ok(()) => {
-                for f in ["memory.min", "memory.low"] {
-                    let path = dir.join(f);
-                    if path.exists() {
-                        write_file(&path, "max")?;
+                for which in [MemoryLimit::Min, MemoryLimit::Low] {
+                    if leaf.has(which.file()) {
+                        leaf.set_memory_limit(which, Limit::Max)
+                            .map_err(cg_err("write"))?;
                     }
                 }
             }
@@ -256,31 +290,29 @@ impl Tree {
 
 /// Set cpu.weight where the cpu controller is on (a no-op otherwise).
 pub fn set_weight(dir: &Path, weight: u32) -> Result<(), CgroupError> {
-    let f = dir.join("cpu.weight");
-    match fs::read_to_string(&f) {
-        Ok(cur) if cur.trim() == weight.to_string() => Ok(()),
-        Ok(_) => write_file(&f, &weight.to_string()),
+    let cg = Cgroup::new(dir);
+    match cg.cpu_weight() {
+        Ok(cur) if cur == weight => Ok(()),
+        Ok(_) => cg.set_cpu_weight(weight).map_err(cg_err("write")),
         Err(_) => Ok(()),
     }
 }
 
 /// Whether any process is in `dir` or below (cgroup.events `populated`).
 pub fn populated(dir: &Path) -> io::Result<bool> {
-    let text = fs::read_to_string(dir.join("cgroup.events"))?;
-    Ok(text
-        .lines()
-        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["populated", "1"]))
+    Cgroup::new(dir)
+        .events()
+        .map(|e| e.populated)
+        .map_err(|e| io::Error::new(e.kind(), e.to_string()))
 }
 
 impl Target {
     /// `dir` as a place to move processes to (cgroup.procs opened once).
     pub fn open(dir: &Path) -> Result<Target, CgroupError> {
-        let id = cgroup_id(dir).map_err(io_err(dir, "stat"))?;
+        let cg = Cgroup::new(dir);
+        let id = cg.id().map_err(cg_err("stat"))?;
         let procs = dir.join("cgroup.procs");
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&procs)
-            .map_err(io_err(&procs, "open"))?;
+        let file = cg.open_procs().map_err(cg_err("open"))?;
         Ok(Target {
             procs,
             file: Some(std::sync::Arc::new(file)),
@@ -288,13 +320,6 @@ impl Target {
             id,
         })
     }
-}
-
-/// The cgroup v2 id of a cgroup directory (its inode number), the value
-/// BPF sees as a task's cgroup id.
-pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(dir).map(|m| m.ino())
 }
 
 /// A cgroup processes are moved into.
@@ -338,19 +363,15 @@ impl Target {
     }
 }
 
-pub fn read_pids(file: &Path) -> Vec<u32> {
-    fs::read_to_string(file)
-        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(io_err(path, "write"))
+/// The pids in a cgroup directory's cgroup.procs (none if it is gone).
+pub fn read_pids(dir: &Path) -> Vec<u32> {
+    Cgroup::new(dir).procs().unwrap_or_default()
 }
 
 fn controllers(dir: &Path) -> Vec<String> {
-    fs::read_to_string(dir.join("cgroup.controllers"))
-        .map(|s| s.split_whitespace().map(str::to_string).collect())
+    Cgroup::new(dir)
+        .controllers()
+        .map(|v| v.iter().map(|c| c.name().to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -361,13 +382,15 @@ fn enable_down(chain: &[&Path], ctrl: &str) -> Result<(), String> {
         if !controllers(dir).iter().any(|c| c == ctrl) {
             return Err(format!("not offered by {}", dir.display()));
         }
-        let sc = dir.join("cgroup.subtree_control");
-        let current = fs::read_to_string(&sc).unwrap_or_default();
-        if current.split_whitespace().any(|c| c == ctrl) {
+        let cg = Cgroup::new(dir);
+        let Some(c) = controller(ctrl) else {
+            return Err(format!("unknown controller {ctrl}"));
+        };
+        if cg.subtree_control().unwrap_or_default().contains(&c) {
             continue;
         }
-        fs::write(&sc, format!("+{ctrl}"))
-            .map_err(|e| format!("cannot enable in {}: {e}", sc.display()))?;
+        cg.set_subtree_control(&[(c, true)])
+            .map_err(|e| format!("cannot enable: {e}"))?;
     }
     Ok(())
 }
@@ -422,7 +445,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("cgroup.procs");
         fs::write(&f, "1\n22\n\n333\n").unwrap();
-        assert_eq!(read_pids(&f), [1, 22, 333]);
+        assert_eq!(read_pids(d.path()), [1, 22, 333]);
         assert!(read_pids(&d.path().join("none")).is_empty());
     }
 }

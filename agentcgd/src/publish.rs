@@ -195,7 +195,7 @@ fn refresh(s: &mut State, src: &Sources) {
         a.pids = src
             .sessions
             .iter()
-            .map(|(_, dir)| read_pids(&dir.join(&a.id).join("cgroup.procs")).len())
+            .map(|(_, dir)| read_pids(&dir.join(&a.id)).len())
             .sum();
     }
 }
@@ -206,11 +206,11 @@ fn session_pids(dir: &std::path::Path) -> usize {
         .map(|rd| {
             rd.flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| read_pids(&e.path().join("cgroup.procs")).len())
+                .map(|e| read_pids(&e.path()).len())
                 .sum()
         })
         .unwrap_or(0);
-    read_pids(&dir.join("cgroup.procs")).len() + leaves
+    read_pids(dir).len() + leaves
 }
 
 /// The agents of `s` as the observers need them.

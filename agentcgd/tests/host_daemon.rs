@@ -112,7 +112,11 @@ fn descendants_stay_with_family_and_tools_go_low() {
             let procs = st["processes"].as_array().cloned().unwrap_or_default();
             let find = |pid: u32| procs.iter().find(|p| p["pid"] == pid).cloned();
             matches!((find(child), find(toolp)), (Some(c), Some(t))
-            if c["family"] == "fake-agent" && c["reason"]["kind"] == "inherited"
+            // The subshell is a fork of the agent (same comm): caught by the
+            // children walk before its exec it matched the family's rule
+            // itself (a nested match, then a re-exec), else it inherited.
+            if c["family"] == "fake-agent"
+                && (c["reason"]["kind"] == "inherited" || c["reason"]["kind"] == "reexec")
             && t["family"] == "fake-agent" && t["reason"]["kind"] == "tool" && t["priority"] == "low")
         }),
         "status: {}",

@@ -300,6 +300,16 @@ impl Cgroup {
         self.write_raw("cgroup.procs", &pid.to_string())
     }
 
+    /// cgroup.procs opened for writing, to keep: each move is then one
+    /// write(2), no path walk (the placement path).
+    pub fn open_procs(&self) -> Result<std::fs::File> {
+        let p = self.path.join("cgroup.procs");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(p, e))
+    }
+
     /// Child cgroups (directories), by name, sorted.
     pub fn children(&self) -> Result<Vec<String>> {
         let rd = std::fs::read_dir(&self.path).map_err(|e| Error::io(self.path.clone(), e))?;
