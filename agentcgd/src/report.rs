@@ -326,8 +326,8 @@ fn print_agents(s: &State) {
         }
     );
     println!(
-        "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>5}  LEAF",
-        "AGENT", "SESSIONS", "STATE", "CPU%", "MEM", "GPU", "PIDS"
+        "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>9} {:>4} {:>5}  LEAF",
+        "AGENT", "SESSIONS", "STATE", "CPU%", "MEM", "PEAK", "GPU", "OOM", "PIDS"
     );
     for a in &s.agents {
         let sessions: Vec<&str> = a
@@ -350,7 +350,7 @@ fn print_agents(s: &State) {
         let u = a.usage.as_ref();
         let bytes = |b: Option<u64>| b.map(accounting::human_bytes).unwrap_or_else(|| "-".into());
         println!(
-            "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>5}  {}",
+            "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>9} {:>4} {:>5}  {}",
             a.id,
             sessions.join("+"),
             state,
@@ -359,7 +359,11 @@ fn print_agents(s: &State) {
                 .map(|c| format!("{c:.1}"))
                 .unwrap_or_else(|| "-".into()),
             bytes(u.map(|u| u.memory_bytes)),
+            bytes(u.and_then(|u| u.memory_peak_bytes)),
             bytes(u.and_then(|u| u.gpu_memory_bytes)),
+            u.and_then(|u| u.oom_kills)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
             a.pids,
             a.cgroups.join(" ")
         );

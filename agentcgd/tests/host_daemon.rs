@@ -677,3 +677,78 @@ fn agents_are_observed_idle_active_accounted_and_their_exit_recorded() {
     assert!(rec["cpu_usec"].as_u64() > Some(100_000), "{rec}");
     stop(daemon);
 }
+
+/// A restarted daemon adopts the leaves it finds (same agent, same leaf,
+/// its new children go there); past `sessions.max_agents` new agents share
+/// `<family>-shared` and status counts them.
+#[test]
+fn leaves_are_adopted_after_a_restart_and_capped() {
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("adopt", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    fs::write(
+        fx.dir.path().join("agentcgd.yaml"),
+        "sessions:\n  max_agents: 1\n",
+    )
+    .unwrap();
+    let mut daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    let pids = fx.dir.path().join("pids");
+    // A: forks a child on request (a file appears), after the restart.
+    let script = format!(
+        "while [ ! -e {p}.go ]; do sleep 0.1; done; sleep 30 & echo $! > {p}.child; wait",
+        p = pids.display()
+    );
+    let a = fx.spawn(Command::new(&agent).args(["-c", &script]));
+    let leaf_a = format!("{}/fake-agent-{a}", fx.session("session_high"));
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(a) == leaf_a),
+        "A in {}",
+        cgroup_of(a)
+    );
+    // Over the cap: B shares the family's leaf, and status says so.
+    let b = fx.spawn(Command::new(&agent).args(["-c", "sleep 30"]));
+    let shared = format!("{}/fake-agent-shared", fx.session("session_high"));
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(b) == shared),
+        "B in {}",
+        cgroup_of(b)
+    );
+    assert!(wait_for(Duration::from_secs(3), || fx.status_json()
+        ["counters"]["agents_over_cap"]
+        .as_u64()
+        >= Some(1)));
+    // kill -9 and start again: A's leaf is adopted, not made anew.
+    nix_kill(daemon.id(), libc::SIGKILL);
+    let _ = daemon.wait();
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(3), || fx.status_json()["agents"]
+            .as_array()
+            .is_some_and(|l| l
+                .iter()
+                .any(|x| x["id"] == format!("fake-agent-{a}")))),
+        "agent A not adopted: {}",
+        fx.status_json()["agents"]
+    );
+    fs::write(pids.with_extension("go"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || fs::read_to_string(
+        pids.with_extension("child")
+    )
+    .is_ok_and(|t| !t.trim().is_empty())));
+    let child: u32 = fs::read_to_string(pids.with_extension("child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || cgroup_of(child) == leaf_a),
+        "A's new child in {}; log:\n{}",
+        cgroup_of(child),
+        fx.log()
+    );
+    assert_eq!(cgroup_of(b), shared);
+    stop(daemon);
+}
