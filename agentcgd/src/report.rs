@@ -330,19 +330,6 @@ fn print_agents(s: &State) {
         "AGENT", "SESSIONS", "STATE", "CPU%", "MEM", "PEAK", "GPU", "OOM", "PIDS"
     );
     for a in &s.agents {
-        let sessions: Vec<&str> = a
-            .cgroups
-            .iter()
-            .filter_map(|c| {
-                if c.contains("/session_high/") {
-                    Some("high")
-                } else if c.contains("/session_low/") {
-                    Some("low")
-                } else {
-                    None
-                }
-            })
-            .collect();
         let state = match a.state {
             crate::state::Activity::Unknown => "-".to_string(),
             st => format!("{st} {}", age(a.state_since_ms).trim_end_matches(" ago")),
@@ -352,7 +339,7 @@ fn print_agents(s: &State) {
         println!(
             "  {:<24} {:<9} {:<14} {:>6} {:>9} {:>9} {:>9} {:>4} {:>5}  {}",
             a.id,
-            sessions.join("+"),
+            a.sessions(),
             state,
             a.cpu_percent
                 .or(u.and_then(|u| u.cpu_percent))

@@ -278,6 +278,30 @@ pub struct AgentStatus {
     pub usage: Option<accounting::AgentUsage>,
 }
 
+impl AgentStatus {
+    /// The sessions its leaves are in: "high", "low", "high+low" ("-": none).
+    pub fn sessions(&self) -> String {
+        let names: Vec<&str> = self
+            .cgroups
+            .iter()
+            .filter_map(|c| {
+                if c.contains("/session_high/") {
+                    Some("high")
+                } else if c.contains("/session_low/") {
+                    Some("low")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names.join("+")
+        }
+    }
+}
+
 /// A family's activity: active while any of its agents is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FamilyActivity {

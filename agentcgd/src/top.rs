@@ -79,27 +79,6 @@ fn idle_for(a: &AgentStatus, now: u64) -> Option<u64> {
     (a.state == Activity::Idle).then(|| now.saturating_sub(a.state_since_ms))
 }
 
-fn sessions_of(a: &AgentStatus) -> String {
-    let names: Vec<&str> = a
-        .cgroups
-        .iter()
-        .filter_map(|c| {
-            if c.contains("/session_high/") {
-                Some("high")
-            } else if c.contains("/session_low/") {
-                Some("low")
-            } else {
-                None
-            }
-        })
-        .collect();
-    if names.is_empty() {
-        "-".into()
-    } else {
-        names.join("+")
-    }
-}
-
 /// The screen for one state: header lines then one row per agent, each
 /// cut to `width`.
 pub fn frame(s: &State, sort: Sort, reverse: bool, width: usize, now: u64) -> Vec<String> {
@@ -164,7 +143,7 @@ pub fn frame(s: &State, sort: Sort, reverse: bool, width: usize, now: u64) -> Ve
             "{:<28} {:<14} {:<8} {:<7} {:>6} {:>8} {:>8} {:>8} {:>5} {:>8}",
             a.id,
             a.family,
-            sessions_of(a),
+            a.sessions(),
             state,
             cpu_of(a).map_or("-".into(), |c| format!("{c:.1}")),
             u.map_or("-".into(), |u| human(u.memory_bytes)),
