@@ -226,7 +226,10 @@ struct Agent {
     tracker: Tracker,
     last_activity: MonoTime,
     recheck: Option<MonoTime>,
-    /// When the untracked-run check last took its marks.
+    /// A thread may be on a CPU that the kernel side has not seen switch
+    /// in (a leaf added while it ran): cpu.stat is compared at each look.
+    unseen: bool,
+    /// When cpu.stat was last compared with the kernel side's view.
     mark_at: MonoTime,
     /// Runtime and wake-ups of leaves no longer watched.
     runtime_retired: u64,
@@ -249,6 +252,12 @@ const TOKEN_RING: u64 = 2;
 /// CPU time cpu.stat may show beyond what the kernel side saw (switch
 /// costs, a tick's worth) before it counts as a run the BPF side missed.
 const UNTRACKED_SLACK_NS: u64 = 10_000_000;
+
+/// How soon to compare cpu.stat with the kernel side's view again once a
+/// thread may be running unseen.
+fn untracked_look(threshold: Duration) -> Duration {
+    (threshold / 10).max(Duration::from_millis(10))
+}
 /// cpu_percent is recomputed when the previous snapshot is this old.
 const CPU_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -401,6 +410,7 @@ impl Monitor {
                     tracker: Tracker::new(State::Active, now),
                     last_activity: now,
                     recheck: Some(now + self.opts.idle_threshold),
+                    unseen: false,
                     mark_at: now,
                     runtime_retired: 0,
                     wakeups_retired: 0,
@@ -423,10 +433,12 @@ impl Monitor {
         // New leaves.
         let a = self.agents.get_mut(&agent).expect("inserted above");
         let idle = a.tracker.state() == State::Idle;
+        let mut added = false;
         for (path, id) in wanted {
             if a.leaves.iter().any(|l| l.cgroup_id == id) {
                 continue;
             }
+            added = true;
             let usage = usage_usec(&path);
             let slot = match &mut self.engine {
                 Engine::Bpf(src) => match src.add(id, idle) {
@@ -462,6 +474,17 @@ impl Monitor {
                 usage_mark: usage,
                 runtime_mark: 0,
             });
+        }
+        if idle && added && matches!(self.engine, Engine::Bpf(_)) {
+            // A thread already on a CPU when its leaf is added is not seen
+            // until it next switches in, and an idle agent is not looked
+            // at again by itself: compare the new leaf's cpu.stat with
+            // what the kernel side saw soon (check_bpf's untracked runs).
+            let look = now + untracked_look(self.opts.idle_threshold);
+            a.recheck = Some(a.recheck.map_or(look, |r| r.min(look)));
+            a.unseen = true;
+            // The new leaf's usage mark was taken just now: a look.
+            a.mark_at = now;
         }
         if let Engine::CpuStat { next_sample } = &mut self.engine {
             next_sample.get_or_insert(now + self.opts.sample_interval);
@@ -615,39 +638,57 @@ impl Monitor {
             }
             l.switches = c.switches;
         }
-        match judge(now, threshold, running > 0, a.last_activity) {
+        let verdict = judge(now, threshold, running > 0, a.last_activity);
+        // A thread on a CPU since before its leaf was watched never
+        // switched in under our eyes: its time shows in cpu.stat only.
+        // Looked for before an agent is called idle, and at each look
+        // while such a thread may be running.
+        if a.unseen || matches!(verdict, Verdict::Idle { .. }) {
+            let mut untracked = 0;
+            for l in &mut a.leaves {
+                let (slot, _) = l.slot.expect("BPF leaves have a slot");
+                let runtime = src.read(slot, now.as_nanos()).runtime_ns;
+                if let Ok(u) = usage_usec(&l.path) {
+                    let kernel_ns = u.saturating_sub(l.usage_mark) * 1000;
+                    let seen_ns = runtime.saturating_sub(l.runtime_mark);
+                    if kernel_ns > seen_ns + UNTRACKED_SLACK_NS + seen_ns / 20 {
+                        untracked += kernel_ns - seen_ns;
+                    }
+                    l.usage_mark = u;
+                }
+                l.runtime_mark = runtime;
+            }
+            a.unseen = untracked > 0;
+            let prev_look = std::mem::replace(&mut a.mark_at, now);
+            let look = untracked_look(threshold);
+            if untracked > 0 {
+                self.stats.untracked_runs += 1;
+                log::debug!(
+                    "activity: {key}: {} ms of CPU time in cpu.stat that the kernel side did not see switch in (a thread on a CPU since before its leaf was watched)",
+                    untracked / 1_000_000
+                );
+                // It ran since the previous look. When that look was
+                // recent, count it as running until now (an idle verdict is
+                // then late by at most about one look, never early); after a
+                // long gap only the previous look is sure (the run may be
+                // long over). Either way, look again soon.
+                let at = if now.saturating_since(prev_look) <= 2 * look {
+                    now
+                } else {
+                    prev_look
+                };
+                if a.tracker.state() == State::Idle {
+                    self.woke(key, at, now);
+                }
+                let a = self.agents.get_mut(key).expect("checked agent exists");
+                a.last_activity = a.last_activity.max(at);
+                a.recheck = Some(now + look);
+                return;
+            }
+        }
+        match verdict {
             Verdict::Active { recheck } => a.recheck = Some(recheck),
             Verdict::Idle { since } => {
-                // A thread on a CPU since before its leaf was watched never
-                // switched in under our eyes: its time shows in cpu.stat only.
-                // It ran at some time since the previous look (`mark_at`):
-                // no earlier than that. Look again soon: a thread still
-                // running shows more such time, one that stopped none.
-                let mut untracked = 0;
-                for l in &mut a.leaves {
-                    let (slot, _) = l.slot.expect("BPF leaves have a slot");
-                    let runtime = src.read(slot, now.as_nanos()).runtime_ns;
-                    if let Ok(u) = usage_usec(&l.path) {
-                        let kernel_ns = u.saturating_sub(l.usage_mark) * 1000;
-                        let seen_ns = runtime.saturating_sub(l.runtime_mark);
-                        if kernel_ns > seen_ns + UNTRACKED_SLACK_NS + seen_ns / 20 {
-                            untracked += kernel_ns - seen_ns;
-                        }
-                        l.usage_mark = u;
-                    }
-                    l.runtime_mark = runtime;
-                }
-                let mark_at = std::mem::replace(&mut a.mark_at, now);
-                if untracked > 0 {
-                    self.stats.untracked_runs += 1;
-                    log::debug!(
-                        "activity: {key}: {} ms of CPU time in cpu.stat that the kernel side did not see switch in (a thread on a CPU since before its leaf was watched)",
-                        untracked / 1_000_000
-                    );
-                    a.last_activity = a.last_activity.max(mark_at);
-                    a.recheck = Some(now + (threshold / 10).max(Duration::from_millis(10)));
-                    return;
-                }
                 // Arm every leaf, then look again: a switch-in between the
                 // look and the arming shows as a changed `switches`.
                 for l in &a.leaves {

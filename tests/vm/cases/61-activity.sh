@@ -52,16 +52,7 @@ run "work/sleep cycles (bpf)" cycle --backend bpf --cycles 3 --leaf $T/session_h
 run "blocked on a pipe (bpf)" blocked --backend bpf --leaf $T/session_high/blocked-2
 run "one spinner among 20 sleepers (bpf)" spinner --backend bpf --leaf $T/session_low/spinner-3
 run "work/sleep cycles (cpu.stat)" cycle --backend cpustat --cycles 2 --leaf $T/session_low/cycle-4
-# Under TCG the tool's first run in the added leaf was once not seen (1 of
-# several runs; the host test passes): one retry, both outputs shown.
-prev=$rc; rc=0
 run "one agent, two leaves (bpf)" two-leaves --backend bpf --leaf $T/session_high/two-6 --leaf2 $T/session_low/two-6
-if [ $rc -ne 0 ]; then
-    rc=0
-    run "one agent, two leaves (bpf), retried" two-leaves --backend bpf --leaf $T/session_high/two-6 --leaf2 $T/session_low/two-6
-    [ $rc -eq 0 ] && echo "two-leaves passed on its retry"
-fi
-[ $prev -eq 0 ] || rc=1
 scx_agentcg >/tmp/scx61.log 2>&1 &
 SCHED=$!
 wait_state enabled 30 || { cat /tmp/scx61.log; fail "scx_agentcg did not attach"; }

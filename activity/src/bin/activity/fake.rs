@@ -11,8 +11,11 @@ use activity::MonoTime;
 pub enum Fake {
     /// WORK_MS of CPU work, then SLEEP_MS of sleep, forever.
     Cycle { work_ms: u64, sleep_ms: u64 },
-    /// Blocked in a read on stdin; each line read: 200 ms of work.
-    Block,
+    /// Blocked in a read on stdin; each line read: WORK_MS of work.
+    Block {
+        #[arg(long, default_value_t = 200)]
+        work_ms: u64,
+    },
     /// One thread spinning among SLEEPERS sleeping threads.
     SpinAmong { sleepers: usize },
 }
@@ -46,12 +49,12 @@ pub fn run(f: Fake) -> ! {
             phase("sleep");
             std::thread::sleep(Duration::from_millis(sleep_ms));
         },
-        Fake::Block => loop {
+        Fake::Block { work_ms } => loop {
             phase("block");
             match lines.next() {
                 Some(Ok(_)) => {
                     phase("work");
-                    spin(Duration::from_millis(200));
+                    spin(Duration::from_millis(work_ms));
                 }
                 _ => std::process::exit(0),
             }

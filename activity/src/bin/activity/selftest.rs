@@ -118,6 +118,25 @@ fn spawn_fake(
     Ok((child, stdin))
 }
 
+/// SCHED_FIFO priority 1 for `pid` (no normal task preempts it), or back
+/// to SCHED_OTHER.
+fn set_fifo(pid: u32, fifo: bool) -> anyhow::Result<()> {
+    let (policy, prio) = if fifo {
+        (libc::SCHED_FIFO, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: plain syscall on a pid we spawned; param outlives the call.
+    // (nix has no sched_setscheduler.)
+    if unsafe { libc::sched_setscheduler(pid as i32, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_setscheduler");
+    }
+    Ok(())
+}
+
 /// Send one line to a fake agent; returns when it was sent.
 fn poke(stdin: &mut ChildStdin) -> anyhow::Result<MonoTime> {
     let at = MonoTime::now();
@@ -484,22 +503,35 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
                     s.len()
                 )),
             }
-            // A tool starts in the second leaf while the agent is idle: the
-            // agent's leaves are now both.
-            let (mut tool, mut tool_in) = spawn_fake(&leaf2, &["block"], "tool-", r.tx.clone())?;
+            // A tool starts in the second leaf while the agent is idle and
+            // is on a CPU (its first 600 ms of work) when the daemon adds
+            // that leaf to the agent. SCHED_FIFO keeps it there (for less
+            // than the 950 ms before the kernel lets normal tasks in): it
+            // never switches in under the monitor's eyes before it blocks,
+            // and its run must still make the agent active.
+            let (mut tool, mut tool_in) = spawn_fake(
+                &leaf2,
+                &["block", "--work-ms", "600"],
+                "tool-",
+                r.tx.clone(),
+            )?;
+            let n = r.seen.len();
+            poke(&mut tool_in)?;
+            r.phase("tool-block", 1, Duration::from_secs(10))?;
+            set_fifo(tool.id(), true)?;
+            poke(&mut tool_in)?;
+            r.phase("tool-work", 1, Duration::from_secs(10))?;
             let both = [(args.leaf.clone(), 0), (leaf2.clone(), 0)];
             r.mon.watch(r.agent.clone(), &both)?;
-            poke(&mut tool_in)?;
-            let n = r.seen.len();
-            let started = r.phase("tool-block", 1, Duration::from_secs(10))?;
+            let started = r.phase("tool-block", 2, Duration::from_secs(10))?;
+            set_fifo(tool.id(), false)?;
             r.pump(started + th + b.idle_late + 300 * MS);
-            // The tool's start ran in the second leaf: active, then idle.
             match &r.seen[n..] {
                 [a, i] if a.to == State::Active && i.to == State::Idle => {
                     check_idle(&mut fails, "tool blocked", i, started, &b)
                 }
                 s => fails.push(format!(
-                    "a tool starting in the added leaf: {} transitions, want 2 (active, idle): {s:?}",
+                    "a tool running when its leaf was added: {} transitions, want 2 (active, idle): {s:?}",
                     s.len()
                 )),
             }
@@ -507,7 +539,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             let n = r.seen.len();
             let sent = poke(&mut tool_in)?;
             r.pump(MonoTime::now() + 300 * MS);
-            let reblocked = r.phase("tool-block", 2, Duration::from_secs(10))?;
+            let reblocked = r.phase("tool-block", 3, Duration::from_secs(10))?;
             r.pump(reblocked + th + b.idle_late + 300 * MS);
             match &r.seen[n..] {
                 [a, i] => {
@@ -547,7 +579,9 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
                     a.leaves.len(), a.runtime_ns, before
                 ));
             }
-            // The framework gets its reply.
+            // The framework gets its reply (once the tool is done: the
+            // two do not compete for a CPU).
+            r.phase("tool-block", 4, Duration::from_secs(10))?;
             let n = r.seen.len();
             let sent = r.send()?;
             r.pump(sent + b.active_late + 200 * MS);
