@@ -272,12 +272,19 @@ impl Tree {
                             .map_err(cg_err("write"))?;
                     }
                 }
+                // A new cgroup's cpu.weight is the kernel's default.
+                if let Some(w) = weight.filter(|&w| w != cgroupfs::DEFAULT_CPU_WEIGHT) {
+                    if leaf.has("cpu.weight") {
+                        leaf.set_cpu_weight(w).map_err(cg_err("write"))?;
+                    }
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if let Some(w) = weight {
+                    set_weight(&dir, w)?;
+                }
+            }
             Err(e) => return Err(io_err(&dir, "create")(e)),
-        }
-        if let Some(w) = weight {
-            set_weight(&dir, w)?;
         }
         Target::open(&dir)
     }
@@ -397,7 +404,7 @@ fn enable_down(chain: &[&Path], ctrl: &str) -> Result<(), String> {
 
 /// The cgroup path of `pid` on the cgroup2 hierarchy (the `0::` line).
 pub fn cgroup_of(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = cgroupfs::read_text(Path::new(&format!("/proc/{pid}/cgroup"))).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)

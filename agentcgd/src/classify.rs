@@ -237,7 +237,7 @@ pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &P
 /// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
 /// to `high` or `low`. Any other value is ignored (and not logged).
 pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
-    let raw = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
+    let raw = cgroupfs::read_bytes(&proc_root.join(pid.to_string()).join("environ")).ok()?;
     let key = format!("{PRIORITY_ENV}=");
     let value = raw
         .split(|&b| b == 0)
@@ -255,7 +255,7 @@ pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
 /// Real gid and supplementary groups of `pid`.
 pub(crate) fn groups(proc_root: &Path, pid: u32) -> Vec<u32> {
     let status =
-        std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
+        cgroupfs::read_text(&proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
     status
         .lines()
         .filter_map(|l| {

@@ -1014,7 +1014,16 @@ impl Daemon {
 
     /// Track a placed process, also in the kernel-side lineage.
     fn track(&mut self, t: Tracked, cgroup_id: u64) {
-        self.lineage_memo.clear();
+        // A memoized walk passed every ancestor of the process it started
+        // from, so a newly tracked process changes a memoized answer only
+        // if the memo holds it (it was walked as an untracked ancestor).
+        if self
+            .lineage_memo
+            .get(&t.pid)
+            .is_some_and(|(start, _)| *start == t.start_ticks)
+        {
+            self.lineage_memo.clear();
+        }
         let seed = Seed {
             ancestor: Ancestor {
                 pid: t.pid,

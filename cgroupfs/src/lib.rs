@@ -125,6 +125,26 @@ pub fn find_mount() -> Option<PathBuf> {
     cgroup2_mount(&text).map(PathBuf::from)
 }
 
+/// The cpu.weight a cgroup is created with.
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+
+/// The bytes of a kernel pseudo-file (cgroup or /proc). Their size is not
+/// known in advance (st_size is 0 or 4096), so unlike `fs::read` no fstat
+/// and lseek are made for a size hint: open, read until EOF, close.
+pub fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::with_capacity(512);
+    std::fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// [`read_bytes`] as text.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_bytes(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// A handle on one cgroup directory. Cheap; holds no file descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cgroup {
@@ -178,7 +198,7 @@ impl Cgroup {
     /// The text of `file`.
     pub fn read_raw(&self, file: &str) -> Result<String> {
         let p = self.path.join(file);
-        std::fs::read_to_string(&p).map_err(|e| Error::io(p, e))
+        read_text(&p).map_err(|e| Error::io(p, e))
     }
 
     /// Write `value` to `file` (one write(2), as the kernel wants).

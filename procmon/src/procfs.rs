@@ -235,11 +235,11 @@ impl ProcFs {
     /// which callers treat as normal.
     pub fn read(&self, pid: u32) -> io::Result<ProcInfo> {
         let stat = self.stat(pid)?;
-        let uid = fs::read_to_string(self.path(pid, "status"))
+        let uid = cgroupfs::read_text(&self.path(pid, "status"))
             .ok()
             .and_then(|s| parse_status_uid(&s))
             .unwrap_or(u32::MAX);
-        let argv = fs::read(self.path(pid, "cmdline"))
+        let argv = cgroupfs::read_bytes(&self.path(pid, "cmdline"))
             .map(|raw| split_argv(&raw))
             .unwrap_or_default();
         let exe = fs::read_link(self.path(pid, "exe"))
@@ -264,7 +264,7 @@ impl ProcFs {
 
     /// The whole argv of `pid` (the caller guards against PID reuse).
     pub fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
-        fs::read(self.path(pid, "cmdline")).map(|raw| split_argv(&raw))
+        cgroupfs::read_bytes(&self.path(pid, "cmdline")).map(|raw| split_argv(&raw))
     }
 
     /// The resolved executable of `pid` (the caller guards against PID reuse).
@@ -277,7 +277,7 @@ impl ProcFs {
     pub fn children(&self, pid: u32, threads: u32) -> Vec<u32> {
         let read = |tid: u32, out: &mut Vec<u32>| {
             let f = self.path(pid, &format!("task/{tid}/children"));
-            if let Ok(text) = fs::read_to_string(f) {
+            if let Ok(text) = cgroupfs::read_text(&f) {
                 out.extend(
                     text.split_ascii_whitespace()
                         .filter_map(|c| c.parse::<u32>().ok()),
