@@ -19,22 +19,6 @@ use common::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn build(fx: &Fixture, src: &str, name: &str) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(src);
-    let out = fx.dir.path().join("bin").join(name);
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc (a C compiler) is needed to build the test agents");
-    assert!(st.success(), "cc {} failed", src.display());
-    out
-}
-
-/// Live processes whose comm is `comm`.
 fn pids_named(comm: &str) -> Vec<u32> {
     fs::read_dir("/proc")
         .unwrap()
@@ -166,7 +150,7 @@ fn kill9_ten_times_during_an_agent_storm_leaves_nothing_unplaced() {
     let fx = Fixture::new("kill9", mount);
     let comm = format!("agent-{}", fx.tag());
     fx.policy("10-fake.yaml", &families(fx.tag()));
-    let agent = build(&fx, "forker.c", &comm);
+    let agent = fx.build("forker.c", &comm);
     let mut daemon = fx.daemon(&["--events", "bpf", "--no-scheduler", "--no-memcg"]);
     fx.wait_ready();
     let storm = Storm::start(agent, 20, Duration::from_secs(3));
@@ -207,7 +191,7 @@ fn ring_buffer_overflow_is_reconciled() {
     let mut fx = Fixture::new("overflow", mount);
     let comm = format!("agent-{}", fx.tag());
     fx.policy("10-fake.yaml", &families(fx.tag()));
-    let chain = build(&fx, "execchain.c", &comm);
+    let chain = fx.build("execchain.c", &comm);
     let daemon = fx.daemon(&["--events", "bpf", "--no-scheduler", "--no-memcg"]);
     fx.wait_ready();
     // Stop the daemon; fill the 4 MiB ring buffer with matching execs.

@@ -32,21 +32,9 @@ fn places_by_comm_argv_exe_and_leaves_unmatched_alone() {
     let p_none = fx.spawn(Command::new("sleep").arg("32"));
     let high = fx.session("session_high");
     let low = fx.session("session_low");
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(p_comm) == high),
-        "comm: {}",
-        session_of(p_comm)
-    );
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(p_argv) == low),
-        "argv: {}",
-        session_of(p_argv)
-    );
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(p_exe) == low),
-        "exe: {}",
-        session_of(p_exe)
-    );
+    assert_in_session(p_comm, &high, "comm");
+    assert_in_session(p_argv, &low, "argv");
+    assert_in_session(p_exe, &low, "exe");
     let before = session_of(p_none);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -94,17 +82,9 @@ fn descendants_stay_with_family_and_tools_go_low() {
     let (child, toolp) = (read("child").unwrap(), read("tool").unwrap());
     let high = fx.session("session_high");
     let low = fx.session("session_low");
-    assert!(wait_for(Duration::from_secs(2), || session_of(agent_pid) == high));
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(child) == high),
-        "child in {}",
-        session_of(child)
-    );
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(toolp) == low),
-        "tool in {}",
-        session_of(toolp)
-    );
+    assert_in_session(agent_pid, &high, "agent_pid");
+    assert_in_session(child, &high, "child");
+    assert_in_session(toolp, &low, "tool");
     // The tracker knows both as fake-agent, with the reason.
     assert!(
         wait_for(Duration::from_secs(2), || {
@@ -135,7 +115,7 @@ fn restart_after_kill9_adopts_tree_and_keeps_placing() {
     let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
     let first = fx.spawn(Command::new(&agent).arg("30"));
     let high = fx.session("session_high");
-    assert!(wait_for(Duration::from_secs(2), || session_of(first) == high));
+    assert_in_session(first, &high, "first");
     assert!(wait_for(Duration::from_secs(2), || fx.status_json()
         ["processes"]
         .as_array()
@@ -150,9 +130,9 @@ fn restart_after_kill9_adopts_tree_and_keeps_placing() {
     let daemon = fx.daemon(&[]);
     fx.wait_ready();
     assert_eq!(session_of(first), high, "placement survived kill -9");
-    assert!(wait_for(Duration::from_secs(2), || session_of(during) == high));
+    assert_in_session(during, &high, "during");
     let after = fx.spawn(Command::new(&agent).arg("30"));
-    assert!(wait_for(Duration::from_secs(2), || session_of(after) == high));
+    assert_in_session(after, &high, "after");
     let tracked = || -> Vec<u64> {
         fx.status_json()["processes"]
             .as_array()
@@ -182,14 +162,7 @@ fn broken_policy_refuses_start_and_reload_keeps_last_good() {
             fx.tag()
         ),
     );
-    let out = Command::new(BIN)
-        .arg(&fx.root)
-        .arg("--policies")
-        .arg(fx.policies())
-        .arg("--state")
-        .arg(fx.state())
-        .output()
-        .unwrap();
+    let out = fx.command().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -334,12 +307,8 @@ fn agentcg_priority_env_picks_the_session() {
     )
     .is_ok_and(|s| !s.trim().is_empty())));
     let child: u32 = fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(2), || session_of(child) == low),
-        "its child in {}",
-        session_of(child)
-    );
-    assert!(wait_for(Duration::from_secs(2), || session_of(plain) == high));
+    assert_in_session(child, &low, "its child");
+    assert_in_session(plain, &high, "plain");
     assert!(
         wait_for(Duration::from_secs(2), || session_of(bad) == high),
         "a bad value is ignored"

@@ -4,27 +4,12 @@
 //! running daemon.
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::*;
-
-/// Build the forking agent (tests/fixtures/forker.c) under the given name.
-fn forker(fx: &Fixture, name: &str) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forker.c");
-    let out = fx.dir.path().join("bin").join(name);
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc (a C compiler) is needed to build the test agent");
-    assert!(st.success(), "cc {} failed", src.display());
-    out
-}
 
 /// `pid` and every process below it.
 fn subtree(pid: u32) -> Vec<u32> {
@@ -59,7 +44,7 @@ fn forking_agents_all_placed(events: &str, runs: usize) {
         "10-fork.yaml",
         &format!("family: forker\npriority: high\nmatch:\n  - comm: {name}\n"),
     );
-    let bin = forker(&fx, &name);
+    let bin = fx.build("forker.c", &name);
     let daemon = fx.daemon(&["--events", events, "--no-scheduler", "--no-memcg"]);
     fx.wait_ready();
     let high = fx.session("session_high");
@@ -219,7 +204,7 @@ fn removed_session_cgroups_are_reported_and_rebuilt() {
     let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/sleep");
     let first = fx.spawn(Command::new(&agent).arg("30"));
     let high = fx.session("session_high");
-    assert!(wait_for(Duration::from_secs(2), || session_of(first) == high));
+    assert_in_session(first, &high, "first");
 
     // An administrator (or a careless script) empties and removes the tree.
     fs::write(fx.mount.join("cgroup.procs"), first.to_string()).unwrap();

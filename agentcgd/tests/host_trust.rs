@@ -29,15 +29,7 @@ fn chown_nobody(p: &Path) {
 /// The forking agent (tests/fixtures/forker.c) built at `out`: with a
 /// non-numeric argument it forks nothing and waits, whatever its argv.
 fn build_waiter(out: &Path) {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forker.c");
-    fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(out)
-        .arg(&src)
-        .status()
-        .expect("cc (a C compiler) is needed to build the test agent");
-    assert!(st.success());
+    build_fixture("forker.c", out);
     chmod(out, 0o755);
 }
 
@@ -278,14 +270,7 @@ fn policy_files_others_can_write_are_refused() {
     fx.policy("10-fake.yaml", &families(fx.tag()));
     let f = fx.policies().join("10-fake.yaml");
     chmod(&f, 0o666);
-    let out = Command::new(BIN)
-        .arg(&fx.root)
-        .arg("--policies")
-        .arg(fx.policies())
-        .arg("--state")
-        .arg(fx.state())
-        .output()
-        .unwrap();
+    let out = fx.command().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -440,7 +425,7 @@ fn hostile_policy_file_does_not_stop_placement_and_replaced_dir_is_watched() {
     );
     let q = fx.spawn(Command::new(&new_bin).arg("30"));
     let low = fx.session("session_low");
-    assert!(wait_for(Duration::from_secs(2), || session_of(q) == low));
+    assert_in_session(q, &low, "q");
     // Settled: no reload loop once the new directory is watched.
     std::thread::sleep(Duration::from_secs(1));
     let reloads = || {

@@ -84,6 +84,25 @@ impl Fixture {
         p
     }
 
+    /// tests/fixtures/SRC built under this fixture's bin/NAME.
+    pub fn build(&self, src: &str, name: &str) -> PathBuf {
+        let out = self.dir.path().join("bin").join(name);
+        build_fixture(src, &out);
+        out
+    }
+
+    /// The daemon's command line on this fixture's ROOT, policies and
+    /// state file (no --config), for a run that is expected to exit.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(&self.root)
+            .arg("--policies")
+            .arg(self.policies())
+            .arg("--state")
+            .arg(self.state());
+        c
+    }
+
     pub fn daemon(&self, extra: &[&str]) -> Child {
         Command::new(BIN)
             .arg(&self.root)
@@ -247,6 +266,31 @@ pub fn session_of(pid: u32) -> String {
         }
         _ => cg,
     }
+}
+
+/// Assert that `pid` is in `session` within 2 s (`what` names it).
+#[track_caller]
+pub fn assert_in_session(pid: u32, session: &str, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(2), || session_of(pid) == session),
+        "{what} (pid {pid}) in {}, want {session}",
+        session_of(pid)
+    );
+}
+
+/// Build the C program tests/fixtures/SRC at `out` (its directory made).
+pub fn build_fixture(src: &str, out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(src);
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let st = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("cc (a C compiler) is needed to build the test agents");
+    assert!(st.success(), "cc {} failed", src.display());
 }
 
 pub fn stop(mut d: Child) -> Duration {
