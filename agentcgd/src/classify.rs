@@ -273,12 +273,14 @@ pub(crate) fn groups(proc_root: &Path, pid: u32) -> Vec<u32> {
 }
 
 /// Decide a whole ancestry (oldest first, the process last) the way the
-/// daemon would have as each exec'd: each process by its own rules, else by
-/// its nearest decided ancestor. Used by `explain` without the daemon.
+/// daemon would have as each exec'd: each process by its own rules (a match
+/// that strict trust refuses does not count), else by its nearest decided
+/// ancestor. Used by `explain` without the daemon.
 pub fn decide_chain(
     set: &PolicySet,
     chain: &[ProcInfo],
     up: &UserPriority,
+    trust: &crate::trust::TrustConfig,
     proc_root: &Path,
     parents: &dyn ParentLookup,
 ) -> Vec<Option<Decision>> {
@@ -286,8 +288,11 @@ pub fn decide_chain(
     chain
         .iter()
         .map(|p| {
-            let d = match own_match(set, p, parents) {
-                Some(d) => Some(user_priority(d, p, up, proc_root)),
+            let own = own_match(set, p, parents)
+                .map(|d| user_priority(d, p, up, proc_root))
+                .filter(|d| crate::trust::gate(trust, set, d, p, proc_root).is_ok());
+            let d = match own {
+                Some(d) => Some(d),
                 None => lineage.as_ref().and_then(|l| inherit(set, p, l, parents)),
             };
             if let Some(d) = &d {
@@ -643,10 +648,12 @@ mod tests {
             c.pid = 100 + i as u32;
         }
         let empty = tempfile::tempdir().unwrap();
+        let default_trust = crate::trust::TrustConfig::default();
         let ds = decide_chain(
             &set,
             &chain,
             &UserPriority::default(),
+            &default_trust,
             empty.path(),
             &NoParents,
         );
@@ -667,6 +674,26 @@ mod tests {
             ds[4].as_ref().unwrap().reason,
             Reason::Inherited { ancestor: 103 }
         );
+        // Strict trust: a user's claude whose executable cannot be verified
+        // (no /proc entry here) does not count, as in the daemon, and
+        // nothing below it is in its lineage either.
+        let strict = crate::trust::TrustConfig {
+            mode: crate::trust::TrustMode::Strict,
+            ..Default::default()
+        };
+        for c in &mut chain {
+            c.uid = 1000;
+        }
+        let ds = decide_chain(
+            &set,
+            &chain,
+            &UserPriority::default(),
+            &strict,
+            empty.path(),
+            &NoParents,
+        );
+        assert_eq!(ds[1], None, "{ds:?}");
+        assert_eq!(ds[2], None, "{ds:?}");
     }
 
     #[test]

@@ -514,6 +514,7 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
         &set,
         &chain,
         &cfg.user_priority,
+        &cfg.trust,
         Path::new("/proc"),
         &procfs,
     );
@@ -551,7 +552,11 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
             policies.display()
         ),
     }
-    print_trust(&cfg, &set, mine.as_ref(), &info);
+    // The trust verdict is on the process's own match (the chain's decision
+    // already fell back to its lineage where strict mode refused it).
+    let own = crate::classify::own_match(&set, &info, &procfs)
+        .map(|d| crate::classify::user_priority(d, &info, &cfg.user_priority, Path::new("/proc")));
+    print_trust(&cfg, &set, own.as_ref(), &info);
     if std::fs::read(format!("/proc/{pid}/environ")).is_err() {
         println!(
             "  (cannot read its environment: an {PRIORITY_ENV} there is not taken into account)"
@@ -574,7 +579,8 @@ fn shown_argv(info: &procmon::ProcInfo) -> String {
     }
 }
 
-/// Strict trust mode's verdict on a session_high decision by rule.
+/// Strict trust mode's verdict on the process's own match (a session_high
+/// decision by rule).
 fn print_trust(
     cfg: &Config,
     set: &PolicySet,
