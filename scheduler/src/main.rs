@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use scheduler::bpf::{LoadOpts, Scheduler};
-use scheduler::stats::{cgroup_rows, CgroupPaths, GlobalStats};
+use scheduler::stats::{cgroup_rows, CgroupPaths, GlobalCounters, GlobalStats};
 use scheduler::supervisor::classify_exit;
+use scx_stats::{Meta, StatsOpener, StatsOps, StatsReader, StatsServer, StatsServerData, ToJson};
 
 /// A flattened-cgroup sched_ext scheduler that honours cpu.weight.
 #[derive(Debug, Parser)]
@@ -31,6 +32,14 @@ struct Opts {
     /// With --stats: one JSON object per interval instead of a table.
     #[arg(long)]
     json: bool,
+    /// Serve the global counters on this scx_stats socket (the scx
+    /// schedulers' stats protocol; `scx_agentcg --monitor` reads it).
+    #[arg(long, default_value = "/var/run/scx/root/stats")]
+    stats_socket: std::path::PathBuf,
+    /// Do not load anything: print the counters of the running scx_agentcg
+    /// (from its stats socket) every interval.
+    #[arg(long)]
+    monitor: bool,
     /// More log output.
     #[arg(short, long)]
     verbose: bool,
@@ -57,7 +66,56 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    if opts.monitor {
+        std::process::exit(monitor(&opts));
+    }
     std::process::exit(run(&opts));
+}
+
+/// `--monitor`: the counters of a running instance, through the scx_stats
+/// client.
+fn monitor(opts: &Opts) -> i32 {
+    let sock = opts.stats_socket.display();
+    let mut client = match scx_stats::StatsClient::new()
+        .set_path(&opts.stats_socket)
+        .connect(None)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("scx_agentcg: cannot connect to {sock}: {e:#}");
+            return 1;
+        }
+    };
+    while !STOP.load(Ordering::Relaxed) {
+        match client.request::<GlobalCounters>("stats", vec![]) {
+            Ok(c) => {
+                let line: Vec<String> = c.named().iter().map(|(n, v)| format!("{n}={v}")).collect();
+                println!("{}", line.join(" "));
+            }
+            Err(e) => {
+                eprintln!("scx_agentcg: stats request to {sock} failed: {e:#}");
+                return 1;
+            }
+        }
+        std::thread::sleep(Duration::from_secs_f64(opts.interval));
+    }
+    0
+}
+
+/// The scx_stats server: "stats" requests are answered by the main loop,
+/// which owns the BPF maps, through the server's channel pair.
+fn stats_server(path: &Path) -> anyhow::Result<StatsServer<(), GlobalCounters>> {
+    let open: Box<dyn StatsOpener<(), GlobalCounters>> = Box::new(|_| {
+        let read: Box<dyn StatsReader<(), GlobalCounters>> = Box::new(|_args, (req, res)| {
+            req.send(())?;
+            res.recv()?.to_json()
+        });
+        Ok(read)
+    });
+    let data = StatsServerData::new()
+        .add_meta(GlobalCounters::meta())
+        .add_ops("top", StatsOps { open, close: None });
+    StatsServer::new(data).set_path(path).launch()
 }
 
 fn run(opts: &Opts) -> i32 {
@@ -80,6 +138,18 @@ fn run(opts: &Opts) -> i32 {
         ops.trim(),
         opts.slice_us
     );
+
+    let server = match stats_server(&opts.stats_socket) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "scx_agentcg: no stats socket at {}: {e:#}",
+                opts.stats_socket.display()
+            );
+            None
+        }
+    };
+    let channels = server.as_ref().map(|s| s.channels());
 
     let cg_root = Path::new("/sys/fs/cgroup");
     let mut paths = CgroupPaths::scan(cg_root);
@@ -108,6 +178,11 @@ fn run(opts: &Opts) -> i32 {
             } else {
                 0
             };
+        }
+        if let Some((res, req)) = &channels {
+            while req.try_recv().is_ok() {
+                let _ = res.send(sched.global_stats());
+            }
         }
         if opts.stats && last.elapsed() >= interval {
             let secs = last.elapsed().as_secs_f64();

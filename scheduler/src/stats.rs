@@ -52,6 +52,33 @@ macro_rules! global_counters {
                 v
             }
         }
+
+        /// scx_stats metadata: what `scx_agentcg` serves on the scx stats
+        /// socket (`stats_meta`), each counter with its doc line.
+        impl scx_stats::Meta for GlobalCounters {
+            fn meta() -> scx_stats::StatsMeta {
+                use scx_stats::{StatsData, StatsField, StatsFieldAttrs, StatsKind};
+                let mut fields = std::collections::BTreeMap::new();
+                $(
+                    #[allow(unused_mut)]
+                    let mut user = std::collections::BTreeMap::new();
+                    $( user.insert(stringify!($anomaly).to_string(), "must stay 0".to_string()); )?
+                    fields.insert(stringify!($name).to_string(), StatsField {
+                        data: StatsData::Datum(StatsKind::U64),
+                        attrs: StatsFieldAttrs { desc: Some($doc.trim().to_string()), user },
+                    });
+                )*
+                scx_stats::StatsMeta {
+                    name: "GlobalCounters".into(),
+                    attrs: scx_stats::StatsStructAttrs {
+                        top: Some("true".into()),
+                        desc: Some("scx_agentcg global counters, summed over CPUs since load".into()),
+                        user: Default::default(),
+                    },
+                    fields,
+                }
+            }
+        }
     };
 }
 
@@ -404,5 +431,26 @@ mod tests {
         assert_eq!(g.anomalies, 2);
         assert_eq!(g.counters.anomalies(), vec![("pick_budget", 2)]);
         assert_eq!(g.counters.named().len(), crate::bpf::NR_GSTATS as usize);
+    }
+
+    #[test]
+    fn scx_stats_meta_names_every_counter() {
+        use scx_stats::Meta;
+        let meta = GlobalCounters::meta();
+        let c = GlobalCounters::default();
+        assert_eq!(meta.fields.len(), c.named().len());
+        for (name, _) in c.named() {
+            let f = &meta.fields[name];
+            assert!(
+                f.attrs.desc.as_deref().is_some_and(|d| !d.is_empty()),
+                "{name}"
+            );
+            let anomaly = c.anomalies().iter().any(|(n, _)| *n == name);
+            assert_eq!(f.attrs.user.contains_key("anomaly"), anomaly, "{name}");
+        }
+        // what the stats server answers for "stats": the counters as JSON
+        use scx_stats::ToJson;
+        let json = GlobalCounters { preempts: 5, ..c }.to_json().unwrap();
+        assert_eq!(json["preempts"], 5);
     }
 }

@@ -70,54 +70,98 @@ wl_forkexec() { t0=$(now_ms); i=0; while [ $i -lt ${FORKS:-500} ]; do /bin/true;
 wl_pipe() { $SB pipe ${ROUNDS:-20000} | sec_to_ms; }
 wl_hackbench() { $SB hackbench ${HB_GROUPS:-2} ${HB_LOOPS:-100} | sec_to_ms; }
 WORKLOADS="forkexec pipe hackbench"
-# run_wl SCHEDNAME: every workload once; keeps the best time per scheduler
-# in OV_<sched>_<wl>
-run_wl() {
-    for w in $WORKLOADS; do
-        t=$(wl_$w) || die "workload $w failed"
-        eval "best=\$OV_$1_$w"
-        [ -z "$best" ] || [ $t -lt $best ] && eval "OV_$1_$w=$t"
-        echo "overhead $1 $w: $t ms"
+# switch_to SCHEDNAME: attach or detach scx_agentcg as needed
+switch_to() {
+    if [ $1 = agentcg ]; then [ -n "$SCHED" ] || start_sched; else [ -z "$SCHED" ] || stop_sched; fi
+}
+# rounds alternate the order (kernel, agentcg | agentcg, kernel | ...) so
+# that a drift of the host's load hits both alike and every other switch is
+# saved; a ratio is taken within one round, and the median of the rounds'
+# ratios is reported with their spread (min..max)
+order() { [ $(($1 % 2)) = 1 ] && echo "kernel agentcg" || echo "agentcg kernel"; }
+OVLOG=/tmp/bench-rounds.txt
+: >$OVLOG
+overhead() {
+    r=1
+    while [ $r -le ${OV_ROUNDS:-7} ]; do
+        for s in $(order $r); do
+            switch_to $s
+            for w in $WORKLOADS; do
+                t=$(wl_$w) || die "workload $w failed"
+                echo "ov $r $w $s $t" >>$OVLOG
+                echo "overhead round $r $s $w: $t ms"
+            done
+        done
+        r=$((r + 1))
     done
 }
 # wake-up latency of WORKERS threads in session_high, woken every 2 ms for
 # LAT_S s, without and with nproc CPU hogs in session_low
-latency() { # SCHEDNAME
-    for load in idle hogs; do
-        [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
-        r=$(sh -c "echo \$\$ > $CG/bf/sh/cgroup.procs; exec $SB wakeup ${LAT_S:-4} ${WORKERS:-4}") || die "wakeup failed"
-        [ $load = hogs ] && stop_hogs
-        echo "BENCH latency $load $1 $r"
+latency() {
+    r=1
+    while [ $r -le ${LAT_ROUNDS:-3} ]; do
+        for s in $(order $r); do
+            switch_to $s
+            for load in idle hogs; do
+                [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
+                res=$(sh -c "echo \$\$ > $CG/bf/sh/cgroup.procs; exec $SB wakeup ${LAT_S:-3} ${WORKERS:-4}") || die "wakeup failed"
+                [ $load = hogs ] && stop_hogs
+                echo "lat $r $load $s $res" >>$OVLOG
+                echo "latency round $r $s $load: $res"
+            done
+        done
+        r=$((r + 1))
     done
+}
+# summary: medians over rounds and the median of same-round ratios
+summary() {
+    awk 'function med(a, n,   i, j, t) {
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function mm(a, n, lo,   i, v) { v = a[1]; for (i = 2; i <= n; i++) if (lo ? a[i] < v : a[i] > v) v = a[i]; return v }
+        $1 == "ov" { t[$2, $3, $4] = $5; if (!($3 in seen)) { seen[$3] = 1; wl[++nw] = $3 } if ($2 > nr) nr = $2 }
+        $1 == "lat" { p50[$2, $3, $4] = $5; p99[$2, $3, $4] = $6; n[$3, $4] += $7; if ($2 > nl) nl = $2 }
+        END {
+            for (i = 1; i <= nw; i++) {
+                w = wl[i]; m = 0
+                for (r = 1; r <= nr; r++) if (t[r, w, "kernel"] > 0 && t[r, w, "agentcg"] > 0) {
+                    m++; k[m] = t[r, w, "kernel"]; a[m] = t[r, w, "agentcg"]; q[m] = a[m] / k[m]; q2[m] = q[m]
+                }
+                if (!m) continue
+                lo = mm(q2, m, 1); hi = mm(q2, m, 0)
+                printf "BENCH overhead %s %.3f %.3f %.3f %.3f %.3f %d\n", w, med(k, m) / 1000, med(a, m) / 1000, med(q, m), lo, hi, m
+            }
+            split("idle hogs", loads, " ")
+            for (i = 1; i <= 2; i++) {
+                l = loads[i]; m = 0
+                for (r = 1; r <= nl; r++) if (p50[r, l, "kernel"] > 0 && p50[r, l, "agentcg"] > 0) {
+                    m++; k5[m] = p50[r, l, "kernel"]; a5[m] = p50[r, l, "agentcg"]; k9[m] = p99[r, l, "kernel"]; a9[m] = p99[r, l, "agentcg"]
+                    q5[m] = a5[m] / k5[m]; q9[m] = a9[m] / k9[m]; c5[m] = q5[m]; c9[m] = q9[m]
+                }
+                if (!m) continue
+                printf "BENCH latency %s kernel %d %d %d\n", l, med(k5, m), med(k9, m), n[l, "kernel"]
+                printf "BENCH latency %s agentcg %d %d %d\n", l, med(a5, m), med(a9, m), n[l, "agentcg"]
+                printf "BENCH latratio %s %.3f %.3f %.3f %.3f %.3f %.3f %d\n", l, med(q5, m), mm(c5, m, 1), mm(c5, m, 0), med(q9, m), mm(c9, m, 1), mm(c9, m, 0), m
+            }
+        }' $OVLOG
 }
 
 [ "$(cat $SX/state 2>/dev/null)" = disabled ] || die "sched_ext not available/disabled"
 echo "BENCH info kernel $(uname -r) cpus $NCPU warm $WARM window $WINDOW"
 setup
-echo "== fairness: kernel scheduler"
-fairness kernel
-echo "== fairness: scx_agentcg"
-start_sched
-echo "BENCH info ops $(cat $SX/root/ops)"
-fairness agentcg
-stop_sched
-
-echo "== overhead and latency"
-# kernel and scx_agentcg alternate, three rounds, so that a change in the
-# host's load hits both alike; the best of 3 per scheduler is reported
-for r in 1 2 3; do
-    run_wl kernel
+SECTIONS=${SECTIONS:-fairness overhead latency}
+case " $SECTIONS " in *" fairness "*)
+    echo "== fairness: kernel scheduler"
+    fairness kernel
+    echo "== fairness: scx_agentcg"
     start_sched
-    run_wl agentcg
+    echo "BENCH info ops $(cat $SX/root/ops)"
+    fairness agentcg
     stop_sched
-done
-latency kernel
-start_sched
-latency agentcg
-stop_sched
-latency kernel
-for w in $WORKLOADS; do
-    eval "k=\$OV_kernel_$w s=\$OV_agentcg_$w"
-    awk -v w=$w -v k=$k -v s=$s 'BEGIN { printf "BENCH overhead %s %.3f %.3f %.3f\n", w, k / 1000, s / 1000, (k > 0 ? s / k : 0) }'
-done
+esac
+case " $SECTIONS " in *" overhead "*) echo "== overhead"; overhead ;; esac
+case " $SECTIONS " in *" latency "*) echo "== latency"; latency ;; esac
+switch_to kernel
+summary
 echo "bench: done"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg"), its
-# statistics name our cgroups, and SIGTERM hands the CPU back to the kernel's
+# statistics name our cgroups, `scx_agentcg --monitor` reads its counters
+# from its scx_stats socket, and SIGTERM hands the CPU back to the kernel's
 # own scheduler (state disabled).
 CG=/sys/fs/cgroup
 SX=/sys/kernel/sched_ext
@@ -42,6 +43,15 @@ sleep 3
 kill -0 $SCHED || { cat /tmp/scx31.log; fail "scx_agentcg died"; }
 grep -q "/t31" /tmp/scx31.log || { cat /tmp/scx31.log; fail "stats do not show /t31"; }
 tail -n 8 /tmp/scx31.log
+
+# its counters on the scx_stats socket, read by a second instance
+scx_agentcg --monitor -i 0.5 >/tmp/mon31.log 2>&1 &
+MON=$!
+sleep 2
+kill $MON 2>/dev/null; wait $MON 2>/dev/null
+head -n 2 /tmp/mon31.log
+grep -q "hweight_updates=[1-9].* pick_budget=0" /tmp/mon31.log ||
+    fail "scx_agentcg --monitor did not read the counters from the stats socket"
 
 kill -TERM $SCHED
 wait $SCHED; rc=$?
