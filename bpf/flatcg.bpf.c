@@ -23,22 +23,23 @@
  * DSQ; the previous task if still runnable (charged up to now first). A
  * dispatch charges the task's last run (at most a slice) / hweight ahead,
  * settled by the runtime or refunded, so CPUs deciding at once see each
- * other's choices. A cgroup back from idle keeps at most nr_cpus / 2
- * slices of credit against the clock (the highest cvtime served).
+ * other's choices. A cgroup
+ * back from idle keeps at most nr_cpus / 2 slices of credit against the
+ * clock (the highest cvtime served).
  *
- * Placement: a synchronous wake-up goes to its previous CPU if idle, else
- * to the waker's CPU if nothing waits there; a wake-up with an idle CPU to
- * that CPU; a per-CPU kthread to its CPU's local DSQ; another single-CPU
- * task to its CPU's per-CPU DSQ; everything else, subset-restricted tasks
+ * Placement: a synchronous wake-up goes to the waker's CPU if nothing
+ * waits there, a wake-up with an idle CPU to that CPU, a per-CPU kthread
+ * to its CPU's local DSQ, another single-CPU task to its CPU's per-CPU DSQ
+ * (the CPU kicked or preempted), everything else, subset-restricted tasks
  * included, to its cgroup's DSQ: a CPU takes the first task it may run and
  * passes over a cgroup with none, so the CPUs a restricted cgroup may use
- * serve it in cvtime order. A queued wake-up kicks an idle CPU, else
- * preempts, of its CPU and one other it may use, the one running the
- * cgroup furthest ahead of its own, if any is: the dispatch that follows
- * serves the lowest cvtime. A single-CPU task that waited starve_slices
- * slices is served first (cvtime order alone starves it where a cgroup
- * confined to its CPU stays below its share while the task's cgroup is
- * over its share on the other CPUs).
+ * serve it in cvtime order. A waking task whose cgroup is behind the one
+ * running on its CPU by over slice / 8 preempts it.
+ *
+ * A single-CPU task that waited starve_slices slices is served first:
+ * cvtime order alone starves it where a cgroup confined to its CPU stays
+ * below its share for good while the task's own cgroup is over its share
+ * on the other CPUs (38-sched-cpuset).
  *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
@@ -61,8 +62,10 @@ const volatile u32 starve_slices = 25;		/* set by the loader */
 
 UEI_DEFINE(uei);
 
-u64 cvtime_now;		/* highest cvtime served: the cgroup clock */
-u64 hweight_gen = 1;	/* bumped on weight or activity changes */
+/* highest cvtime served: the cgroup clock */
+u64 cvtime_now;
+/* bumped on weight or activity changes; expires the cached hweights */
+u64 hweight_gen = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -81,7 +84,9 @@ struct {
 /* what runs on a CPU, for the preemption check of a waking task */
 struct cpu_ctx {
 	u64 run_cgid;		/* cgroup of the running task, 0 for none */
-	u64 run_cvtime, run_hweight, run_at;	/* its cvtime, hweight at run_at */
+	u64 run_cvtime;		/* its cvtime when it started */
+	u64 run_hweight;
+	u64 run_at;
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
 };
@@ -333,11 +338,10 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 
 /*
  * Charge @p's runtime since it started (or since the last charge) to its
- * task vtime and to its cgroup's cvtime; @stop: its run ends (counted in
- * the cgroup's statistics with the time, one lookup per run).
+ * task vtime and to its cgroup's cvtime.
  */
-static __always_inline void charge(struct task_struct *p, struct task_ctx *tctx,
-					   struct cgroup *cgrp, struct cgrp_ctx *cgc, u64 now, bool stop)
+static void charge(struct task_struct *p, struct task_ctx *tctx,
+		   struct cgroup *cgrp, struct cgrp_ctx *cgc, u64 now)
 {
 	struct agcg_cgrp_stats *st;
 	u64 ran = 0;
@@ -351,13 +355,13 @@ static __always_inline void charge(struct task_struct *p, struct task_ctx *tctx,
 	/* the reservation made when it was dispatched is part of the charge */
 	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
 	tctx->reserved = 0;
-	if (ran)
-		scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
-	st = ran || stop ? stats_of(cgrp->kn->id) : NULL;
-	if (st) {
+	if (!ran)
+		return;
+
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
+	st = stats_of(cgrp->kn->id);
+	if (st)
 		__sync_fetch_and_add(&st->cpu_time_ns, ran);
-		__sync_fetch_and_add(&st->dispatches, stop);
-	}
 }
 
 /* Put @cgrp's node on the tree if it is not there (or held) already. */
@@ -381,32 +385,20 @@ static void cgrp_enqueued(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 	tree_add(node);
 }
 
-/* A waking @p of a cgroup at @cvtime found no idle CPU: see the header. */
-static void maybe_preempt(struct task_struct *p, s32 cpu, u64 cgid, u64 cvtime)
+/* Kick @cpu if a waking task of a cgroup at @cvtime should preempt it. */
+static void maybe_preempt(s32 cpu, u64 cgid, u64 cvtime)
 {
-	u64 now = bpf_ktime_get_ns(), lead = 0, cur;
 	struct cpu_ctx *cpuc;
-	s32 c = cpu, victim = -1;
-	u32 i, seen = 0, zero = 0;
+	u32 zero = 0;
+	u64 cur;
 
-	bpf_for(i, 0, 3) {	/* @cpu, then one other (two tries to find one) */
-		if (i && (p->nr_cpus_allowed == 1 || seen ||
-			  (c = bpf_cpumask_any_distribute(p->cpus_ptr)) >= MAX_CPUS))
-			break;
-		if (i && c == cpu)
-			continue;
-		seen = i;
-		cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, c);
-		if (!cpuc || !cpuc->run_cgid || cpuc->run_cgid == cgid)
-			continue;
-		cur = cpuc->run_cvtime + scale_by_hweight(now - cpuc->run_at, cpuc->run_hweight);
-		if (vtime_before(cvtime + lead, cur)) {
-			lead = cur - cvtime;
-			victim = c;
-		}
-	}
-	if (victim >= 0) {
-		scx_bpf_kick_cpu(victim, SCX_KICK_PREEMPT);
+	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
+	if (!cpuc || !cpuc->run_cgid || cpuc->run_cgid == cgid)
+		return;
+	cur = cpuc->run_cvtime +
+	      scale_by_hweight(bpf_ktime_get_ns() - cpuc->run_at, cpuc->run_hweight);
+	if (vtime_before(cvtime + slice_ns / 8, cur)) {
+		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 		gstat_inc(AGCG_GS_PREEMPT);
 	}
 }
@@ -419,20 +411,14 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 
 	/*
 	 * A synchronous wake-up (the waker is about to sleep, e.g. a pipe
-	 * write): its previous CPU if idle, else the waker's CPU if nothing
-	 * waits there, to run when the waker blocks without waking a CPU.
+	 * write) goes to the waker's CPU when nothing else waits there: it
+	 * runs when the waker blocks, without waking another CPU.
 	 */
 	cpu = bpf_get_smp_processor_id();
-	if ((wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING)) {
-		is_idle = prev_cpu != cpu && bpf_cpumask_test_cpu(prev_cpu, p->cpus_ptr) &&
-			  scx_bpf_test_and_clear_cpu_idle(prev_cpu);
-		if (is_idle)
-			cpu = prev_cpu;
-		else
-			is_idle = bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
-				  !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
-				  !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu));
-	}
+	is_idle = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+		  bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
+		  !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
+		  !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu));
 	if (!is_idle)
 		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (is_idle) {
@@ -500,7 +486,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
-		maybe_preempt(p, p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
+		maybe_preempt(p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
 			      scx_bpf_task_cpu(p), cgid, cgc->cvtime);
 	}
 	bpf_cgroup_release(cgrp);
@@ -587,6 +573,7 @@ void BPF_STRUCT_OPS(agcg_quiescent, struct task_struct *p, u64 deq_flags)
 
 void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 {
+	struct agcg_cgrp_stats *st;
 	struct task_ctx *tctx;
 	struct cpu_ctx *cpuc;
 	struct cgrp_ctx *cgc;
@@ -624,6 +611,9 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 		cpuc->run_hweight = cgc->hweight;
 		cpuc->run_at = now;
 	}
+	st = stats_of(cgrp->kn->id);
+	if (st)
+		__sync_fetch_and_add(&st->dispatches, 1);
 out:
 	bpf_cgroup_release(cgrp);
 }
@@ -647,7 +637,7 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 		return;
 	cgc = cgrp_ctx_of(cgrp);
 	if (cgc)
-		charge(p, tctx, cgrp, cgc, bpf_ktime_get_ns(), true);
+		charge(p, tctx, cgrp, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
 	tctx->last_run_ns = tctx->run_ns;
 	tctx->run_ns = 0;
@@ -702,9 +692,11 @@ enum pick_ret {
 };
 
 /*
- * Pop the tree's first cgroup unless @best comes before it and move a task
- * this CPU may run to the local DSQ; a cgroup with none for this CPU is
- * parked in @cpu's skip slots, one with no task retired to its stash.
+ * Pop the tree's first cgroup unless @best comes before it, and move one of
+ * its tasks that this CPU may run to the local DSQ. A node whose key lags
+ * the cgroup's cvtime goes back with the new key. A cgroup with tasks none
+ * of which this CPU may run is passed over (parked in @cpu's skip slots);
+ * one with none is retired to its stash.
  */
 static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_skipped)
 {
@@ -843,7 +835,7 @@ static bool cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 
 	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
 	if (cgc) {
 		if (charge_now)
-			charge(p, tctx, cgrp, cgc, now, false);
+			charge(p, tctx, cgrp, cgc, now);
 		c->cgid = tctx->cgid;
 		c->cvtime = cgc->cvtime;
 		c->tvtime = p->scx.dsq_vtime;
@@ -994,10 +986,19 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	cgc->hweight = AGCG_HWEIGHT_ONE;
 	cgc->cvtime = cvtime_now;
 	node->cgid = cgid;
-	/* a new slot can hold a gone cgroup's node (retire raced exit) */
 	node = bpf_kptr_xchg(&stash->node, node);
-	if (node)
+	if (node) {
+		/*
+		 * A slot just created (BPF_NOEXIST) holds a node only of a
+		 * cgroup that is gone: a CPU retiring that node in pick_one()
+		 * looked its slot up before agcg_cgroup_exit() deleted it and
+		 * put the node in after, and the hash map reused the freed
+		 * element for this cgroup. Seen in the VM as agents' leaves
+		 * came and went (tests/vm/cases/22-daemon-no-escape.sh). The
+		 * stale node is ours now: drop it.
+		 */
 		bpf_obj_drop(node);
+	}
 	bpf_map_update_elem(&cgrp_stats, &cgid, &st, BPF_ANY);
 	return 0;
 }
