@@ -409,9 +409,10 @@ impl Leaves {
         out
     }
 
-    /// A leaf just created for a process that vanished before the move:
-    /// remove it if nothing else is in it (no notice comes for a leaf
-    /// that was never populated).
+    /// A leaf just created for a process that vanished before the move, or
+    /// that had exited (a zombie's move succeeds and moves nothing): remove
+    /// it if nothing is in it (no notice comes for a leaf that was never
+    /// populated).
     pub fn drop_if_empty(&mut self, p: Priority, agent: AgentKey) {
         let s = slot(p);
         let Some(a) = self.agents.get_mut(&agent) else {

@@ -447,6 +447,57 @@ fn run_places_itself_before_exec_for_an_ordinary_user() {
     );
 }
 
+#[test]
+fn a_zombie_agent_found_by_the_scan_leaves_no_leaf_behind() {
+    // Writing a zombie's pid to cgroup.procs succeeds and moves nothing:
+    // a leaf made for it would never be populated, and no notice would
+    // ever remove it (seen in VM case 22 after a reconciling scan).
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("zombie", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/true");
+    // Exits at once; the fixture reaps it only at its end: a zombie.
+    let zpid = fx.spawn(&mut Command::new(&agent));
+    assert!(wait_for(Duration::from_secs(2), || {
+        fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    }));
+    // A live agent too, so the scan certainly ran when it is placed.
+    let live =
+        fx.spawn(Command::new(fx.tool(&format!("agent-{}-l", fx.tag()), "/bin/sleep")).arg("30"));
+    fx.policy(
+        "20-live.yaml",
+        &format!(
+            "family: live-agent\npriority: high\nmatch:\n  - comm: agent-{}-l\n",
+            fx.tag()
+        ),
+    );
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(3), || session_of(live)
+            == fx.session("session_high")),
+        "live agent in {}; log:\n{}",
+        session_of(live),
+        fx.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let leaf = fx
+        .root
+        .join("session_high")
+        .join(format!("fake-agent-{zpid}"));
+    assert!(
+        !leaf.exists(),
+        "a leaf for the zombie {zpid} stays: {}; log:\n{}",
+        leaf.display(),
+        fx.log()
+    );
+    stop(daemon);
+}
+
 /// Each agent instance gets its own leaves: `session_high/<family>-<pid>`
 /// for it and what stays with it, `session_low/<family>-<pid>` for its
 /// tools; a nested match stays in its instance; status lists the agents;
