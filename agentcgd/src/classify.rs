@@ -648,15 +648,17 @@ mod tests {
             c.pid = 100 + i as u32;
         }
         let empty = tempfile::tempdir().unwrap();
-        let default_trust = crate::trust::TrustConfig::default();
-        let ds = decide_chain(
-            &set,
-            &chain,
-            &UserPriority::default(),
-            &default_trust,
-            empty.path(),
-            &NoParents,
-        );
+        let decide = |chain: &[ProcInfo], trust: &crate::trust::TrustConfig| {
+            decide_chain(
+                &set,
+                chain,
+                &UserPriority::default(),
+                trust,
+                empty.path(),
+                &NoParents,
+            )
+        };
+        let ds = decide(&chain, &Default::default());
         assert_eq!(ds[0], None);
         let pr: Vec<_> = ds[1..]
             .iter()
@@ -684,14 +686,7 @@ mod tests {
         for c in &mut chain {
             c.uid = 1000;
         }
-        let ds = decide_chain(
-            &set,
-            &chain,
-            &UserPriority::default(),
-            &strict,
-            empty.path(),
-            &NoParents,
-        );
+        let ds = decide(&chain, &strict);
         assert_eq!(ds[1], None, "{ds:?}");
         assert_eq!(ds[2], None, "{ds:?}");
     }

@@ -477,13 +477,7 @@ fn a_zombie_agent_found_by_the_scan_leaves_no_leaf_behind() {
     );
     let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
     fx.wait_ready();
-    assert!(
-        wait_for(Duration::from_secs(3), || session_of(live)
-            == fx.session("session_high")),
-        "live agent in {}; log:\n{}",
-        session_of(live),
-        fx.log()
-    );
+    assert_in_session(live, &fx.session("session_high"), "live agent");
     std::thread::sleep(Duration::from_millis(300));
     let leaf = fx
         .root
