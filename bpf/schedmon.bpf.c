@@ -2,14 +2,24 @@
 /*
  * schedmon: the kernel half of agentcgd's activity monitor (observe only).
  *
- * `watched` maps the cgroup v2 id of each watched leaf cgroup to its slot.
- * On every context switch on a CPU the run that ends (prev) is the one the
+ * One program, on tp_btf/sched_switch; the daemon attaches it only while
+ * it watches some leaf cgroup, so a host without agents runs nothing.
+ *
+ * Which cgroups: `watched` is cgroup local storage. A watched leaf carries
+ * its slot (set by the daemon through a cgroup fd); every other cgroup
+ * carries nothing. Each CPU also remembers the last cgroup it looked up,
+ * so a stream of switches in one cgroup costs three loads and a compare.
+ *
+ * What: on every switch on a CPU, the run that ends (prev) is the one the
  * previous switch on that CPU began, so a per-CPU record (`cur`) says
  * whether it was in a watched leaf and which: no per-task state. When the
- * incoming task (next) is in a watched leaf, a run begins there. Counters
- * are per CPU and per slot (`leaf_cpu`): no atomics across CPUs, no cache
- * line shared by two CPUs. A task of an unwatched cgroup costs one per-CPU
- * array lookup (prev) and one hash lookup (next).
+ * incoming task (next) is in a watched leaf, a run begins there. Per leaf
+ * and CPU (`leaf_cpu`, no cache line shared by two CPUs): on-CPU time (the
+ * scheduler's own sum_exec_runtime, what cpu.stat adds up), the last run,
+ * the run going on, switch-ins, and wake-ups, counted when one of its
+ * tasks goes to sleep (each sleep ends in exactly one wake-up, so no
+ * second hook on sched_wakeup is needed; it would double the cost of the
+ * densest workloads). Times are read once per jiffy per CPU (tick_ns).
  *
  * Nothing is sent per switch. The daemon reads the aggregates when it
  * wants them; the only records are idle -> active edges: when the daemon
@@ -27,11 +37,16 @@
 
 char _license[] SEC("license") = "GPL";
 
+/* TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE (include/linux/sched.h): the
+ * states a task leaves only by a wake-up (stopped, traced or dead tasks
+ * are not counted). */
+#define TASK_SLEEPING 0x3
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SM_MAX_LEAVES);
-	__type(key, u64);	/* cgroup id */
-	__type(value, u32);	/* slot */
+	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);	/* a cgroup fd (from userspace) */
+	__type(value, struct schedmon_watch);
 } watched SEC(".maps");
 
 struct {
@@ -55,26 +70,59 @@ struct {
 	__uint(max_entries, 256 << 10);
 } edges SEC(".maps");
 
+/* Per CPU, one entry per program: the last cgroup looked up in `watched`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, u32);
+	__type(value, struct schedmon_lookup);
+} lookup SEC(".maps");
+
 /* Written by userspace (mmapped .bss), read here. */
+u64 watch_epoch;		/* bumped after each watch set or deleted */
 u64 slot_gen[SM_MAX_LEAVES];	/* bumped each time a slot is reused */
 u32 slot_idle[SM_MAX_LEAVES];	/* armed: the next switch-in sends an edge */
-u32 nr_watched;			/* 0 turns both programs into a no-op */
 
 u64 nr_edges;
 u64 nr_edge_lost;		/* ring buffer full (should stay 0) */
 
-static __always_inline u64 cgroup_id_of(struct task_struct *p)
+/*
+ * The watch on p's cgroup: its slot and generation, false if none. Each
+ * CPU remembers the last cgroup it looked up (one entry per program, in
+ * `lookup`), so a stream of switches in one cgroup (a watched agent's
+ * ping-pong, or any busy unwatched task) costs three loads instead of a
+ * storage lookup; `watch_epoch`, bumped by the daemon after every watch it
+ * sets or deletes, drops every CPU's entry. A watch whose generation is
+ * not its slot's current one is a leftover (the daemon deletes a watch
+ * before it frees the slot) and is ignored.
+ */
+static __always_inline bool watch_of(struct task_struct *p, u32 which,
+				     u32 *slot, u64 *gen)
 {
-	/* BTF pointer walk (CO-RE relocated, no helper call per hop). */
-	return p->cgroups->dfl_cgrp->kn->id;
-}
+	struct schedmon_lookup *c = bpf_map_lookup_elem(&lookup, &which);
+	struct cgroup *cgrp = p->cgroups->dfl_cgrp;
+	u64 id = cgrp->kn->id, epoch = watch_epoch;
+	struct schedmon_watch *w;
 
-static __always_inline s32 slot_of(struct task_struct *p)
-{
-	u64 id = cgroup_id_of(p);
-	u32 *s = bpf_map_lookup_elem(&watched, &id);
-
-	return s ? (s32)(*s & (SM_MAX_LEAVES - 1)) : -1;
+	if (!c)
+		return false;
+	if (c->cgroup_id != id || c->epoch != epoch) {
+		/* dfl_cgrp is RCU-protected; a tp_btf program runs under
+		 * rcu_read_lock. */
+		w = bpf_cgrp_storage_get(&watched, cgrp, 0, 0);
+		c->cgroup_id = id;
+		c->epoch = epoch;
+		c->watched = !!w;
+		if (w) {
+			c->slot = w->slot & (SM_MAX_LEAVES - 1);
+			c->generation = w->generation;
+		}
+	}
+	if (!c->watched)
+		return false;
+	*slot = c->slot & (SM_MAX_LEAVES - 1);
+	*gen = c->generation;
+	return *gen == slot_gen[*slot];
 }
 
 /* This CPU's counters of `slot`, reset if they are a reused slot's. */
@@ -89,6 +137,23 @@ static __always_inline struct schedmon_leaf *counters(u32 slot, u64 gen)
 	return l;
 }
 
+/*
+ * The time of this switch, to a tick: a clock read costs more than the
+ * rest of a watched switch on a VM, so each CPU reads it once per jiffy
+ * and reuses it (at most SM_TICK_LAG_NS early; the daemon allows for it).
+ * An edge record, rare, reads the clock itself.
+ */
+static __always_inline u64 tick_ns(struct schedmon_cur *c)
+{
+	u64 j = bpf_jiffies64();
+
+	if (j != c->tick_jiffies) {
+		c->tick_jiffies = j;
+		c->tick_ns = bpf_ktime_get_ns();
+	}
+	return c->tick_ns;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
@@ -97,10 +162,7 @@ int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 	struct schedmon_cur *c;
 	u32 zero = 0, slot;
 	u64 now = 0, gen;
-	s32 s;
 
-	if (!nr_watched)
-		return 0;
 	c = bpf_map_lookup_elem(&cur, &zero);
 	if (!c)
 		return 0;
@@ -110,26 +172,28 @@ int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 	 * up to date when prev was put), the one cpu.stat adds up too. */
 	if (c->on) {
 		c->on = 0;
-		now = bpf_ktime_get_ns();
+		now = tick_ns(c);
 		l = bpf_map_lookup_elem(&leaf_cpu, &c->slot);
 		if (l && l->generation == c->generation) {
 			l->runtime_ns += prev->se.sum_exec_runtime - c->start_sum;
 			l->cur_start = 0;
 			l->last_run_ns = now;
+			/* prev goes to sleep: one wake-up will end it. */
+			if (!preempt && (prev_state & TASK_SLEEPING))
+				l->wakeups++;
 		}
 	}
 
-	/* The run of next begins. */
-	s = slot_of(next);
-	if (s < 0)
+	/* The run of next begins. The idle task (pid 0) is never watched;
+	 * skipping it keeps the per-CPU memo on the cgroup that runs between
+	 * idle periods. */
+	if (!next->pid || !watch_of(next, 0, &slot, &gen))
 		return 0;
-	slot = s;
-	gen = slot_gen[slot & (SM_MAX_LEAVES - 1)];
 	l = counters(slot, gen);
 	if (!l)
 		return 0;
 	if (!now)
-		now = bpf_ktime_get_ns();
+		now = tick_ns(c);
 	c->start_sum = next->se.sum_exec_runtime;
 	c->generation = gen;
 	c->slot = slot;
@@ -152,26 +216,9 @@ int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 		e->slot = slot;
 		e->pad = 0;
 		e->generation = gen;
-		e->ts_ns = now;
+		e->ts_ns = bpf_ktime_get_ns();
 		__sync_fetch_and_add(&nr_edges, 1);
 		bpf_ringbuf_submit(e, 0);
 	}
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(schedmon_wakeup, struct task_struct *p)
-{
-	struct schedmon_leaf *l;
-	s32 s;
-
-	if (!nr_watched)
-		return 0;
-	s = slot_of(p);
-	if (s < 0)
-		return 0;
-	l = counters(s, slot_gen[s & (SM_MAX_LEAVES - 1)]);
-	if (l)
-		l->wakeups++;
 	return 0;
 }

@@ -17,10 +17,14 @@ enum schedmon_consts {
 	SM_MAX_LEAVES = 4096,	/* leaf cgroups watched at once (power of two) */
 };
 
+/* Switch times are read once per jiffy per CPU: at most one tick (10 ms
+ * at HZ=100, the slowest) before the switch they stand for. */
+#define SM_TICK_LAG_NS 10000000ULL
+
 /*
  * One watched leaf cgroup on one CPU: the value of the per-CPU array
- * `leaf_cpu`, indexed by the leaf's slot (the `watched` hash map sends a
- * cgroup id to its slot). Per CPU, so that two CPUs running tasks of one
+ * `leaf_cpu`, indexed by the leaf's slot (the leaf cgroup's `watched`
+ * storage names its slot). Per CPU, so that two CPUs running tasks of one
  * leaf never write the same cache line; the daemon sums the CPUs' values
  * whose `generation` is the slot's current one (a reused slot's stale
  * counters are reset by the first program that touches them).
@@ -30,9 +34,28 @@ struct schedmon_leaf {
 	u64 runtime_ns;		/* on-CPU time (sum_exec_runtime) of runs that ended
 				 * on this CPU */
 	u64 cur_start;		/* start of the run going on on this CPU, 0: none */
-	u64 last_run_ns;	/* last switch-in or switch-out of one of its tasks */
+	u64 last_run_ns;	/* last switch-in or switch-out of one of its tasks
+				 * (to a tick: SM_TICK_LAG_NS) */
 	u64 switches;		/* switch-ins (a sequence number for userspace) */
-	u64 wakeups;		/* sched_wakeup of its tasks (on the waker's CPU) */
+	u64 wakeups;		/* its tasks' sleeps that began on this CPU (each
+				 * ends in one wake-up) */
+};
+
+/* The value of `watched` (cgroup local storage) on a watched leaf. */
+struct schedmon_watch {
+	u32 slot;
+	u32 pad;
+	u64 generation;		/* slot_gen[slot] when the watch was set */
+};
+
+/* Per CPU and program: the last cgroup looked up in `watched` and what it
+ * said, valid while `watch_epoch` is unchanged. */
+struct schedmon_lookup {
+	u64 cgroup_id;
+	u64 epoch;
+	u64 generation;
+	u32 slot;
+	u32 watched;
 };
 
 /* Per CPU: the run going on (the task that was switched in last), if it
@@ -42,6 +65,9 @@ struct schedmon_cur {
 	u64 generation;
 	u32 slot;
 	u32 on;
+	u64 tick_jiffies;	/* the jiffy tick_ns was read in */
+	u64 tick_ns;		/* bpf_ktime_get_ns() at this CPU's first switch
+				 * in that jiffy */
 };
 
 /* Ring-buffer record: the first switch-in in a leaf marked idle. */

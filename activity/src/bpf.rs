@@ -1,17 +1,19 @@
-//! The BPF backend: bpf/schedmon.bpf.c's programs, the `watched` map, the
-//! per-leaf slots in the mmapped .bss and the ring buffer of idle -> active
-//! edges.
+//! The BPF backend: bpf/schedmon.bpf.c's program (attached only while a
+//! leaf is watched), the `watched` cgroup storage, the per-leaf slots in
+//! the mmapped .bss and the ring buffer of idle -> active edges.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 
 #[allow(
     clippy::all,
@@ -75,6 +77,12 @@ pub(crate) struct Source {
     /// up just before it was freed is long done when it is reused).
     free: VecDeque<u32>,
     gen: u64,
+    /// The watched leaves' cgroup fds by slot: the key that deletes a
+    /// leaf's watch, even once the leaf was removed.
+    fds: HashMap<u32, OwnedFd>,
+    /// The program's link, held while some leaf is watched: with none,
+    /// the host's switches run no program at all.
+    links: Option<Link>,
 }
 
 impl Source {
@@ -89,9 +97,7 @@ impl Source {
         let open = skel::SchedmonSkelBuilder::default()
             .open(object)
             .context("open BPF object")?;
-        let mut skel = open.load().context("load BPF programs")?;
-        skel.attach()
-            .context("attach tp_btf/sched_switch and sched_wakeup")?;
+        let skel = open.load().context("load BPF programs")?;
 
         let queue: Rc<RefCell<VecDeque<Edge>>> = Rc::default();
         let q = queue.clone();
@@ -113,13 +119,42 @@ impl Source {
             })
             .context("ring buffer")?;
         let ring = builder.build().context("ring buffer")?;
-        Ok(Source {
+        let mut source = Source {
             skel,
             ring,
             queue,
             free: (0..MAX_LEAVES as u32).collect(),
             gen: 0,
-        })
+            fds: HashMap::new(),
+            links: None,
+        };
+        // The kernel may refuse the attach (no tp_btf): find out now, so
+        // the monitor falls back at start rather than at its first leaf.
+        source.attach()?;
+        source.detach();
+        Ok(source)
+    }
+
+    /// Attach the program (idempotent); `open` checks it works once.
+    pub(crate) fn attach(&mut self) -> anyhow::Result<()> {
+        if self.links.is_none() {
+            let progs = &self.skel.progs;
+            let switch = progs
+                .schedmon_switch
+                .attach()
+                .context("attach tp_btf/sched_switch")?;
+            self.links = Some(switch);
+        }
+        Ok(())
+    }
+
+    /// Detach the program: nothing is watched.
+    pub(crate) fn detach(&mut self) {
+        self.links = None;
+    }
+
+    pub(crate) fn attached(&self) -> bool {
+        self.links.is_some()
     }
 
     /// The ring buffer's epoll fd: readable when an edge is waiting.
@@ -158,6 +193,14 @@ impl Source {
         })
     }
 
+    /// Drop every CPU's memo of the last cgroup looked up: call after
+    /// each watch set or deleted.
+    fn bump_epoch(&self) {
+        // SAFETY: a field of the mmapped .bss.
+        Self::u64_at(unsafe { std::ptr::addr_of_mut!((*self.bss()).watch_epoch) })
+            .fetch_add(1, Ordering::SeqCst);
+    }
+
     fn idle_flag(&self, slot: u32) -> &'static AtomicU32 {
         // SAFETY: slot < MAX_LEAVES, the array's length.
         Self::u32_at(unsafe {
@@ -167,42 +210,70 @@ impl Source {
         })
     }
 
-    fn set_nr_watched(&self, n: u32) {
-        // SAFETY: a field of the mmapped .bss.
-        Self::u32_at(unsafe { std::ptr::addr_of_mut!((*self.bss()).nr_watched) })
-            .store(n, Ordering::SeqCst);
-    }
-
-    /// Watch cgroup `cgroup_id`: a fresh slot (armed when `idle`) and its
-    /// entry in `watched`. Returns the slot and its generation.
-    pub(crate) fn add(&mut self, cgroup_id: u64, idle: bool) -> anyhow::Result<(u32, u64)> {
+    /// Watch the leaf cgroup at `path`: a fresh slot (armed when `idle`)
+    /// named by the leaf's `watched` storage; the programs are attached
+    /// with the first leaf. Returns the slot and its generation.
+    pub(crate) fn add(&mut self, path: &Path, idle: bool) -> anyhow::Result<(u32, u64)> {
+        // A cgroup directory opened read-only: the storage's key.
+        let fd = OwnedFd::from(
+            std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+        );
         let Some(slot) = self.free.pop_front() else {
             bail!("the kernel side watches {MAX_LEAVES} leaves already");
         };
         self.gen += 1;
         let gen = self.gen;
-        // The slot is not in `watched` yet: no program starts a run there.
-        // Its per-CPU counters of an older generation are reset by the
-        // first program that touches them, and ignored until then.
+        // Nothing names the slot yet: no program starts a run there. Its
+        // per-CPU counters of an older generation are reset by the first
+        // program that touches them, and ignored until then.
         self.slot_gen(slot).store(gen, Ordering::SeqCst);
         self.idle_flag(slot).store(idle as u32, Ordering::SeqCst);
-        if let Err(e) = self.skel.maps.watched.update(
-            &cgroup_id.to_ne_bytes(),
-            &slot.to_ne_bytes(),
-            MapFlags::ANY,
-        ) {
+        let watch = schedmon_watch {
+            slot,
+            pad: 0,
+            generation: gen,
+        };
+        // SAFETY: a plain C struct without padding holes, viewed as bytes.
+        let value = unsafe {
+            std::slice::from_raw_parts(
+                (&watch as *const schedmon_watch).cast::<u8>(),
+                std::mem::size_of::<schedmon_watch>(),
+            )
+        };
+        let attached = self.attach();
+        let set = attached.and_then(|()| {
+            self.skel
+                .maps
+                .watched
+                .update(&fd.as_raw_fd().to_ne_bytes(), value, MapFlags::ANY)
+                .with_context(|| format!("watched storage of {}", path.display()))
+        });
+        if let Err(e) = set {
+            self.idle_flag(slot).store(0, Ordering::SeqCst);
             self.free.push_back(slot);
-            return Err(e).with_context(|| format!("watched map: add cgroup {cgroup_id}"));
+            if self.fds.is_empty() {
+                self.detach();
+            }
+            return Err(e);
         }
-        self.set_nr_watched((MAX_LEAVES - self.free.len()) as u32);
+        self.bump_epoch();
+        self.fds.insert(slot, fd);
         Ok((slot, gen))
     }
 
-    pub(crate) fn remove(&mut self, cgroup_id: u64, slot: u32) {
-        let _ = self.skel.maps.watched.delete(&cgroup_id.to_ne_bytes());
+    /// Stop watching `slot`'s leaf; the programs are detached with the
+    /// last one.
+    pub(crate) fn remove(&mut self, slot: u32) {
+        if let Some(fd) = self.fds.remove(&slot) {
+            // ENOENT once the cgroup is gone (its storage went with it).
+            let _ = self.skel.maps.watched.delete(&fd.as_raw_fd().to_ne_bytes());
+            self.bump_epoch();
+        }
         self.idle_flag(slot).store(0, Ordering::SeqCst);
         self.free.push_back(slot);
-        self.set_nr_watched((MAX_LEAVES - self.free.len()) as u32);
+        if self.fds.is_empty() {
+            self.detach();
+        }
     }
 
     /// Sum a slot's per-CPU counters of the current generation. `now_ns`
@@ -241,6 +312,11 @@ impl Source {
             c.switches += l.switches;
             c.wakeups += l.wakeups;
         }
+        if c.last_run_ns > 0 {
+            // Stamped to a tick: the run may have been up to a tick later.
+            // Later, never earlier: an agent is never idle too soon.
+            c.last_run_ns = (c.last_run_ns + SM_TICK_LAG_NS as u64).min(now_ns.max(c.last_run_ns));
+        }
         c
     }
 
@@ -277,25 +353,22 @@ impl Source {
     /// (non-zero only while `kernel.bpf_stats_enabled` is 1).
     pub(crate) fn prog_stats(&self) -> Vec<ProgStats> {
         let progs = &self.skel.progs;
-        [
-            ("schedmon_switch", progs.schedmon_switch.as_fd()),
-            ("schedmon_wakeup", progs.schedmon_wakeup.as_fd()),
-        ]
-        .into_iter()
-        .map(|(name, fd)| {
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-                .unwrap_or_default();
-            let field = |k: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            ProgStats {
-                name: name.to_string(),
-                run_cnt: field("run_cnt:"),
-                run_time_ns: field("run_time_ns:"),
-            }
-        })
-        .collect()
+        [("schedmon_switch", progs.schedmon_switch.as_fd())]
+            .into_iter()
+            .map(|(name, fd)| {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                    .unwrap_or_default();
+                let field = |k: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                ProgStats {
+                    name: name.to_string(),
+                    run_cnt: field("run_cnt:"),
+                    run_time_ns: field("run_time_ns:"),
+                }
+            })
+            .collect()
     }
 }

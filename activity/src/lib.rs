@@ -8,9 +8,9 @@
 //! of its agents is.
 //!
 //! Two backends, best first, with the same output:
-//! 1. BPF (bpf/schedmon.bpf.c): `tp_btf/sched_switch` and `sched_wakeup`
-//!    aggregate per leaf in the kernel (runtime, wakeups, last run, tasks on
-//!    a CPU now); nothing is sent per switch. The monitor reads the
+//! 1. BPF (bpf/schedmon.bpf.c): `tp_btf/sched_switch`, attached while some
+//!    leaf is watched, aggregates per leaf in the kernel (runtime, wake-ups,
+//!    last run, tasks on a CPU now); nothing is sent per switch. The monitor reads the
 //!    aggregates in place when a leaf may have gone idle (a one-shot timer
 //!    at its last run + the threshold) and the kernel sends one record when
 //!    an idle leaf's task runs again, so an agent waking up is seen at once.
@@ -150,7 +150,8 @@ pub struct AgentActivity {
     pub history: Vec<Transition>,
     /// CPU time of its threads since it was first watched.
     pub runtime_ns: u64,
-    /// Wake-ups of its threads since it was first watched (BPF only).
+    /// Wake-ups of its threads since it was first watched (BPF only):
+    /// counted when a thread goes to sleep, so a thread asleep now counts.
     pub wakeups: Option<u64>,
     /// Its threads on a CPU now (BPF only).
     pub running: Option<u32>,
@@ -191,6 +192,10 @@ pub struct Stats {
     pub checks: u64,
     /// The BPF programs' own cost (kernel.bpf_stats_enabled).
     pub programs: Vec<ProgStats>,
+    /// Whether the BPF programs are attached now (only while some leaf
+    /// is watched).
+    #[serde(default)]
+    pub attached: bool,
 }
 
 /// Everything the monitor knows at one time.
@@ -441,7 +446,7 @@ impl Monitor {
             added = true;
             let usage = usage_usec(&path);
             let slot = match &mut self.engine {
-                Engine::Bpf(src) => match src.add(id, idle) {
+                Engine::Bpf(src) => match src.add(&path, idle) {
                     Ok(s) => Some(s),
                     Err(e) => {
                         errors.push(format!("{}: {e:#}", path.display()));
@@ -505,7 +510,7 @@ impl Monitor {
         let now = MonoTime::now();
         for l in std::mem::take(&mut a.leaves) {
             if let (Engine::Bpf(src), Some((slot, _))) = (&mut self.engine, l.slot) {
-                src.remove(l.cgroup_id, slot);
+                src.remove(slot);
                 self.slots.remove(&slot);
             }
         }
@@ -533,7 +538,7 @@ impl Monitor {
                 let c = src.read(slot, now.as_nanos());
                 a.runtime_retired += c.runtime_ns;
                 a.wakeups_retired += c.wakeups;
-                src.remove(l.cgroup_id, slot);
+                src.remove(slot);
                 self.slots.remove(&slot);
             }
             _ => {
@@ -886,6 +891,7 @@ impl Monitor {
         if let Engine::Bpf(src) = &self.engine {
             s.edges_lost = src.edges_lost();
             s.programs = src.prog_stats();
+            s.attached = src.attached();
         }
         s
     }

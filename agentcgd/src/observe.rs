@@ -1,4 +1,4 @@
-//! The observers: the activity monitor (sched_switch/sched_wakeup in BPF,
+//! The observers: the activity monitor (sched_switch in BPF,
 //! or cpu.stat) and the accounting sampler, on a thread of their own so
 //! that nothing they read or compute delays a placement. They only read:
 //! no cgroup file is written here (docs/activity.md says why cpu.idle and
@@ -182,7 +182,7 @@ fn run(
     idle_after.sort_unstable();
     let (backend, why) = mon.backend();
     let line = match (backend, why) {
-        (activity::Backend::Bpf, _) => "bpf: sched_switch/sched_wakeup".to_string(),
+        (activity::Backend::Bpf, _) => "bpf: sched_switch".to_string(),
         (b, Some(why)) => format!("{b}: {why}"),
         (b, None) => b.to_string(),
     };

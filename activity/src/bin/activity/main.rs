@@ -44,8 +44,7 @@ enum Cmd {
         /// Stop after this many seconds (default: at SIGINT/SIGTERM).
         #[arg(long)]
         duration_s: Option<f64>,
-        /// Leaf cgroups; none: the programs are loaded and attached but
-        /// watch nothing (what the hooks alone cost).
+        /// Leaf cgroups; none: the program is loaded and not attached.
         cgroups: Vec<PathBuf>,
     },
     /// End-to-end checks with a fake agent in an existing empty leaf.
