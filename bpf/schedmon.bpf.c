@@ -13,13 +13,16 @@
  * What: on every switch on a CPU, the run that ends (prev) is the one the
  * previous switch on that CPU began, so a per-CPU record (`cur`) says
  * whether it was in a watched leaf and which: no per-task state. When the
- * incoming task (next) is in a watched leaf, a run begins there. Per leaf
- * and CPU (`leaf_cpu`, no cache line shared by two CPUs): on-CPU time (the
- * scheduler's own sum_exec_runtime, what cpu.stat adds up), the last run,
- * the run going on, switch-ins, and wake-ups, counted when one of its
- * tasks goes to sleep (each sleep ends in exactly one wake-up, so no
- * second hook on sched_wakeup is needed; it would double the cost of the
- * densest workloads). Times are read once per jiffy per CPU (tick_ns).
+ * incoming task (next) is in a watched leaf, a run of that leaf begins on
+ * the CPU, unless the leaf had the CPU already: then its run goes on, and
+ * an agent's threads switching among themselves cost no clock read and no
+ * counter but their runtime. Per leaf and CPU (`leaf_cpu`, no cache line
+ * shared by two CPUs): on-CPU time (the scheduler's own sum_exec_runtime,
+ * what cpu.stat adds up), the last run, the run going on, runs begun, and
+ * wake-ups, counted when one of its tasks goes to sleep (each sleep ends
+ * in exactly one wake-up, so no second hook on sched_wakeup is needed; it
+ * would double the cost of the densest workloads). Times are read once per
+ * jiffy per CPU (tick_ns).
  *
  * Nothing is sent per switch. The daemon reads the aggregates when it
  * wants them; the only records are idle -> active edges: when the daemon
@@ -160,45 +163,52 @@ int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 {
 	struct schedmon_leaf *l;
 	struct schedmon_cur *c;
-	u32 zero = 0, slot;
-	u64 now = 0, gen;
+	u32 zero = 0, slot = 0;
+	u64 now, gen = 0;
+	bool watched;
 
 	c = bpf_map_lookup_elem(&cur, &zero);
 	if (!c)
 		return 0;
+	/* The idle task (pid 0) is never watched; skipping it keeps the
+	 * per-CPU memo on the cgroup that runs between idle periods. */
+	watched = next->pid && watch_of(next, 0, &slot, &gen);
 
 	/* The run of prev, begun by the previous switch on this CPU, ends.
 	 * Its length is the scheduler's own account (sum_exec_runtime, brought
 	 * up to date when prev was put), the one cpu.stat adds up too. */
 	if (c->on) {
-		c->on = 0;
-		now = tick_ns(c);
 		l = bpf_map_lookup_elem(&leaf_cpu, &c->slot);
 		if (l && l->generation == c->generation) {
 			l->runtime_ns += prev->se.sum_exec_runtime - c->start_sum;
-			l->cur_start = 0;
-			l->last_run_ns = now;
 			/* prev goes to sleep: one wake-up will end it. */
 			if (!preempt && (prev_state & TASK_SLEEPING))
 				l->wakeups++;
+			/* next is of the same leaf: the leaf keeps this CPU and
+			 * its run goes on (no clock, no counters to restart). */
+			if (watched && slot == c->slot && gen == c->generation) {
+				c->start_sum = next->se.sum_exec_runtime;
+				return 0;
+			}
+			l->cur_start = 0;
+			l->last_run_ns = tick_ns(c);
 		}
+		c->on = 0;
 	}
 
-	/* The run of next begins. The idle task (pid 0) is never watched;
-	 * skipping it keeps the per-CPU memo on the cgroup that runs between
-	 * idle periods. */
-	if (!next->pid || !watch_of(next, 0, &slot, &gen))
+	/* A run of next's leaf begins on this CPU. */
+	if (!watched)
 		return 0;
 	l = counters(slot, gen);
 	if (!l)
 		return 0;
-	if (!now)
-		now = tick_ns(c);
+	now = tick_ns(c);
 	c->start_sum = next->se.sum_exec_runtime;
 	c->generation = gen;
 	c->slot = slot;
 	c->on = 1;
 	l->cur_start = now;
+	l->runtime_at_start = l->runtime_ns;
 	l->last_run_ns = now;
 	/* A full barrier (on this CPU's own line): userspace arms `slot_idle`
 	 * and then sums `switches`, so either it sees this switch-in or this

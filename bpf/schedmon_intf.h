@@ -33,10 +33,12 @@ struct schedmon_leaf {
 	u64 generation;		/* slot_gen[slot] when these counters began */
 	u64 runtime_ns;		/* on-CPU time (sum_exec_runtime) of runs that ended
 				 * on this CPU */
-	u64 cur_start;		/* start of the run going on on this CPU, 0: none */
+	u64 cur_start;		/* start of the leaf's run going on on this CPU
+				 * (its tasks in a row), 0: none */
+	u64 runtime_at_start;	/* runtime_ns when that run began */
 	u64 last_run_ns;	/* last switch-in or switch-out of one of its tasks
 				 * (to a tick: SM_TICK_LAG_NS) */
-	u64 switches;		/* switch-ins (a sequence number for userspace) */
+	u64 switches;		/* runs begun (a sequence number for userspace) */
 	u64 wakeups;		/* its tasks' sleeps that began on this CPU (each
 				 * ends in one wake-up) */
 };

@@ -303,10 +303,15 @@ impl Source {
             if l.generation != gen {
                 continue;
             }
-            c.runtime_ns += l.runtime_ns;
             if l.cur_start != 0 {
+                // The leaf has had this CPU since cur_start: its tasks ran
+                // that long, of which runtime_ns holds the runs that ended.
                 c.running += 1;
-                c.runtime_ns += now_ns.saturating_sub(l.cur_start);
+                c.runtime_ns += l
+                    .runtime_ns
+                    .max(l.runtime_at_start + now_ns.saturating_sub(l.cur_start));
+            } else {
+                c.runtime_ns += l.runtime_ns;
             }
             c.last_run_ns = c.last_run_ns.max(l.last_run_ns);
             c.switches += l.switches;
