@@ -66,21 +66,29 @@ fn scenario(name: &str, backend: &str) {
         let _ = std::fs::remove_dir(l);
         std::fs::create_dir(l).expect("create a scratch leaf");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_agentcg-activity"))
-        .args([
-            "selftest",
-            name,
-            "--backend",
-            backend,
-            "--cycles",
-            "2",
-            "--leaf",
-        ])
-        .arg(&leaves[0])
-        .arg("--leaf2")
-        .arg(&leaves[1])
-        .output()
-        .expect("run agentcg-activity selftest");
+    let selftest = || {
+        Command::new(env!("CARGO_BIN_EXE_agentcg-activity"))
+            .args([
+                "selftest",
+                name,
+                "--backend",
+                backend,
+                "--cycles",
+                "2",
+                "--leaf",
+            ])
+            .arg(&leaves[0])
+            .arg("--leaf2")
+            .arg(&leaves[1])
+            .output()
+            .expect("run agentcg-activity selftest")
+    };
+    let mut out = selftest();
+    if out.status.code() == Some(3) {
+        // Its premise did not hold (the host kept it off its CPU): once more.
+        println!("{}", String::from_utf8_lossy(&out.stderr));
+        out = selftest();
+    }
     // The fake agents were killed and reaped by the selftest.
     for l in &leaves {
         for _ in 0..50 {

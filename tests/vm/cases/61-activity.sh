@@ -42,10 +42,15 @@ echo "cpu.idle and cpu.weight under $T:"; sed 's/^/  /' /tmp/knobs.before
 SAMPLER=$!
 
 rc=0
-run() { # NAME ARGS...: one selftest, its output indented
+run() { # NAME ARGS...: one selftest, its output indented; run again once
+    # when its premise did not hold (exit 3: the VM kept it off its CPU)
     echo "== $1"; shift
-    agentcg-activity selftest "$@" > /tmp/selftest.log 2>&1; r=$?
-    sed 's/^/  /' /tmp/selftest.log
+    for try in 1 2; do
+        agentcg-activity selftest "$@" > /tmp/selftest.log 2>&1; r=$?
+        sed 's/^/  /' /tmp/selftest.log
+        [ $r -eq 3 ] && [ $try -eq 1 ] && { echo "  (inconclusive: running it again)"; continue; }
+        break
+    done
     grep -q '^PASS' /tmp/selftest.log && [ $r -eq 0 ] || rc=1
 }
 run "work/sleep cycles (bpf)" cycle --backend bpf --cycles 3 --leaf $T/session_high/cycle-1

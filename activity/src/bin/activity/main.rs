@@ -5,7 +5,8 @@
 //!   snapshot as JSON, with the BPF programs' own cost (run_cnt,
 //!   run_time_ns; non-zero while kernel.bpf_stats_enabled is 1).
 //! - `selftest SCENARIO --leaf DIR`: the end-to-end checks (fake agents in a
-//!   real leaf) of the host tests and the VM case.
+//!   real leaf) of the host tests and the VM case; exit code 3 when a
+//!   scenario's premise did not hold on this run (run it again).
 //! - `fake ...`: the fake agents themselves.
 
 mod fake;
@@ -167,6 +168,11 @@ fn main() -> ExitCode {
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(e) if e.downcast_ref::<selftest::Inconclusive>().is_some() => {
+            eprintln!("agentcg-activity: {e:#}");
+            println!("INCONCLUSIVE");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("agentcg-activity: {e:#}");
             ExitCode::from(2)
