@@ -634,6 +634,15 @@ fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// The process has exited or is exiting for good. PF_EXITING is set
+/// before the exit tracepoint fires: without it, the exit is still to come
+/// and will see a seed made before this read. (A process whose main thread
+/// alone exited is still alive: it has other threads.)
+fn exited(s: &procmon::procfs::Stat) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    (s.flags & PF_EXITING != 0 || matches!(s.state, 'Z' | 'X' | 'x')) && s.threads <= 1
+}
+
 /// pidfd_open(2): a handle on one process that a reused pid cannot alias.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success the fd is ours (nix has no wrapper).
@@ -1014,6 +1023,15 @@ impl Daemon {
 
     /// Track a placed process, also in the kernel-side lineage.
     fn track(&mut self, t: Tracked, cgroup_id: u64) {
+        let (pid, start) = (t.pid, t.start_ticks);
+        self.seed(t, cgroup_id);
+        self.forget_if_exited(pid, start);
+    }
+
+    /// Track a process about to be moved, also in the kernel-side lineage;
+    /// [`Daemon::move_to`] then finds whether it had exited (with the one
+    /// read of its stat that the move needs anyway).
+    fn seed(&mut self, t: Tracked, cgroup_id: u64) {
         // A memoized walk passed every ancestor of the process it started
         // from, so a newly tracked process changes a memoized answer only
         // if the memo holds it (it was walked as an untracked ancestor).
@@ -1036,9 +1054,7 @@ impl Daemon {
             log::warn!("{e:#}");
             self.counters.errors += 1;
         }
-        let (pid, start) = (t.pid, t.start_ticks);
         self.tracker.insert(t);
-        self.forget_if_exited(pid, start);
     }
 
     /// A process that had exited before its lineage was seeded (a zombie
@@ -1048,16 +1064,8 @@ impl Daemon {
     /// so an exit from here on is reported. (The soak run found ~2,800
     /// dead tools tracked after 20 minutes.)
     fn forget_if_exited(&mut self, pid: u32, start: u64) {
-        // PF_EXITING is set before the exit tracepoint fires: without it,
-        // the exit is still to come and will see the seed. (A process whose
-        // main thread alone exited is still alive: it has other threads.)
-        const PF_EXITING: u64 = 0x4;
         let gone = match self.procfs.stat(pid) {
-            Ok(s) => {
-                s.start_ticks != start
-                    || ((s.flags & PF_EXITING != 0 || matches!(s.state, 'Z' | 'X' | 'x'))
-                        && s.threads <= 1)
-            }
+            Ok(s) => s.start_ticks != start || exited(&s),
             Err(_) => true,
         };
         if gone {
@@ -1078,6 +1086,12 @@ impl Daemon {
             return Moved::Vanished;
         };
         let stat = match self.procfs.stat(pid) {
+            // Seeded before this read: an exit from here on is reported.
+            Ok(s) if s.start_ticks == start && exited(&s) => {
+                log::debug!("pid {pid} exited before its move");
+                self.counters.vanished += 1;
+                return Moved::Vanished;
+            }
             Ok(s) if s.start_ticks == start => s,
             Ok(_) => {
                 self.counters.pid_reused += 1;
@@ -1189,7 +1203,7 @@ impl Daemon {
         }
         // Seed the lineage before the move: a fork from here on is either
         // inherited in the kernel or already in the children list below.
-        self.track(tracked, target.id);
+        self.seed(tracked, target.id);
         match self.move_to(info.pid, info.start_ticks, &target) {
             Moved::Yes { threads } => {
                 self.counters.placed += 1;
