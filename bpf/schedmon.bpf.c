@@ -73,10 +73,10 @@ struct {
 	__uint(max_entries, 256 << 10);
 } edges SEC(".maps");
 
-/* Per CPU, one entry per program: the last cgroup looked up in `watched`. */
+/* Per CPU: the last cgroup looked up in `watched`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, u32);
 	__type(value, struct schedmon_lookup);
 } lookup SEC(".maps");
@@ -91,18 +91,18 @@ u64 nr_edge_lost;		/* ring buffer full (should stay 0) */
 
 /*
  * The watch on p's cgroup: its slot and generation, false if none. Each
- * CPU remembers the last cgroup it looked up (one entry per program, in
- * `lookup`), so a stream of switches in one cgroup (a watched agent's
+ * CPU remembers the last cgroup it looked up (in `lookup`), so a stream of switches in one cgroup (a watched agent's
  * ping-pong, or any busy unwatched task) costs three loads instead of a
  * storage lookup; `watch_epoch`, bumped by the daemon after every watch it
  * sets or deletes, drops every CPU's entry. A watch whose generation is
  * not its slot's current one is a leftover (the daemon deletes a watch
  * before it frees the slot) and is ignored.
  */
-static __always_inline bool watch_of(struct task_struct *p, u32 which,
+static __always_inline bool watch_of(struct task_struct *p,
 				     u32 *slot, u64 *gen)
 {
-	struct schedmon_lookup *c = bpf_map_lookup_elem(&lookup, &which);
+	u32 zero = 0;
+	struct schedmon_lookup *c = bpf_map_lookup_elem(&lookup, &zero);
 	struct cgroup *cgrp = p->cgroups->dfl_cgrp;
 	u64 id = cgrp->kn->id, epoch = watch_epoch;
 	struct schedmon_watch *w;
@@ -172,7 +172,7 @@ int BPF_PROG(schedmon_switch, bool preempt, struct task_struct *prev,
 		return 0;
 	/* The idle task (pid 0) is never watched; skipping it keeps the
 	 * per-CPU memo on the cgroup that runs between idle periods. */
-	watched = next->pid && watch_of(next, 0, &slot, &gen);
+	watched = next->pid && watch_of(next, &slot, &gen);
 
 	/* The run of prev, begun by the previous switch on this CPU, ends.
 	 * Its length is the scheduler's own account (sum_exec_runtime, brought

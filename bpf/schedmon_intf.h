@@ -50,7 +50,7 @@ struct schedmon_watch {
 	u64 generation;		/* slot_gen[slot] when the watch was set */
 };
 
-/* Per CPU and program: the last cgroup looked up in `watched` and what it
+/* Per CPU: the last cgroup looked up in `watched` and what it
  * said, valid while `watch_epoch` is unchanged. */
 struct schedmon_lookup {
 	u64 cgroup_id;

@@ -82,7 +82,7 @@ pub(crate) struct Source {
     fds: HashMap<u32, OwnedFd>,
     /// The program's link, held while some leaf is watched: with none,
     /// the host's switches run no program at all.
-    links: Option<Link>,
+    link: Option<Link>,
 }
 
 impl Source {
@@ -126,7 +126,7 @@ impl Source {
             free: (0..MAX_LEAVES as u32).collect(),
             gen: 0,
             fds: HashMap::new(),
-            links: None,
+            link: None,
         };
         // The kernel may refuse the attach (no tp_btf): find out now, so
         // the monitor falls back at start rather than at its first leaf.
@@ -137,24 +137,24 @@ impl Source {
 
     /// Attach the program (idempotent); `open` checks it works once.
     pub(crate) fn attach(&mut self) -> anyhow::Result<()> {
-        if self.links.is_none() {
+        if self.link.is_none() {
             let progs = &self.skel.progs;
             let switch = progs
                 .schedmon_switch
                 .attach()
                 .context("attach tp_btf/sched_switch")?;
-            self.links = Some(switch);
+            self.link = Some(switch);
         }
         Ok(())
     }
 
     /// Detach the program: nothing is watched.
     pub(crate) fn detach(&mut self) {
-        self.links = None;
+        self.link = None;
     }
 
     pub(crate) fn attached(&self) -> bool {
-        self.links.is_some()
+        self.link.is_some()
     }
 
     /// The ring buffer's epoll fd: readable when an edge is waiting.
