@@ -1221,14 +1221,6 @@ impl Daemon {
                     decision.reason
                 );
                 self.steer_oom(info.pid, decision.priority);
-                // A process that had already exited (a zombie a /proc scan
-                // found) "moves" without moving: a leaf made for it would
-                // never be populated, so no notice would remove it.
-                if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
-                    if a.pid == info.pid {
-                        l.drop_if_empty(decision.priority, a);
-                    }
-                }
                 if walk == Walk::Children {
                     let lin = Lineage::of(info.pid, &decision, agent);
                     self.place_children(info.pid, threads, &lin);
@@ -1239,6 +1231,9 @@ impl Daemon {
                 self.rebuild_tree("a session cgroup vanished during a move");
             }
             _ => {
+                // Exited (a zombie a /proc scan found moves nothing) or
+                // gone: a leaf made for it would never be populated, so no
+                // notice would remove it.
                 self.untrack(info.pid, info.start_ticks);
                 if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
                     l.drop_if_empty(decision.priority, a);
