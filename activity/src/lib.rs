@@ -674,13 +674,15 @@ impl Monitor {
                 );
                 // It ran since the previous look. When that look was
                 // recent, count it as running until now (an idle verdict is
-                // then late by at most about one look, never early); after a
-                // long gap only the previous look is sure (the run may be
-                // long over). Either way, look again soon.
+                // then late by at most about one look, never early). After a
+                // long gap (this look itself came late) the run may be long
+                // over: it ended no earlier than the previous look plus the
+                // CPU time it took there, exact for one thread that ran
+                // until it blocked. Either way, look again soon.
                 let at = if now.saturating_since(prev_look) <= 2 * look {
                     now
                 } else {
-                    prev_look
+                    (prev_look + Duration::from_nanos(untracked)).min(now)
                 };
                 if a.tracker.state() == State::Idle {
                     self.woke(key, at, now);

@@ -20,6 +20,8 @@ use activity::{
 };
 use anyhow::{bail, Context};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -133,6 +135,56 @@ fn set_fifo(pid: u32, fifo: bool) -> anyhow::Result<()> {
     // (nix has no sched_setscheduler.)
     if unsafe { libc::sched_setscheduler(pid as i32, policy, &param) } != 0 {
         return Err(std::io::Error::last_os_error()).context("sched_setscheduler");
+    }
+    Ok(())
+}
+
+/// While alive, every thread of this process (and what it spawns) runs on
+/// one CPU and `other` is a second CPU for a task that must not take this
+/// one's: a SCHED_FIFO tool woken next to the selftest's reader thread
+/// would otherwise keep it (and the leaf it must add) off the CPU.
+struct Pinned {
+    all: CpuSet,
+    other: CpuSet,
+}
+
+impl Pinned {
+    /// None with fewer than two CPUs allowed.
+    fn new() -> anyhow::Result<Option<Pinned>> {
+        let all = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+        let mut cpus = (0..CpuSet::count()).filter(|&c| all.is_set(c).unwrap_or(false));
+        let (Some(mine), Some(other_cpu)) = (cpus.next(), cpus.next()) else {
+            return Ok(None);
+        };
+        let (mut one, mut other) = (CpuSet::new(), CpuSet::new());
+        one.set(mine)?;
+        other.set(other_cpu)?;
+        set_all_threads(&one)?;
+        Ok(Some(Pinned { all, other }))
+    }
+
+    fn move_there(&self, pid: u32) -> anyhow::Result<()> {
+        sched_setaffinity(Pid::from_raw(pid as i32), &self.other)
+            .context("sched_setaffinity of the tool")
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = set_all_threads(&self.all);
+    }
+}
+
+fn set_all_threads(set: &CpuSet) -> anyhow::Result<()> {
+    for t in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        let Some(tid) = t?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A thread that exited meanwhile is no concern.
+        match sched_setaffinity(Pid::from_raw(tid), set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e).context("sched_setaffinity"),
+        }
     }
     Ok(())
 }
@@ -529,7 +581,9 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             // that leaf to the agent. SCHED_FIFO keeps it there (for less
             // than the 950 ms before the kernel lets normal tasks in): it
             // never switches in under the monitor's eyes before it blocks,
-            // and its run must still make the agent active.
+            // and its run must still make the agent active. It gets a CPU
+            // of its own, so the selftest keeps the other.
+            let pinned = Pinned::new()?;
             let (mut tool, mut tool_in) = spawn_fake(
                 &leaf2,
                 &["block", "--work-ms", "600"],
@@ -539,6 +593,9 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             let n = r.seen.len();
             poke(&mut tool_in)?;
             r.phase("tool-block", 1, Duration::from_secs(10))?;
+            if let Some(p) = &pinned {
+                p.move_there(tool.id())?;
+            }
             set_fifo(tool.id(), true)?;
             poke(&mut tool_in)?;
             r.phase("tool-work", 1, Duration::from_secs(10))?;
@@ -646,6 +703,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             r.finish(&args.leaf, &mut fails);
             let _ = tool.kill();
             let _ = tool.wait();
+            drop(pinned);
         }
     }
     for f in &fails {
