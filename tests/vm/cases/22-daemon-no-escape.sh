@@ -92,9 +92,11 @@ for run in $(seq 20); do
     kill $(fk_pids) 2>/dev/null
     wait $agents 2>/dev/null
     for try in $(seq 100); do [ -z "$(fk_pids)" ] && break; kill $(fk_pids) 2>/dev/null; usleep 20000; done
-    # Their ten leaves go once they are empty.
-    for try in $(seq 100); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
-    [ "$(leaves)" = 0 ] || fail "run $run: leaves left after the agents exited: $(ls -d $R/session_*/forker-*)"
+    # Their ten leaves go once they are empty (within 5 s: a reconcile
+    # after a skipped tracer may hold the daemon for a second or two).
+    for try in $(seq 250); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
+    left=$(leaves)
+    [ "$left" = 0 ] || fail "run $run: $left leaves left 5 s after the agents exited: $(ls -d $R/session_*/forker-* 2>&1)"
 done
 echo "forking agents: 20 runs x 10 agents x 11 processes, each in its agent's leaf (slowest run complete after $worst ms of guest time); leaves removed after each run"
 # 200 leaves came and went under the scheduler: it must not have exited
