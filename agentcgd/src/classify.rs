@@ -237,7 +237,7 @@ pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &P
 /// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
 /// to `high` or `low`. Any other value is ignored (and not logged).
 pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
-    let raw = cgroupfs::read_bytes(&proc_root.join(pid.to_string()).join("environ")).ok()?;
+    let raw = read_environ(&proc_root.join(pid.to_string()).join("environ")).ok()?;
     let key = format!("{PRIORITY_ENV}=");
     let value = raw
         .split(|&b| b == 0)
@@ -249,6 +249,26 @@ pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
             log::warn!("pid {pid}: {PRIORITY_ENV} is neither `high` nor `low`: ignored");
             None
         }
+    }
+}
+
+/// /proc/PID/environ in as few reads as it takes: the kernel copies the
+/// environment until the buffer is full or the environment ends, so a
+/// read that leaves room is the end (no second read to see EOF; this is on
+/// the placing path of every agent root).
+fn read_environ(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut n = 0;
+    loop {
+        let k = f.read(&mut buf[n..])?;
+        n += k;
+        if k == 0 || n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
     }
 }
 
@@ -598,6 +618,15 @@ mod tests {
         );
         let bad = fake_proc(50, b"AGENTCG_PRIORITY=urgent\0", "");
         assert_eq!(user_priority(d.clone(), &claude, &up, bad.path()), d);
+        // Found past the first read's 16 KiB (a 40 KiB environment).
+        let mut big = b"PAD=".to_vec();
+        big.resize(40 << 10, b'x');
+        big.extend_from_slice(b"\0AGENTCG_PRIORITY=low\0");
+        let big = fake_proc(50, &big, "");
+        assert_eq!(
+            user_priority(d.clone(), &claude, &up, big.path()).priority,
+            Priority::Low
+        );
         // Asking for high needs permission (uid 0 always has it).
         let mut user = claude.clone();
         user.uid = 4321;

@@ -197,7 +197,9 @@ impl ProcFs {
     pub fn stat(&self, pid: u32) -> io::Result<Stat> {
         use std::io::Read;
         // open, read into the stack, close: no size probe, no heap buffer
-        // (the accounting sampler reads this for every process it samples).
+        // (the accounting sampler reads this for every process it samples,
+        // the placer once per move). stat is one line that the kernel
+        // hands out whole: a read that ends in its newline is the end.
         let mut f = fs::File::open(self.path(pid, "stat"))?;
         let mut buf = [0u8; 2048];
         let mut n = 0;
@@ -205,6 +207,9 @@ impl ProcFs {
             match f.read(&mut buf[n..])? {
                 0 => break,
                 k => n += k,
+            }
+            if buf[n - 1] == b'\n' {
+                break;
             }
         }
         std::str::from_utf8(&buf[..n])
