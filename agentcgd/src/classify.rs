@@ -237,12 +237,15 @@ pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &P
 /// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
 /// to `high` or `low`. Any other value is ignored (and not logged).
 pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
-    let raw = read_environ(&proc_root.join(pid.to_string()).join("environ")).ok()?;
-    let key = format!("{PRIORITY_ENV}=");
-    let value = raw
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(key.as_bytes()))?;
-    match value {
+    let path = proc_root.join(pid.to_string()).join("environ");
+    let value = with_environ(&path, |raw| {
+        let key = [PRIORITY_ENV.as_bytes(), b"="].concat();
+        raw.split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(key.as_slice()))
+            .map(<[u8]>::to_vec)
+    })
+    .ok()??;
+    match value.as_slice() {
         b"high" => Some(Priority::High),
         b"low" => Some(Priority::Low),
         _ => {
@@ -252,24 +255,22 @@ pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
     }
 }
 
-/// /proc/PID/environ in as few reads as it takes: the kernel copies the
-/// environment until the buffer is full or the environment ends, so a
-/// read that leaves room is the end (no second read to see EOF; this is on
-/// the placing path of every agent root).
-fn read_environ(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Call `f` with /proc/PID/environ, read in as few reads as it takes: the
+/// kernel copies the environment until the buffer is full or it ends, so
+/// a read that leaves room is the end (no second read to see EOF). Most
+/// environments fit the stack buffer: no heap on the placing path of
+/// every agent root.
+fn with_environ<T>(path: &Path, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 16 << 10];
-    let mut n = 0;
-    loop {
-        let k = f.read(&mut buf[n..])?;
-        n += k;
-        if k == 0 || n < buf.len() {
-            buf.truncate(n);
-            return Ok(buf);
-        }
-        buf.resize(buf.len() * 2, 0);
+    let mut file = std::fs::File::open(path)?;
+    let mut stack = [0u8; 16 << 10];
+    let n = file.read(&mut stack)?;
+    if n < stack.len() {
+        return Ok(f(&stack[..n]));
     }
+    let mut heap = stack.to_vec();
+    file.read_to_end(&mut heap)?;
+    Ok(f(&heap))
 }
 
 /// Real gid and supplementary groups of `pid`.

@@ -149,15 +149,19 @@ pub fn parse_status_uid(text: &str) -> Option<u32> {
         .and_then(|u| u.parse().ok())
 }
 
-/// Clock ticks per second (USER_HZ), for converting BPF nanoseconds.
+/// Clock ticks per second (USER_HZ), for converting BPF nanoseconds. Asked
+/// once: every exec event is converted with it.
 pub fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as u64
-    } else {
-        100
-    }
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if hz > 0 {
+            hz as u64
+        } else {
+            100
+        }
+    })
 }
 
 /// Convert task->start_boottime (ns) to /proc's clock ticks, the way the
