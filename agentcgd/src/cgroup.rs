@@ -129,6 +129,8 @@ pub struct SetupReport {
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub root: PathBuf,
+    /// ROOT's path in the cgroup2 hierarchy (as /proc/PID/cgroup shows it).
+    rel_root: std::sync::OnceLock<String>,
 }
 
 impl Tree {
@@ -146,7 +148,10 @@ impl Tree {
             detail: "no part of the path exists".into(),
         })?;
         match fs_magic(anchor) {
-            Ok(CGROUP2_SUPER_MAGIC) => Ok(Tree { root }),
+            Ok(CGROUP2_SUPER_MAGIC) => Ok(Tree {
+                root,
+                rel_root: Default::default(),
+            }),
             Ok(m) => Err(CgroupError::NotCgroup2 {
                 path: root.clone(),
                 detail: format!("{} has filesystem type {m:#x}", anchor.display()),
@@ -264,19 +269,20 @@ impl Tree {
     ) -> Result<Target, CgroupError> {
         let dir = self.session_dir(p).join(name);
         let leaf = Cgroup::new(&dir);
+        // A file the session's controllers do not provide is missing: no
+        // check before each write (this is on the path of a new agent).
+        let absent_ok = |r: Result<(), cgroupfs::Error>| match r {
+            Err(cgroupfs::Error::Missing { .. }) => Ok(()),
+            r => r.map_err(cg_err("write")),
+        };
         match fs::create_dir(&dir) {
             Ok(()) => {
                 for which in [MemoryLimit::Min, MemoryLimit::Low] {
-                    if leaf.has(which.file()) {
-                        leaf.set_memory_limit(which, Limit::Max)
-                            .map_err(cg_err("write"))?;
-                    }
+                    absent_ok(leaf.set_memory_limit(which, Limit::Max))?;
                 }
                 // A new cgroup's cpu.weight is the kernel's default.
                 if let Some(w) = weight.filter(|&w| w != cgroupfs::DEFAULT_CPU_WEIGHT) {
-                    if leaf.has("cpu.weight") {
-                        leaf.set_cpu_weight(w).map_err(cg_err("write"))?;
-                    }
+                    absent_ok(leaf.set_cpu_weight(w))?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -286,7 +292,13 @@ impl Tree {
             }
             Err(e) => return Err(io_err(&dir, "create")(e)),
         }
-        Target::open(&dir)
+        // Its path in the hierarchy follows from the root's, found once.
+        let rel = self
+            .rel_root
+            .get_or_init(|| rel_path(&self.root))
+            .trim_end_matches('/')
+            .to_string();
+        Target::open_as(&dir, format!("{rel}/{}/{name}", p.session()))
     }
 
     /// The session as a place to move processes to.
@@ -316,6 +328,11 @@ pub fn populated(dir: &Path) -> io::Result<bool> {
 impl Target {
     /// `dir` as a place to move processes to (cgroup.procs opened once).
     pub fn open(dir: &Path) -> Result<Target, CgroupError> {
+        Target::open_as(dir, rel_path(dir))
+    }
+
+    /// [`Target::open`] where the path in the hierarchy is known.
+    fn open_as(dir: &Path, rel: String) -> Result<Target, CgroupError> {
         let cg = Cgroup::new(dir);
         let id = cg.id().map_err(cg_err("stat"))?;
         let procs = dir.join("cgroup.procs");
@@ -323,7 +340,7 @@ impl Target {
         Ok(Target {
             procs,
             file: Some(std::sync::Arc::new(file)),
-            rel: rel_path(dir),
+            rel,
             id,
         })
     }
@@ -445,6 +462,28 @@ mod tests {
         );
         let e = enable_down(&[d.path()], "memory").unwrap_err();
         assert!(e.contains("not offered"), "{e}");
+    }
+
+    #[test]
+    fn leaf_path_in_the_hierarchy() {
+        let Some(mount) = cgroupfs::find_mount() else {
+            eprintln!("SKIP: no cgroup2 mount");
+            return;
+        };
+        let root = mount.join(format!("agentcg-leaf-rel-{}", std::process::id()));
+        let tree = Tree::open(&root).unwrap();
+        fs::create_dir_all(tree.session_dir(Priority::Low)).unwrap();
+        let leaf = tree.leaf(Priority::Low, "fam-1", Some(300));
+        let again = tree.leaf(Priority::Low, "fam-1", None);
+        let dir = tree.session_dir(Priority::Low).join("fam-1");
+        let want = rel_path(&dir);
+        let _ = fs::remove_dir(&dir);
+        let _ = fs::remove_dir(tree.session_dir(Priority::Low));
+        let _ = fs::remove_dir(&root);
+        // Derived from ROOT's path, the same as the walk up the mount finds.
+        assert_eq!(leaf.unwrap().rel, want);
+        assert_eq!(again.unwrap().rel, want);
+        assert!(want.ends_with("/session_low/fam-1"), "{want}");
     }
 
     #[test]

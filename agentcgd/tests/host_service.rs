@@ -114,12 +114,12 @@ impl Fx {
     /// be placed first).
     fn run_agent(&mut self, cwd: &Path, script: &str) -> u32 {
         fs::create_dir_all(cwd).unwrap();
-        let c = Command::new(self.agent_bin())
-            .args(["-c", script])
-            .current_dir(cwd)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let c = common::spawn_copied(
+            Command::new(self.agent_bin())
+                .args(["-c", script])
+                .current_dir(cwd)
+                .stdout(Stdio::null()),
+        );
         let pid = c.id();
         self.children.push(c);
         pid

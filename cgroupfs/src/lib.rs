@@ -202,9 +202,18 @@ impl Cgroup {
     }
 
     /// Write `value` to `file` (one write(2), as the kernel wants).
+    /// Write `value` to `file`. The file is opened for writing only, never
+    /// created: a file a controller does not provide is "no such file"
+    /// ([`Error::Missing`]), where `fs::write`'s O_CREAT would make it
+    /// "permission denied".
     pub fn write_raw(&self, file: &str, value: &str) -> Result<()> {
+        use std::io::Write;
         let p = self.path.join(file);
-        std::fs::write(&p, value).map_err(|e| Error::io(p, e))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(value.as_bytes()))
+            .map_err(|e| Error::io(p, e))
     }
 
     fn parsed<T>(&self, file: &str, f: impl FnOnce(&str) -> Option<T>) -> Result<T> {

@@ -149,18 +149,7 @@ impl Fixture {
     }
 
     pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
-        // A binary copied a moment ago by a parallel test may still be open
-        // for writing in another thread's fork child: ETXTBSY, retry.
-        let mut tries = 0;
-        let c = loop {
-            match cmd.stdout(Stdio::null()).spawn() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                r => break r.unwrap(),
-            }
-        };
+        let c = spawn_copied(cmd.stdout(Stdio::null()));
         let pid = c.id();
         self.children.push(c);
         pid
@@ -320,4 +309,20 @@ tools:
     priority: low
 "
     )
+}
+
+/// Spawn a binary that a test copied a moment ago. Until a parallel test's
+/// fork child execs, it holds that copy open for writing: ETXTBSY, retry.
+#[allow(dead_code)]
+pub fn spawn_copied(cmd: &mut Command) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.unwrap(),
+        }
+    }
 }
