@@ -211,6 +211,9 @@ impl Cgroup {
         let p = self.path.join(file);
         std::fs::OpenOptions::new()
             .write(true)
+            // (kernfs ignores it; a plain file standing in for one, in
+            // tests, must not keep the tail of a longer old value)
+            .truncate(true)
             .open(&p)
             .and_then(|mut f| f.write_all(value.as_bytes()))
             .map_err(|e| Error::io(p, e))
@@ -335,6 +338,9 @@ impl Cgroup {
         let p = self.path.join("cgroup.procs");
         std::fs::OpenOptions::new()
             .write(true)
+            // (kernfs ignores it; a plain file standing in for one, in
+            // tests, must not keep the tail of a longer old value)
+            .truncate(true)
             .open(&p)
             .map_err(|e| Error::io(p, e))
     }
