@@ -60,6 +60,7 @@ count() {
 }
 leaves() { ls -d $R/session_high/forker-* $R/session_low/forker-* 2>/dev/null | wc -l; }
 worst=0
+worst_rm=0
 for run in $(seq 20); do
     t0=$(cut -d' ' -f1 /proc/uptime)
     agents=
@@ -92,13 +93,18 @@ for run in $(seq 20); do
     kill $(fk_pids) 2>/dev/null
     wait $agents 2>/dev/null
     for try in $(seq 100); do [ -z "$(fk_pids)" ] && break; kill $(fk_pids) 2>/dev/null; usleep 20000; done
-    # Their ten leaves go once they are empty (within 5 s: a reconcile
-    # after a skipped tracer may hold the daemon for a second or two).
-    for try in $(seq 250); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
+    # Their ten leaves go once they are empty. With two guests on the host
+    # a removal took over 5 s in 1 of 3 runs (each time as a /proc
+    # reconcile after a skipped tracer ran; not proven the cause): the
+    # bound is 15 s and the slowest removal is printed.
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    for try in $(seq 750); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
     left=$(leaves)
-    [ "$left" = 0 ] || fail "run $run: $left leaves left 5 s after the agents exited: $(ls -d $R/session_*/forker-* 2>&1)"
+    [ "$left" = 0 ] || fail "run $run: $left leaves left 15 s after the agents exited: $(ls -d $R/session_*/forker-* 2>&1)"
+    ms=$(awk -v a=$t0 -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN { printf "%d", (b - a) * 1000 }')
+    [ $ms -gt $worst_rm ] && worst_rm=$ms
 done
-echo "forking agents: 20 runs x 10 agents x 11 processes, each in its agent's leaf (slowest run complete after $worst ms of guest time); leaves removed after each run"
+echo "forking agents: 20 runs x 10 agents x 11 processes, each in its agent's leaf (slowest run complete after $worst ms of guest time); leaves removed after each run (slowest after $worst_rm ms)"
 # 200 leaves came and went under the scheduler: it must not have exited
 # (a leaf's mkdir fails while its cgroup_init errs, and the agent stays out).
 scx_err=$(dmesg | grep 'sched_ext: .*disabled' | grep -v 'unregistered from user space')
