@@ -490,6 +490,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             let due = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
             wait = Some(wait.map_or(due, |w| w.min(due)));
         }
+        if let Some(t) = d.leaves.as_ref().and_then(|l| l.retry_at()) {
+            let due = t.saturating_duration_since(Instant::now());
+            wait = Some(wait.map_or(due, |w| w.min(due)));
+        }
         let timeout = match wait {
             None => EpollTimeout::NONE,
             // Round up so a wake-up is never early.
@@ -526,6 +530,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 TOKEN_LEAVES => d.reap_leaves(),
                 _ => {}
             }
+        }
+        if d.leaves
+            .as_ref()
+            .and_then(|l| l.retry_at())
+            .is_some_and(|t| t <= Instant::now())
+        {
+            d.reap_leaves();
         }
         if d.dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
             if publisher.offer(d.snapshot()) {

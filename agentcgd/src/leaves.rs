@@ -100,7 +100,19 @@ pub struct Leaves {
     pub over_cap: u64,
     /// Leaves removed because they were empty.
     pub removed: u64,
+    /// Empty leaves whose rmdir the kernel refused (EBUSY: it still tears
+    /// down what left, or a process arrived between the check and the
+    /// rmdir). No further notice may come for them: tried again at
+    /// `retry_at`.
+    busy: Vec<WatchDescriptor>,
+    retry_at: Option<std::time::Instant>,
+    retry_delay: std::time::Duration,
 }
+
+/// How soon a refused rmdir is tried again; doubled while it is refused
+/// (a cgroup someone made inside a leaf keeps it busy), up to RETRY_MAX.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Leaves {
     pub fn new(tree: Tree, max_agents: usize) -> io::Result<Leaves> {
@@ -115,7 +127,16 @@ impl Leaves {
             by_wd: HashMap::new(),
             over_cap: 0,
             removed: 0,
+            busy: Vec::new(),
+            retry_at: None,
+            retry_delay: RETRY,
         })
+    }
+
+    /// When [`Leaves::reap`] should run again without a notice (a refused
+    /// rmdir to try again).
+    pub fn retry_at(&self) -> Option<std::time::Instant> {
+        self.retry_at
     }
 
     /// Readable when a watched leaf's `cgroup.events` changed.
@@ -350,6 +371,15 @@ impl Leaves {
                 }
             }
         }
+        // The leaves refused last time are looked at again when due.
+        if self
+            .retry_at
+            .is_some_and(|t| t <= std::time::Instant::now())
+        {
+            self.retry_at = None;
+            changed.append(&mut self.busy);
+        }
+        changed.sort();
         changed.dedup();
         for wd in changed {
             let Some(owner) = self.by_wd.get(&wd).cloned() else {
@@ -377,8 +407,11 @@ impl Leaves {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    // EBUSY: a process arrived between the read and rmdir.
-                    log::debug!("leaf {} not removed: {e}", dir.display());
+                    // EBUSY: the kernel still tears down what left, or a
+                    // process arrived between the read and the rmdir.
+                    // Looked at again soon (a populated leaf is then kept).
+                    log::debug!("leaf {} not removed: {e}: trying again", dir.display());
+                    self.busy.push(wd);
                     continue;
                 }
             }
@@ -405,6 +438,12 @@ impl Leaves {
                 }
                 Owner::Unsorted(s) => self.unsorted[s] = None,
             }
+        }
+        if self.busy.is_empty() {
+            self.retry_delay = RETRY;
+        } else if self.retry_at.is_none() {
+            self.retry_at = Some(std::time::Instant::now() + self.retry_delay);
+            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
         }
         out
     }
@@ -484,5 +523,71 @@ mod tests {
         assert_eq!(parse_leaf_name("claude-code-shared", fams), None);
         assert_eq!(parse_leaf_name("unsorted", fams), None);
         assert_eq!(parse_leaf_name("hog-12", fams), None);
+    }
+
+    /// An empty leaf whose rmdir is refused (here: a cgroup someone made
+    /// inside it) is removed once it can be, with no further notice.
+    #[test]
+    fn refused_rmdir_is_tried_again() {
+        let Some(mount) = cgroupfs::find_mount() else {
+            eprintln!("SKIP: no cgroup2 mount");
+            return;
+        };
+        let root = mount.join(format!("agentcg-leaf-retry-{}", std::process::id()));
+        let tree = Tree::open(&root).unwrap();
+        std::fs::create_dir_all(tree.session_dir(Priority::High)).unwrap();
+        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let key = AgentKey {
+            pid: 4242,
+            start_ticks: 1,
+        };
+        let fam = FamilyName::try_from("retry".to_string()).unwrap();
+        let leaf = leaves
+            .target(Priority::High, Some(key), &fam, 100, 0)
+            .unwrap();
+        let dir = tree.session_dir(Priority::High).join("retry-4242");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        leaf.admit(child.id()).unwrap();
+        std::fs::create_dir(dir.join("inner")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The notice comes; the rmdir is refused (EBUSY) and kept for later.
+        let mut waited = 0;
+        while leaves.retry_at().is_none() && waited < 200 {
+            leaves.reap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        let refused = leaves.retry_at().is_some() && dir.is_dir();
+        std::fs::remove_dir(dir.join("inner")).unwrap();
+        let mut removed = 0;
+        for _ in 0..100 {
+            if leaves
+                .retry_at()
+                .is_some_and(|t| t <= std::time::Instant::now())
+            {
+                removed += leaves.reap().removed;
+            }
+            if !dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let gone = !dir.exists();
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(tree.session_dir(Priority::High));
+        let _ = std::fs::remove_dir(&root);
+        assert!(
+            refused,
+            "the rmdir of a leaf with a cgroup inside was not refused and kept"
+        );
+        assert!(
+            gone && removed == 1,
+            "the leaf was not removed on the retry"
+        );
+        assert!(leaves.retry_at().is_none());
     }
 }
