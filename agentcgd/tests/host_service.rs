@@ -26,7 +26,14 @@ impl Fx {
         let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
         fs::create_dir_all(dir.path().join("policies")).unwrap();
         fs::create_dir_all(dir.path().join("bin")).unwrap();
-        let tag: String = name.chars().take(8).collect();
+        // Unique to this test in this process (comm: 15 bytes at most):
+        // the daemons of other tests, of another run of this one, see
+        // every exec on the host.
+        let tag = format!(
+            "{}{:04x}",
+            name.chars().take(4).collect::<String>(),
+            std::process::id() & 0xffff
+        );
         fs::write(
             dir.path().join("policies/10-fake.yaml"),
             format!("family: fake-agent\npriority: high\nmatch:\n  - comm: agent-{tag}\n"),
@@ -137,6 +144,14 @@ impl Drop for Fx {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // A test that failed before stopping its daemon must not leave it
+        // running: it would place the next run's processes in its tree.
+        for pid in procmon::procfs::ProcFs::default().children(std::process::id(), 64) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*self.root.to_string_lossy()) {
+                common::nix_kill(pid, libc::SIGKILL);
+            }
         }
         remove_tree(&self.root, &self.mount);
     }
