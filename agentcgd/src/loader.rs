@@ -180,6 +180,11 @@ fn watch(dir: &Path, tx: mpsc::Sender<&'static str>) {
                 if ev.name.map(|n| n.to_os_string()) == w.name {
                     rewatch = true;
                 }
+            } else if Some(&ev.wd) != w.dir_wd.as_ref() {
+                // A watch we replaced already: its IN_IGNORED (sent when
+                // rewatch_dir removes it) must not trigger another rewatch,
+                // which would remove the new watch and loop for good.
+                continue;
             } else if ev
                 .mask
                 .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED)
