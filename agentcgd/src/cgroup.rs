@@ -427,6 +427,35 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A tree on this host's cgroup2 mount with session `p` made, for host
+/// tests (None, saying so, where there is no mount).
+#[cfg(test)]
+pub(crate) fn scratch_tree(name: &str, p: Priority) -> Option<Tree> {
+    let Some(mount) = cgroupfs::find_mount() else {
+        eprintln!("SKIP: no cgroup2 mount");
+        return None;
+    };
+    let root = mount.join(format!("agentcg-{name}-{}", std::process::id()));
+    let tree = Tree::open(&root).unwrap();
+    fs::create_dir_all(tree.session_dir(p)).unwrap();
+    Some(tree)
+}
+
+/// Remove what is left of a [`scratch_tree`] (empty cgroups, deepest
+/// first).
+#[cfg(test)]
+pub(crate) fn remove_scratch(tree: &Tree) {
+    fn rm(dir: &Path) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rm(&e.path());
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    rm(&tree.root);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,20 +495,13 @@ mod tests {
 
     #[test]
     fn leaf_path_in_the_hierarchy() {
-        let Some(mount) = cgroupfs::find_mount() else {
-            eprintln!("SKIP: no cgroup2 mount");
+        let Some(tree) = scratch_tree("leaf-rel", Priority::Low) else {
             return;
         };
-        let root = mount.join(format!("agentcg-leaf-rel-{}", std::process::id()));
-        let tree = Tree::open(&root).unwrap();
-        fs::create_dir_all(tree.session_dir(Priority::Low)).unwrap();
         let leaf = tree.leaf(Priority::Low, "fam-1", Some(300));
         let again = tree.leaf(Priority::Low, "fam-1", None);
-        let dir = tree.session_dir(Priority::Low).join("fam-1");
-        let want = rel_path(&dir);
-        let _ = fs::remove_dir(&dir);
-        let _ = fs::remove_dir(tree.session_dir(Priority::Low));
-        let _ = fs::remove_dir(&root);
+        let want = rel_path(&tree.session_dir(Priority::Low).join("fam-1"));
+        remove_scratch(&tree);
         // Derived from ROOT's path, the same as the walk up the mount finds.
         assert_eq!(leaf.unwrap().rel, want);
         assert_eq!(again.unwrap().rel, want);

@@ -529,13 +529,9 @@ mod tests {
     /// inside it) is removed once it can be, with no further notice.
     #[test]
     fn refused_rmdir_is_tried_again() {
-        let Some(mount) = cgroupfs::find_mount() else {
-            eprintln!("SKIP: no cgroup2 mount");
+        let Some(tree) = cgroup::scratch_tree("leaf-retry", Priority::High) else {
             return;
         };
-        let root = mount.join(format!("agentcg-leaf-retry-{}", std::process::id()));
-        let tree = Tree::open(&root).unwrap();
-        std::fs::create_dir_all(tree.session_dir(Priority::High)).unwrap();
         let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
         let key = AgentKey {
             pid: 4242,
@@ -577,9 +573,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let gone = !dir.exists();
-        let _ = std::fs::remove_dir(&dir);
-        let _ = std::fs::remove_dir(tree.session_dir(Priority::High));
-        let _ = std::fs::remove_dir(&root);
+        cgroup::remove_scratch(&tree);
         assert!(
             refused,
             "the rmdir of a leaf with a cgroup inside was not refused and kept"
