@@ -212,6 +212,12 @@ impl Sampler {
         self.gpu.status()
     }
 
+    /// Whether NVML answers: then the devices are worth a look even
+    /// while no agent runs.
+    pub fn gpu_available(&self) -> bool {
+        self.gpu.available()
+    }
+
     pub fn options(&self) -> &Options {
         &self.opts
     }

@@ -204,11 +204,17 @@ fn run(
     // Per agent: how many idle thresholds fired in its current idle spell.
     let mut fired: HashMap<String, usize> = HashMap::new();
     let mut events = [EpollEvent::empty(); 4];
-    let mut next_tick = std::time::Instant::now();
+    // None: nothing to look at (no agent, no GPU) until an input comes,
+    // so an idle daemon's observer does not wake at all.
+    let mut next_tick = Some(std::time::Instant::now());
     loop {
-        let wait = next_tick.saturating_duration_since(std::time::Instant::now());
-        let timeout =
-            EpollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX);
+        let timeout = match next_tick {
+            Some(t) => {
+                let wait = t.saturating_duration_since(std::time::Instant::now());
+                EpollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX)
+            }
+            None => EpollTimeout::NONE,
+        };
         let n = epoll.wait(&mut events, timeout).unwrap_or(0);
         let mut activity_due = false;
         for ev in &events[..n] {
@@ -221,7 +227,11 @@ fn run(
             }
         }
         loop {
-            match rx.try_recv() {
+            let input = rx.try_recv();
+            if input.is_ok() && next_tick.is_none() {
+                next_tick = Some(std::time::Instant::now());
+            }
+            match input {
                 Ok(Input::Agents(list)) => {
                     let new: BTreeMap<String, Watch> =
                         list.into_iter().map(|w| (w.id.clone(), w)).collect();
@@ -262,10 +272,11 @@ fn run(
         } else {
             false
         };
-        if !changed && std::time::Instant::now() < next_tick {
+        if !changed && next_tick.is_none_or(|t| std::time::Instant::now() < t) {
             continue;
         }
-        next_tick = std::time::Instant::now() + TICK;
+        next_tick = (!agents.is_empty() || sampler.gpu_available())
+            .then(|| std::time::Instant::now() + TICK);
         let at = activity::MonoTime::now();
         let at_ms = now_ms();
         let snap = mon.snapshot(at);

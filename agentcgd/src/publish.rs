@@ -86,7 +86,7 @@ impl Drop for Publisher {
 
 fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
     let mut state: Option<State> = None;
-    let mut written: Vec<u8> = Vec::new();
+    let mut written: Option<State> = None;
     let mut last_report: Option<std::time::Instant> = None;
     let mut sched_attached = (false, 0);
     let mut watched: Vec<Watch> = Vec::new();
@@ -157,14 +157,15 @@ fn writer(src: Sources, rx: mpsc::Receiver<Box<State>>) {
             if let Some(m) = &src.metrics {
                 m.publish(s);
             }
+            // Compared as values, not serialized: most passes change nothing.
             s.updated_at_ms = 0;
-            let body = serde_json::to_vec(s).unwrap_or_default();
-            if body != written {
+            if written.as_ref() != Some(&*s) {
                 s.updated_at_ms = now_ms();
                 if let Err(e) = s.write(&src.path) {
                     log::warn!("cannot write state file {}: {e}", src.path.display());
                 }
-                written = body;
+                s.updated_at_ms = 0;
+                written = Some(s.clone());
             }
         }
         if !open {

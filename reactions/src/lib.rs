@@ -935,6 +935,15 @@ fn sample_pressure(s: Arc<Shared>) {
     let mut g = s.lock();
     let mut next = Instant::now() + PRESSURE_SAMPLE;
     loop {
+        // No pressure rule, nothing to sample: sleep until a reload (which
+        // notifies the condvar) or the stop, so an idle daemon stays asleep.
+        let has_rules =
+            |c: &Config| c.enabled && c.rules_on(TriggerKind::Pressure).next().is_some();
+        while !g.stopping && !has_rules(&g.cfg) {
+            above.clear();
+            g = s.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            next = Instant::now();
+        }
         // The condvar is shared: other wake-ups do not sample early.
         while !g.stopping && Instant::now() < next {
             let left = next.saturating_duration_since(Instant::now());

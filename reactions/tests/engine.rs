@@ -562,3 +562,34 @@ fn the_shipped_workspace_checkpoint_saves_edits_without_touching_the_tree() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not in a git work tree"));
 }
+
+#[test]
+fn a_pressure_rule_added_by_a_reload_is_sampled() {
+    // Without a pressure rule the sampler sleeps until a reload wakes it.
+    let d = tempfile::tempdir().unwrap();
+    let psi = d.path().join("memory.pressure");
+    fs::write(
+        &psi,
+        "some avg10=42.50 avg60=10.00 avg300=2.00 total=900000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
+    )
+    .unwrap();
+    let e = Engine::start(
+        config("enabled: true\nrules: []\n"),
+        Options {
+            pressure_file: Some(psi.clone()),
+            pressure_session: "session_high".into(),
+            ..Options::default()
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(e.status().counters.logged, 0, "no rule: nothing fires");
+    e.reconfigure(config(
+        "enabled: true\nrules:\n  - name: squeeze\n    on: [pressure]\n    pressure: {some_avg10: 20, for_s: 1}\n    debounce_s: 0\n    action: log\n",
+    ));
+    assert!(
+        wait_for(Duration::from_secs(6), || e.status().counters.logged == 1),
+        "{:?}",
+        e.status()
+    );
+    e.stop();
+}
