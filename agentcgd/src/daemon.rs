@@ -265,6 +265,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
 
     let (setup, targets) = setup_tree(&tree, &cfg, opts.dry_run)?;
+    if cgroupfs::favordynmods() == Some(false) {
+        // Measured in docs/benchmarks-placement.md: 6-14 ms for some moves.
+        log::info!(
+            "cgroup2 is mounted without favordynmods: a move into a cgroup may wait \
+             for an RCU grace period (milliseconds); the mount option favordynmods \
+             avoids that at some cost to forks and exits (docs/benchmarks-placement.md)"
+        );
+    }
     for m in &setup.missing {
         log::warn!("controller missing: {m}");
     }

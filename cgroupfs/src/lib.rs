@@ -18,8 +18,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use parse::{
-    cgroup2_mount, CgroupEvents, Controller, CpuStat, IoStat, Limit, MemoryEvents, MemoryStat,
-    Pressure, PressureLine,
+    cgroup2_favordynmods, cgroup2_mount, CgroupEvents, Controller, CpuStat, IoStat, Limit,
+    MemoryEvents, MemoryStat, Pressure, PressureLine,
 };
 
 /// A failed cgroup file access.
@@ -123,6 +123,13 @@ impl Resource {
 pub fn find_mount() -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/mounts").ok()?;
     cgroup2_mount(&text).map(PathBuf::from)
+}
+
+/// Whether this machine's cgroup2 hierarchy has `favordynmods`; None
+/// without a cgroup2 mount.
+pub fn favordynmods() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/mounts").ok()?;
+    cgroup2_favordynmods(&text)
 }
 
 /// The cpu.weight a cgroup is created with.

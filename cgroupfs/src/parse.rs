@@ -365,6 +365,16 @@ pub fn cgroup2_mount(mounts: &str) -> Option<String> {
     })
 }
 
+/// Whether the cgroup2 hierarchy has `favordynmods` (one hierarchy: every
+/// cgroup2 mount shows the same options). Without it a write to
+/// cgroup.procs can wait for an RCU grace period.
+pub fn cgroup2_favordynmods(mounts: &str) -> Option<bool> {
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && f[2] == "cgroup2").then(|| f[3].split(',').any(|o| o == "favordynmods"))
+    })
+}
+
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mount(s: &str) -> String {
     let b = s.as_bytes();
@@ -522,5 +532,13 @@ mod tests {
             Some("/mnt/a b")
         );
         assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(cgroup2_favordynmods(m), Some(false));
+        assert_eq!(
+            cgroup2_favordynmods(
+                "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,favordynmods 0 0\n"
+            ),
+            Some(true)
+        );
+        assert_eq!(cgroup2_favordynmods("proc /proc proc rw 0 0\n"), None);
     }
 }
