@@ -50,8 +50,16 @@ impl Fixture {
         let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
         fs::create_dir_all(dir.path().join("policies")).unwrap();
         fs::create_dir_all(dir.path().join("bin")).unwrap();
+        // Unique per test and per run: two runs of one test on a host (a
+        // local run beside CI) must not match each other's processes.
+        let run = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (name, std::process::id()).hash(&mut h);
+            h.finish() & 0xffff
+        };
         Fixture {
-            tag: name.chars().take(8).collect(),
+            tag: format!("{}{run:04x}", name.chars().take(3).collect::<String>()),
             dir,
             root,
             mount,
@@ -60,7 +68,7 @@ impl Fixture {
         }
     }
 
-    /// Short unique tag (comm is at most 15 bytes).
+    /// Short unique tag, at most 7 bytes (comm is at most 15 bytes).
     pub fn tag(&self) -> &str {
         &self.tag
     }
