@@ -185,9 +185,7 @@ fn refresh(s: &mut State, src: &Sources) {
         .map(|(p, dir)| SessionStatus {
             name: p.session().into(),
             path: dir.display().to_string(),
-            cpu_weight: std::fs::read_to_string(dir.join("cpu.weight"))
-                .ok()
-                .and_then(|w| w.trim().parse().ok()),
+            cpu_weight: cgroupfs::Cgroup::new(dir).cpu_weight().ok(),
             pids: session_pids(dir),
             tracked: s.processes.iter().filter(|t| t.priority == *p).count(),
         })
