@@ -766,3 +766,48 @@ fn leaves_are_adopted_after_a_restart_and_capped() {
     assert_eq!(cgroup_of(b), shared);
     stop(daemon);
 }
+
+/// Context switches of each of a process's threads, summed by thread name.
+fn switches_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        *out.entry(comm.trim().to_string()).or_insert(0) += n;
+    }
+    out
+}
+
+/// With nothing to place and no agent to observe, the observers and the
+/// pressure sampler wait for work instead of ticking: only the state
+/// writer's 1-s pass wakes the daemon (its idle cost, issue 7).
+#[test]
+fn an_idle_daemon_wakes_only_for_the_state_pass() {
+    let Some(mount) = env_or_skip() else { return };
+    let fx = Fixture::new("idle", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon(&["--no-scheduler", "--no-memcg"]);
+    fx.wait_ready();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = switches_by_thread(daemon.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = switches_by_thread(daemon.id());
+    for name in ["observe", "reactions-psi"] {
+        assert!(before.contains_key(name), "no {name} thread: {before:?}");
+        assert_eq!(
+            after.get(name),
+            before.get(name),
+            "{name} woke while idle: {before:?} -> {after:?}"
+        );
+    }
+    assert!(
+        after.get("state-writer") > before.get("state-writer"),
+        "the state writer's pass did not run: {before:?} -> {after:?}"
+    );
+    stop(daemon);
+}
