@@ -32,7 +32,8 @@
 # Pass: under agentcgd HIGH is never OOM-killed; the sched_ext scheduler
 # the daemon loads is not ejected by the kernel (a stalled task); HIGH's
 # median p95 allocation latency is no worse than baseline's within TCG
-# noise (tolerance below; vacuous when baseline HIGH never completed).
+# noise (tolerance below; checked only when baseline HIGH completed in
+# at least 3 rounds: it is often OOM-killed, and one round is noise).
 # Every memory file of the tree that the daemon changed is back to its value
 # once it has stopped.
 #
@@ -443,6 +444,9 @@ done
 
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{if(NR==0)print ""; else print a[int((NR+1)/2)]}'; }
 mb=$(median $P95_B)
+# One baseline round where HIGH lived says little: its p95 alone ranged
+# 105-391 ms across runs of one build. The comparison needs 3.
+nb=$(echo $P95_B | wc -w)
 echo "HIGH p95 alloc ms: baseline [$P95_B ] median ${mb:-none}"
 summary=
 for m in $MODES; do
@@ -457,11 +461,11 @@ for m in $MODES; do
 # moves it by tens of ms. Medians over the rounds drop one bad round each
 # side; x1.25 + 5 ms keeps a real regression (the daemon slowing HIGH down,
 # e.g. by throttling the wrong session: 2x and more) a failure.
-    if [ -n "$mb" ]; then
+    if [ "$nb" -ge 3 ]; then
         awk -v a="$ma" -v b="$mb" 'BEGIN{exit !(a <= b * 1.25 + 5)}' ||
             fail "HIGH p95 under $m ($ma ms) worse than baseline ($mb ms) beyond x1.25 + 5 ms"
     fi
     summary="$summary $m ${ma} ms"
 done
-[ -n "$mb" ] || echo "note: baseline HIGH was OOM-killed in every round: no baseline latency to compare"
+[ "$nb" -ge 3 ] || echo "note: baseline HIGH lived in $nb of $ROUNDS rounds: too few for a latency comparison (3 needed)"
 echo "PASS: HIGH survived every daemon round; p95:$summary vs baseline ${mb:-killed}"
