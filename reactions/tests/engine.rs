@@ -346,27 +346,32 @@ fn dry_run_records_and_runs_nothing() {
     e.stop();
 }
 
+/// One pressure rule: session_high's "some avg10" at or above 20 for 1 s.
+const SQUEEZE: &str = "enabled: true\nrules:\n  - name: squeeze\n    on: [pressure]\n    pressure: {some_avg10: 20, for_s: 1}\n    debounce_s: 0\n    action: log\n";
+const CALM: &str = "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
+const HOT: &str = "some avg10=42.50 avg60=10.00 avg300=2.00 total=900000\nfull avg10=30.00 avg60=0.00 avg300=0.00 total=5\n";
+
+/// An engine sampling `psi` as session_high's memory.pressure.
+fn pressure_engine(cfg: &str, psi: &std::path::Path) -> Engine {
+    Engine::start(
+        config(cfg),
+        Options {
+            pressure_file: Some(psi.to_path_buf()),
+            pressure_session: "session_high".into(),
+            ..Options::default()
+        },
+    )
+}
+
 #[test]
 fn sustained_pressure_fires_once_per_episode() {
     let d = tempfile::tempdir().unwrap();
     let psi = d.path().join("memory.pressure");
-    let calm = "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
-    let hot = "some avg10=42.50 avg60=10.00 avg300=2.00 total=900000\nfull avg10=30.00 avg60=0.00 avg300=0.00 total=5\n";
-    fs::write(&psi, calm).unwrap();
-    let cfg = config(
-        "enabled: true\nrules:\n  - name: squeeze\n    on: [pressure]\n    pressure: {some_avg10: 20, for_s: 1}\n    debounce_s: 0\n    action: log\n",
-    );
-    let e = Engine::start(
-        cfg,
-        Options {
-            pressure_file: Some(psi.clone()),
-            pressure_session: "session_high".into(),
-            ..Options::default()
-        },
-    );
+    fs::write(&psi, CALM).unwrap();
+    let e = pressure_engine(SQUEEZE, &psi);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(e.status().counters.logged, 0, "calm: nothing fires");
-    fs::write(&psi, hot).unwrap();
+    fs::write(&psi, HOT).unwrap();
     assert!(wait_for(Duration::from_secs(6), || e
         .status()
         .counters
@@ -382,9 +387,9 @@ fn sustained_pressure_fires_once_per_episode() {
         st.runs[0]
     );
     // Calm, then hot again: a new episode.
-    fs::write(&psi, calm).unwrap();
+    fs::write(&psi, CALM).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    fs::write(&psi, hot).unwrap();
+    fs::write(&psi, HOT).unwrap();
     assert!(wait_for(Duration::from_secs(6), || e
         .status()
         .counters
@@ -568,24 +573,11 @@ fn a_pressure_rule_added_by_a_reload_is_sampled() {
     // Without a pressure rule the sampler sleeps until a reload wakes it.
     let d = tempfile::tempdir().unwrap();
     let psi = d.path().join("memory.pressure");
-    fs::write(
-        &psi,
-        "some avg10=42.50 avg60=10.00 avg300=2.00 total=900000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
-    )
-    .unwrap();
-    let e = Engine::start(
-        config("enabled: true\nrules: []\n"),
-        Options {
-            pressure_file: Some(psi.clone()),
-            pressure_session: "session_high".into(),
-            ..Options::default()
-        },
-    );
+    fs::write(&psi, HOT).unwrap();
+    let e = pressure_engine("enabled: true\nrules: []\n", &psi);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(e.status().counters.logged, 0, "no rule: nothing fires");
-    e.reconfigure(config(
-        "enabled: true\nrules:\n  - name: squeeze\n    on: [pressure]\n    pressure: {some_avg10: 20, for_s: 1}\n    debounce_s: 0\n    action: log\n",
-    ));
+    e.reconfigure(config(SQUEEZE));
     assert!(
         wait_for(Duration::from_secs(6), || e.status().counters.logged == 1),
         "{:?}",
