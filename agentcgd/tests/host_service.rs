@@ -26,14 +26,7 @@ impl Fx {
         let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
         fs::create_dir_all(dir.path().join("policies")).unwrap();
         fs::create_dir_all(dir.path().join("bin")).unwrap();
-        // Unique to this test in this process (comm: 15 bytes at most):
-        // the daemons of other tests, of another run of this one, see
-        // every exec on the host.
-        let tag = format!(
-            "{}{:04x}",
-            name.chars().take(4).collect::<String>(),
-            std::process::id() & 0xffff
-        );
+        let tag = common::run_tag(name);
         fs::write(
             dir.path().join("policies/10-fake.yaml"),
             format!("family: fake-agent\npriority: high\nmatch:\n  - comm: agent-{tag}\n"),

@@ -33,6 +33,20 @@ pub fn env_or_skip() -> Option<PathBuf> {
     m
 }
 
+/// A tag for the processes of test `name`, at most 7 bytes (a comm is at
+/// most 15): unique per test and per run, since the daemons of other
+/// tests, and of another run of this one beside it, see every exec.
+pub fn run_tag(name: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (name, std::process::id()).hash(&mut h);
+    format!(
+        "{}{:04x}",
+        name.chars().take(3).collect::<String>(),
+        h.finish() & 0xffff
+    )
+}
+
 pub struct Fixture {
     pub tag: String,
     pub dir: tempfile::TempDir,
@@ -50,16 +64,8 @@ impl Fixture {
         let root = mount.join(format!("agentcg-test-{name}-{}", std::process::id()));
         fs::create_dir_all(dir.path().join("policies")).unwrap();
         fs::create_dir_all(dir.path().join("bin")).unwrap();
-        // Unique per test and per run: two runs of one test on a host (a
-        // local run beside CI) must not match each other's processes.
-        let run = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (name, std::process::id()).hash(&mut h);
-            h.finish() & 0xffff
-        };
         Fixture {
-            tag: format!("{}{run:04x}", name.chars().take(3).collect::<String>()),
+            tag: run_tag(name),
             dir,
             root,
             mount,
