@@ -420,8 +420,14 @@ fn print_reactions(v: &reactions::Status) {
 fn print_scheduler(v: &scheduler::Status) {
     println!("scheduler: {} (state {})", v.backend, v.state);
     if let Some(e) = &v.last_exit {
+        let on_cpu = e.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
+        let dump = if e.is_error() {
+            "; the kernel's debug dump is in the daemon's log"
+        } else {
+            ""
+        };
         println!(
-            "  last exit: {} {} (restarts {})",
+            "  last exit: {} {}{on_cpu} (restarts {}{dump})",
             e.reason, e.message, v.restarts
         );
     }

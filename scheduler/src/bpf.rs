@@ -53,6 +53,8 @@ pub const STARVE_SLICES: u32 = 25;
 pub struct LoadOpts {
     /// Slice for tasks and for a CPU's turn on a cgroup, in microseconds.
     pub slice_us: u64,
+    /// `ops.timeout_ms`, the kernel's stall watchdog; 0: its default.
+    pub watchdog_ms: u32,
 }
 
 /// How the scheduler left (from the kernel's `scx_exit_info`).
@@ -63,6 +65,11 @@ pub struct RawExit {
     pub exit_code: i64,
     pub reason: String,
     pub msg: String,
+    /// The CPU that raised the exit, where the kernel says.
+    pub cpu: Option<u32>,
+    /// The kernel's debug dump of an error exit (the error site's
+    /// backtrace, every CPU's run queue and tasks); empty when none.
+    pub dump: String,
     /// The kernel or the BPF side asked for a restart
     /// (`SCX_ECODE_ACT_RESTART`, scx_utils' `should_restart()`).
     pub restart: bool,
@@ -108,7 +115,11 @@ impl<'obj> Scheduler<'obj> {
 
         // a stable ops name ("agentcg") instead of scx_utils' versioned one,
         // so that /sys/kernel/sched_ext/root/ops is predictable
-        let name = &mut open.struct_ops.agentcg_ops_mut().name;
+        let ops = open.struct_ops.agentcg_ops_mut();
+        if opts.watchdog_ms > 0 {
+            ops.timeout_ms = opts.watchdog_ms;
+        }
+        let name = &mut ops.name;
         name.fill(0);
         for (dst, src) in name.iter_mut().zip(OPS_NAME.bytes()) {
             *dst = src as _;
@@ -148,11 +159,26 @@ impl<'obj> Scheduler<'obj> {
             return None;
         }
         let uei = uei_read!(&self.skel, uei);
+        // UEI_RECORD filled the one-element `uei_dump` array before `kind`.
+        let dump = self
+            .skel
+            .maps
+            .data_uei_dump
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|b| {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                String::from_utf8_lossy(&b[..end]).into_owned()
+            })
+            .unwrap_or_default();
         Some(RawExit {
             kind,
             exit_code: data.uei.exit_code,
             reason: cstr(&data.uei.reason),
             msg: cstr(&data.uei.msg),
+            cpu: u32::try_from(data.uei.exit_cpu).ok(),
+            dump,
             restart: uei.should_restart(),
         })
     }

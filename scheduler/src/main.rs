@@ -23,6 +23,12 @@ struct Opts {
     #[arg(short = 's', long = "slice-us", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     slice_us: u64,
+    /// The kernel's stall watchdog: a task runnable this long without
+    /// running takes the scheduler down with an error exit and a debug
+    /// dump. 0: the kernel's default (30 s, also its maximum).
+    #[arg(long = "watchdog-ms", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=30_000))]
+    watchdog_ms: u32,
     /// Statistics interval, seconds (fractions allowed).
     #[arg(short = 'i', long = "interval", default_value_t = 2.0)]
     interval: f64,
@@ -124,6 +130,7 @@ fn run(opts: &Opts) -> i32 {
         &mut obj,
         LoadOpts {
             slice_us: opts.slice_us,
+            watchdog_ms: opts.watchdog_ms,
         },
     ) {
         Ok(s) => s,
@@ -168,10 +175,17 @@ fn run(opts: &Opts) -> i32 {
             drop(sched);
             let Some(exit) = exit else { return 1 };
             let (kind, _) = classify_exit(exit.kind, exit.restart);
+            if !exit.dump.trim().is_empty() {
+                eprintln!("scx_agentcg: debug dump\n{}", exit.dump.trim_end());
+            }
+            let on_cpu = exit.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
             if exit.msg.is_empty() {
-                eprintln!("scx_agentcg: EXIT {kind}: {}", exit.reason);
+                eprintln!("scx_agentcg: EXIT {kind}: {}{on_cpu}", exit.reason);
             } else {
-                eprintln!("scx_agentcg: EXIT {kind}: {} ({})", exit.reason, exit.msg);
+                eprintln!(
+                    "scx_agentcg: EXIT {kind}: {} ({}){on_cpu}",
+                    exit.reason, exit.msg
+                );
             }
             return if exit.kind >= scx_utils::ScxExitKind::Error as i32 {
                 1

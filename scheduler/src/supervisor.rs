@@ -62,10 +62,21 @@ pub struct ExitSummary {
     pub reason: String,
     /// The scheduler's or kernel's message, may be empty.
     pub message: String,
+    /// The CPU that raised the exit, where the kernel says.
+    #[serde(default)]
+    pub cpu: Option<u32>,
     /// Whether the supervisor restarts (or restarted) after it.
     pub restart: bool,
     /// Unix time of the exit, seconds.
     pub at_unix_s: u64,
+}
+
+impl ExitSummary {
+    /// An error exit (stall, lockup, `scx_bpf_error()`): the kernel wrote a
+    /// debug dump, which the supervisor logged.
+    pub fn is_error(&self) -> bool {
+        self.kind_code >= EXIT_ERROR
+    }
 }
 
 /// What the supervisor is doing (serialized as one snake_case word).
@@ -207,6 +218,21 @@ pub fn classify_exit(kind: i32, restart_requested: bool) -> (String, ExitAction)
         _ => ExitAction::Restart { failure: true },
     };
     (name, action)
+}
+
+/// The kernel's debug dump of an error exit, one log line per dump line:
+/// what each CPU ran and had queued when the scheduler was taken down is
+/// what explains a stall or a lockup, and the instance holding it is gone
+/// after the restart.
+fn log_dump(dump: &str) {
+    let lines: Vec<&str> = dump.lines().collect();
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        return;
+    }
+    log::warn!("sched_ext debug dump ({} lines):", lines.len());
+    for line in lines {
+        log::warn!("sched_ext dump: {line}");
+    }
 }
 
 /// Exponential restart backoff: `base * 2^(failures-1)`, capped.
@@ -419,6 +445,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
     let backoff = Backoff::default();
     let opts = LoadOpts {
         slice_us: cfg.slice_us,
+        watchdog_ms: 0,
     };
     let interval = Duration::from_millis(cfg.stats_interval_ms);
     let mut failures: u32 = 0;
@@ -535,6 +562,8 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
                     exit_code: 0,
                     reason: "unknown".to_string(),
                     msg: String::new(),
+                    cpu: None,
+                    dump: String::new(),
                     restart: false,
                 }));
             }
@@ -573,6 +602,7 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
             kind_code: exit.kind,
             reason: exit.reason.clone(),
             message: exit.msg.clone(),
+            cpu: exit.cpu,
             restart: restart && !giving_up,
             at_unix_s: unix_now(),
         };
@@ -581,7 +611,9 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
         } else {
             format!("{} ({})", exit.reason, exit.msg)
         };
-        log::warn!("sched_ext scheduler exited: {kind}: {detail}");
+        let on_cpu = exit.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
+        log::warn!("sched_ext scheduler exited: {kind}: {detail}{on_cpu}");
+        log_dump(&exit.dump);
 
         if !restart || giving_up {
             sh.update(|s| {

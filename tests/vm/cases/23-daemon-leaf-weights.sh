@@ -52,7 +52,7 @@ stop_all() {
 }
 fail() {
     echo "FAIL: $*"
-    echo "--- agentcgd log"; grep -v DEBUG $W/log 2>/dev/null | tail -20
+    echo "--- agentcgd log"; daemon_log $W/log
     stop_all; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1
 }
 cg() { sed -n 's/^0:://p' /proc/$1/cgroup 2>/dev/null; }

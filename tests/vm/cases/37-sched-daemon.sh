@@ -11,7 +11,7 @@
 ROOT=$CG/agentcg
 DAEMON=
 stop_daemon() { [ -n "$DAEMON" ] && kill -TERM $DAEMON 2>/dev/null && wait $DAEMON 2>/dev/null; DAEMON=; }
-fail() { echo "FAIL: $*"; [ -f /tmp/agentcgd37.log ] && tail -n 30 /tmp/agentcgd37.log; cleanup; stop_daemon; exit 1; }
+fail() { echo "FAIL: $*"; [ -f /tmp/agentcgd37.log ] && daemon_log /tmp/agentcgd37.log 30; cleanup; stop_daemon; exit 1; }
 status_json() { agentcgd status --json 2>/dev/null | tr -d '\n '; }
 
 [ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"

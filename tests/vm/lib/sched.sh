@@ -57,6 +57,14 @@ start_sched() {
     SCHED=$!
     wait_state enabled 30 || { cat "$1"; fail "scheduler did not attach"; }
 }
+# daemon_log LOG [N]: agentcgd's log for a failure report: the kernel's
+# debug dump of a scheduler error exit, where the daemon logged one (what
+# each CPU ran when a stall or lockup took the scheduler down), then the
+# last N (20) lines without DEBUG and dump lines.
+daemon_log() {
+    grep 'sched_ext dump:' "$1" 2>/dev/null
+    grep -v -e DEBUG -e 'sched_ext dump:' "$1" 2>/dev/null | tail -n "${2:-20}"
+}
 # counter LOG NAME: the latest value of global counter NAME in LOG
 counter() { grep -o "\"$2\":[0-9]*" "$1" | tail -n 1 | cut -d: -f2; }
 # alive LOG: the scheduler still runs and sched_ext is still enabled
