@@ -101,7 +101,7 @@ phase() { # NAME [DAEMON ARGS]
     [ "$(cat $CG/$light/cpu.weight)" = 100 ] || fail "$light cpu.weight $(cat $CG/$light/cpu.weight)"
     sleep $WARM
     echo "$name: two agents in session_high (cpu_weight 300 and 100)"
-    ratio $heavy $light 3 || fail "$name: lw-heavy:lw-light leaves are not 3:1 within $TOL"
+    ratio $heavy $light 3 || fail "$name: lw-heavy:lw-light leaves are not 3:1 within $TOL$(left)"
 
     agent agentcg-w1 session_high lw-light; light2=$LEAF
     agent agentcg-wl session_low lw-bg; bg=$LEAF
@@ -109,19 +109,25 @@ phase() { # NAME [DAEMON ARGS]
     sleep $WARM
     echo "$name: three agents in session_high, one in session_low (sessions 150:50)"
     h0=$(usage $heavy); l0=$(usage $light); m0=$(usage $light2)
-    ratio agentcg/session_high agentcg/session_low 3 || fail "$name: session_high:session_low is not 3:1 within $TOL with 3+1 agents"
+    ratio agentcg/session_high agentcg/session_low 3 || fail "$name: session_high:session_low is not 3:1 within $TOL with 3+1 agents$(left)"
     h1=$(usage $heavy); l1=$(usage $light); m1=$(usage $light2)
     # Same window: lw-heavy against the mean of the two lw-light leaves.
     awk -v h=$((h1 - h0)) -v l=$((l1 - l0 + m1 - m0)) -v tol=$TOL 'BEGIN {
         r = 2 * h / l; dev = (r - 3) / 3; if (dev < 0) dev = -dev
         printf "%-28s cpu_ms %d:%d ratio %.3f target 3.000 deviation %.2f%%\n", "heavy:mean(light x2)", h / 1000, l / 2000, r, dev * 100
-        exit (dev <= tol) ? 0 : 1 }' || fail "$name: lw-heavy is not 3x each lw-light leaf within $TOL with 3+1 agents"
-    [ "$name" = agentcg ] && { alive_sched || fail "scheduler left during the measurement"; }
+        exit (dev <= tol) ? 0 : 1 }' || fail "$name: lw-heavy is not 3x each lw-light leaf within $TOL with 3+1 agents$(left)"
+    [ "$name" = agentcg ] && { alive_sched || fail "scheduler left during the measurement$(left)"; }
     stop_all
     kill -TERM $D; wait $D; D=
     wait_state disabled 10 || fail "state $(cat $SX/state) after agentcgd stopped"
 }
 alive_sched() { [ "$(cat $SX/state)" = enabled ] && ! dmesg | grep -q 'sched_ext: .*disabled'; }
+# left: for a failure message, what the kernel said if it took the
+# scheduler down in this phase (the measurement then covers a gap)
+left() {
+    [ "$name" = agentcg ] && ! alive_sched || return 0
+    printf '; the kernel took the scheduler down: %s' "$(dmesg | grep 'sched_ext: ' | tail -n 2 | tr '\n' ' ')"
+}
 
 [ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
 for p in $PHASES; do
