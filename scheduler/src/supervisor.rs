@@ -702,6 +702,26 @@ mod tests {
     }
 
     #[test]
+    fn exit_summary_of_an_older_daemon_reads_without_a_cpu() {
+        // A state file written before the exit's CPU was recorded.
+        let old = r#"{"kind":"stall","kind_code":1026,"reason":"runnable task stall",
+            "message":"","restart":true,"at_unix_s":1}"#;
+        let e: ExitSummary = serde_json::from_str(old).unwrap();
+        assert_eq!(e.cpu, None);
+        assert!(e.is_error());
+        let sysrq = ExitSummary {
+            kind: "sysrq".into(),
+            kind_code: EXIT_SYSRQ,
+            cpu: Some(1),
+            ..e
+        };
+        assert!(
+            !sysrq.is_error(),
+            "sysrq-S is no error: the kernel writes no dump"
+        );
+    }
+
+    #[test]
     fn disabled_reports_reason() {
         let s = Supervisor::disabled("disabled by --no-scheduler");
         let st = s.status();
