@@ -102,6 +102,10 @@ const MAX_ANCESTRY: usize = 64;
 const MAX_DEPARTED: usize = 4096;
 /// Placements are logged one by one at debug level, summed up at info at
 /// most this often.
+/// How long an entry taken out of the tracker waits for its exit event:
+/// the event was queued before the scan or the move that found the process
+/// gone, so it comes within one pass of the event loop.
+const DEPARTING_FOR: Duration = Duration::from_secs(10);
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 const TOKEN_PROC: u64 = 1;
@@ -122,6 +126,9 @@ enum Moved {
     Yes {
         threads: u32,
     },
+    /// Still there but exiting (a zombie, or past PF_EXITING): nothing
+    /// moves, and its exit event is still to come or pending.
+    Exiting,
     Vanished,
     Reused,
     TreeLost,
@@ -142,6 +149,11 @@ struct Daemon {
     /// Tracked processes that exited: (pid, start) -> their lineage.
     departed: HashMap<(u32, u64), Lineage>,
     departed_order: VecDeque<(u32, u64)>,
+    /// Entries taken out of the tracker because their process was gone or
+    /// dying (a /proc scan, a failed move) while its exit event may still
+    /// be on its way: the exit is handled with them (its status is what
+    /// attributes an OOM kill). Kept DEPARTING_FOR at most.
+    departing: HashMap<(u32, u64), (Instant, Tracked)>,
     /// Tracked processes that died by SIGKILL lately, for OOM attribution.
     /// ... with their agent as it was then (its cwd is gone after exit).
     recent_kills: Vec<(Instant, Tracked, reactions::Agent)>,
@@ -428,6 +440,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         lineage_memo: HashMap::new(),
         departed: HashMap::new(),
         departed_order: VecDeque::new(),
+        departing: HashMap::new(),
         recent_kills: Vec::new(),
         policies,
         tree,
@@ -658,8 +671,7 @@ fn monotonic_ns() -> u64 {
 /// and will see a seed made before this read. (A process whose main thread
 /// alone exited is still alive: it has other threads.)
 fn exited(s: &procmon::procfs::Stat) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    (s.flags & PF_EXITING != 0 || matches!(s.state, 'Z' | 'X' | 'x')) && s.threads <= 1
+    s.exiting()
 }
 
 /// pidfd_open(2): a handle on one process that a reused pid cannot alias.
@@ -713,7 +725,11 @@ impl Daemon {
                 exit_code,
             } => {
                 self.lineage_memo.remove(&pid);
-                if let Some(t) = self.tracker.remove(pid, start_ticks) {
+                let t = self
+                    .tracker
+                    .remove(pid, start_ticks)
+                    .or_else(|| self.take_departing(pid, start_ticks));
+                if let Some(t) = t {
                     self.dirty = true;
                     self.remember_departed(&t);
                     self.note_agent_exit(&t, exit_code);
@@ -1109,7 +1125,7 @@ impl Daemon {
             Ok(s) if s.start_ticks == start && exited(&s) => {
                 log::debug!("pid {pid} exited before its move");
                 self.counters.vanished += 1;
-                return Moved::Vanished;
+                return Moved::Exiting;
             }
             Ok(s) if s.start_ticks == start => s,
             Ok(_) => {
@@ -1220,6 +1236,9 @@ impl Daemon {
             self.track(tracked, target.id);
             return;
         }
+        // A process tracked before this decision is seeded in the kernel:
+        // its exit is reported whatever happens here.
+        let before = self.tracker.get(info.pid, info.start_ticks).cloned();
         // Seed the lineage before the move: a fork from here on is either
         // inherited in the kernel or already in the children list below.
         self.seed(tracked, target.id);
@@ -1249,6 +1268,17 @@ impl Daemon {
                 self.untrack(info.pid, info.start_ticks);
                 self.rebuild_tree("a session cgroup vanished during a move");
             }
+            Moved::Exiting if before.is_some() => {
+                // Its exit event (pending, or still to come: it stays
+                // seeded) takes the entry out, as it was, with the exit
+                // status an OOM kill is attributed by.
+                if let Some(prev) = before {
+                    self.tracker.insert(prev);
+                }
+                if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
+                    l.drop_if_empty(decision.priority, a);
+                }
+            }
             _ => {
                 // Exited (a zombie a /proc scan found moves nothing) or
                 // gone: a leaf made for it would never be populated, so no
@@ -1262,9 +1292,34 @@ impl Daemon {
     }
 
     fn untrack(&mut self, pid: u32, start: u64) {
-        if self.tracker.remove(pid, Some(start)).is_some() {
+        if let Some(t) = self.tracker.remove(pid, Some(start)) {
             self.monitor.unseed(pid);
+            self.park_departing(t);
         }
+    }
+
+    /// Keep an entry taken out of the tracker for the exit event that may
+    /// still come for it (see `departing`).
+    fn park_departing(&mut self, t: Tracked) {
+        const MAX: usize = 4096;
+        if self.departing.len() >= MAX / 2 {
+            self.departing
+                .retain(|_, (at, _)| at.elapsed() < DEPARTING_FOR);
+        }
+        if self.departing.len() < MAX {
+            self.departing
+                .insert((t.pid, t.start_ticks), (Instant::now(), t));
+        }
+    }
+
+    /// The parked entry of this exiting process, if any (and recent).
+    fn take_departing(&mut self, pid: u32, start: Option<u64>) -> Option<Tracked> {
+        let key = match start {
+            Some(s) => (pid, s),
+            None => *self.departing.keys().find(|(p, _)| *p == pid)?,
+        };
+        let (at, t) = self.departing.remove(&key)?;
+        (at.elapsed() < DEPARTING_FOR).then_some(t)
     }
 
     /// Place what `pid` forked before it was moved: each child is decided
@@ -1635,9 +1690,14 @@ impl Daemon {
     /// Bring the tracker in line with /proc: drop the dead, place the rest.
     fn reconcile(&mut self, why: &str) {
         let procfs = self.procfs.clone();
-        let dropped = self
+        let gone = self
             .tracker
-            .retain(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+            .take_dead(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+        let dropped = gone.len();
+        // Their exit events may still be queued behind this scan.
+        for t in gone {
+            self.park_departing(t);
+        }
         self.agents
             .retain(|pid, (start, _)| procfs.start_ticks(*pid) == Some(*start));
         let all = match self.procfs.scan() {

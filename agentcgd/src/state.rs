@@ -58,11 +58,15 @@ impl Tracker {
         }
     }
 
-    /// Drop entries whose process is gone or was replaced.
-    pub fn retain(&mut self, mut alive: impl FnMut(&Tracked) -> bool) -> usize {
-        let before = self.procs.len();
-        self.procs.retain(|_, t| alive(t));
-        before - self.procs.len()
+    /// Take out the entries whose process is gone or was replaced.
+    pub fn take_dead(&mut self, mut alive: impl FnMut(&Tracked) -> bool) -> Vec<Tracked> {
+        let dead: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|t| !alive(t))
+            .map(|t| t.pid)
+            .collect();
+        dead.iter().filter_map(|p| self.procs.remove(p)).collect()
     }
 
     pub fn len(&self) -> usize {

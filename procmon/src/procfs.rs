@@ -45,9 +45,18 @@ pub struct Stat {
 
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+const PF_EXITING: u64 = 0x4;
+
 impl Stat {
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
+    }
+
+    /// The process is exiting or dead (a zombie, or its last thread past
+    /// PF_EXITING): nothing of it can be read any more (cmdline and
+    /// environ are empty), and it is not placed.
+    pub fn exiting(&self) -> bool {
+        (self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')) && self.threads <= 1
     }
 }
 
@@ -243,7 +252,19 @@ impl ProcFs {
     /// Read everything about one process. Err(NotFound) when it vanished,
     /// which callers treat as normal.
     pub fn read(&self, pid: u32) -> io::Result<ProcInfo> {
+        self.read_stat(pid, self.stat(pid)?)
+    }
+
+    /// As [`ProcFs::read`], `None` for a process that is exiting.
+    fn read_live(&self, pid: u32) -> io::Result<Option<ProcInfo>> {
         let stat = self.stat(pid)?;
+        if stat.exiting() {
+            return Ok(None);
+        }
+        self.read_stat(pid, stat).map(Some)
+    }
+
+    fn read_stat(&self, pid: u32, stat: Stat) -> io::Result<ProcInfo> {
         let uid = cgroupfs::read_text(&self.path(pid, "status"))
             .ok()
             .and_then(|s| parse_status_uid(&s))
@@ -323,11 +344,14 @@ impl ProcFs {
 
     /// Read every process, parents before children (by start time, then
     /// pid), so that a classifier can inherit families down the tree.
+    /// Every live process, oldest first. Exiting ones are left out: what
+    /// could be read of them is empty, and a tracker learns of their end
+    /// from their exit event.
     pub fn scan(&self) -> io::Result<Vec<ProcInfo>> {
         let mut all: Vec<ProcInfo> = self
             .pids()?
             .into_iter()
-            .filter_map(|pid| self.read(pid).ok())
+            .filter_map(|pid| self.read_live(pid).ok().flatten())
             .collect();
         all.sort_by_key(|p| (p.start_ticks, p.pid));
         Ok(all)
@@ -466,5 +490,28 @@ mod tests {
         assert!(!me.argv.is_empty());
         assert!(me.exe.starts_with('/'));
         assert!(me.start_ticks > 0);
+    }
+
+    /// A scan leaves out a zombie (nothing can be read of it, and a
+    /// tracker learns of its end from its exit event) and keeps the live.
+    #[test]
+    fn scan_leaves_out_the_exiting() {
+        let mut live = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let procfs = ProcFs::default();
+        let z = zombie.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while procfs.stat(z).map(|s| s.state).ok() != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "pid {z} never a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(procfs.stat(z).unwrap().exiting());
+        let pids: Vec<u32> = procfs.scan().unwrap().iter().map(|p| p.pid).collect();
+        assert!(!pids.contains(&z), "the zombie {z} was scanned");
+        assert!(pids.contains(&live.id()), "the live child was not scanned");
+        assert!(!procfs.stat(live.id()).unwrap().exiting());
+        live.kill().unwrap();
+        live.wait().unwrap();
+        zombie.wait().unwrap();
     }
 }

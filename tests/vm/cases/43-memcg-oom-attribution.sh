@@ -17,7 +17,11 @@ mkdir -p $W/bin
 D=
 # status --json is pretty-printed: one line, no blanks after "key":
 compact() { sed 's/^ *//' | tr -d '\n' | sed 's/": /":/g'; }
-fail() { echo "FAIL: $*"; [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1; }
+fail() {
+    echo "FAIL: $*"
+    echo "--- agentcgd log"; grep -v DEBUG $W/agentcgd.log 2>/dev/null | tail -n 30
+    [ -n "$D" ] && kill "$D" 2>/dev/null; exit 1
+}
 cg() { sed -n 's/^0:://p' /proc/$1/cgroup 2>/dev/null; }
 
 agentcgd --state $W/state.json > $W/agentcgd.log 2>&1 & D=$!
