@@ -496,13 +496,19 @@ mod tests {
     /// tracker learns of its end from its exit event) and keeps the live.
     #[test]
     fn scan_leaves_out_the_exiting() {
-        let mut live = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let mut zombie = std::process::Command::new("true").spawn().unwrap();
         let procfs = ProcFs::default();
         let z = zombie.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while procfs.stat(z).map(|s| s.state).ok() != Some('Z') {
-            assert!(std::time::Instant::now() < deadline, "pid {z} never a zombie");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {z} never a zombie"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(procfs.stat(z).unwrap().exiting());
