@@ -100,12 +100,12 @@ const MAX_ANCESTRY: usize = 64;
 /// Tracked processes that exited, kept so their surviving descendants can
 /// still be attributed through the kernel-side lineage.
 const MAX_DEPARTED: usize = 4096;
-/// Placements are logged one by one at debug level, summed up at info at
-/// most this often.
 /// How long an entry taken out of the tracker waits for its exit event:
 /// the event was queued before the scan or the move that found the process
 /// gone, so it comes within one pass of the event loop.
 const DEPARTING_FOR: Duration = Duration::from_secs(10);
+/// Placements are logged one by one at debug level, summed up at info at
+/// most this often.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 const TOKEN_PROC: u64 = 1;
@@ -666,14 +666,6 @@ fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// The process has exited or is exiting for good. PF_EXITING is set
-/// before the exit tracepoint fires: without it, the exit is still to come
-/// and will see a seed made before this read. (A process whose main thread
-/// alone exited is still alive: it has other threads.)
-fn exited(s: &procmon::procfs::Stat) -> bool {
-    s.exiting()
-}
-
 /// pidfd_open(2): a handle on one process that a reused pid cannot alias.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success the fd is ours (nix has no wrapper).
@@ -1100,7 +1092,7 @@ impl Daemon {
     /// dead tools tracked after 20 minutes.)
     fn forget_if_exited(&mut self, pid: u32, start: u64) {
         let gone = match self.procfs.stat(pid) {
-            Ok(s) => s.start_ticks != start || exited(&s),
+            Ok(s) => s.start_ticks != start || s.exiting(),
             Err(_) => true,
         };
         if gone {
@@ -1122,7 +1114,7 @@ impl Daemon {
         };
         let stat = match self.procfs.stat(pid) {
             // Seeded before this read: an exit from here on is reported.
-            Ok(s) if s.start_ticks == start && exited(&s) => {
+            Ok(s) if s.start_ticks == start && s.exiting() => {
                 log::debug!("pid {pid} exited before its move");
                 self.counters.vanished += 1;
                 return Moved::Exiting;
@@ -1280,9 +1272,9 @@ impl Daemon {
                 }
             }
             _ => {
-                // Exited (a zombie a /proc scan found moves nothing) or
-                // gone: a leaf made for it would never be populated, so no
-                // notice would remove it.
+                // Exiting before it was ever tracked, or gone: a leaf made
+                // for it would never be populated, so no notice would
+                // remove it.
                 self.untrack(info.pid, info.start_ticks);
                 if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
                     l.drop_if_empty(decision.priority, a);

@@ -420,7 +420,7 @@ fn print_reactions(v: &reactions::Status) {
 fn print_scheduler(v: &scheduler::Status) {
     println!("scheduler: {} (state {})", v.backend, v.state);
     if let Some(e) = &v.last_exit {
-        let on_cpu = e.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
+        let on_cpu = scheduler::supervisor::on_cpu(e.cpu);
         let dump = if e.is_error() {
             "; the kernel's debug dump is in the daemon's log"
         } else {

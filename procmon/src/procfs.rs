@@ -54,7 +54,10 @@ impl Stat {
 
     /// The process is exiting or dead (a zombie, or its last thread past
     /// PF_EXITING): nothing of it can be read any more (cmdline and
-    /// environ are empty), and it is not placed.
+    /// environ are empty), and it is not placed. PF_EXITING is set before
+    /// the exit tracepoint fires, so without it the exit is still to come
+    /// and sees a lineage seed made before this read. (A process whose main
+    /// thread alone exited is still alive: it has other threads.)
     pub fn exiting(&self) -> bool {
         (self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')) && self.threads <= 1
     }
@@ -342,11 +345,10 @@ impl ProcFs {
         Ok(pids)
     }
 
-    /// Read every process, parents before children (by start time, then
-    /// pid), so that a classifier can inherit families down the tree.
-    /// Every live process, oldest first. Exiting ones are left out: what
-    /// could be read of them is empty, and a tracker learns of their end
-    /// from their exit event.
+    /// Read every live process, parents before children (by start time,
+    /// then pid), so that a classifier can inherit families down the tree.
+    /// Exiting ones are left out: what could be read of them is empty, and
+    /// a tracker learns of their end from their exit event.
     pub fn scan(&self) -> io::Result<Vec<ProcInfo>> {
         let mut all: Vec<ProcInfo> = self
             .pids()?

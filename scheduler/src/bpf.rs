@@ -92,12 +92,14 @@ fn online_cpus() -> Result<u32> {
 }
 
 fn cstr(bytes: &[std::os::raw::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .map(|&c| c as u8)
-        .take_while(|&b| b != 0)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let bytes: Vec<u8> = bytes.iter().map(|&c| c as u8).collect();
+    nul_terminated(&bytes)
+}
+
+/// The text before the first NUL (all of it without one).
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 impl<'obj> Scheduler<'obj> {
@@ -167,10 +169,7 @@ impl<'obj> Scheduler<'obj> {
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .ok()
             .flatten()
-            .map(|b| {
-                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            })
+            .map(|b| nul_terminated(&b))
             .unwrap_or_default();
         Some(RawExit {
             kind,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use scheduler::bpf::{LoadOpts, Scheduler};
 use scheduler::stats::{cgroup_rows, CgroupPaths, GlobalCounters, GlobalStats};
-use scheduler::supervisor::classify_exit;
+use scheduler::supervisor::{classify_exit, on_cpu};
 use scx_stats::{Meta, StatsOpener, StatsOps, StatsReader, StatsServer, StatsServerData, ToJson};
 
 /// A flattened-cgroup sched_ext scheduler that honours cpu.weight.
@@ -178,7 +178,7 @@ fn run(opts: &Opts) -> i32 {
             if !exit.dump.trim().is_empty() {
                 eprintln!("scx_agentcg: debug dump\n{}", exit.dump.trim_end());
             }
-            let on_cpu = exit.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
+            let on_cpu = on_cpu(exit.cpu);
             if exit.msg.is_empty() {
                 eprintln!("scx_agentcg: EXIT {kind}: {}{on_cpu}", exit.reason);
             } else {

@@ -220,6 +220,11 @@ pub fn classify_exit(kind: i32, restart_requested: bool) -> (String, ExitAction)
     (name, action)
 }
 
+/// " on CPU <n>" where the kernel named the CPU that raised an exit.
+pub fn on_cpu(cpu: Option<u32>) -> String {
+    cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default()
+}
+
 /// The kernel's debug dump of an error exit, one log line per dump line:
 /// what each CPU ran and had queued when the scheduler was taken down is
 /// what explains a stall or a lockup, and the instance holding it is gone
@@ -611,8 +616,10 @@ fn supervise(cfg: &Config, paths: &Paths, sh: &Shared) {
         } else {
             format!("{} ({})", exit.reason, exit.msg)
         };
-        let on_cpu = exit.cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default();
-        log::warn!("sched_ext scheduler exited: {kind}: {detail}{on_cpu}");
+        log::warn!(
+            "sched_ext scheduler exited: {kind}: {detail}{}",
+            on_cpu(exit.cpu)
+        );
         log_dump(&exit.dump);
 
         if !restart || giving_up {
