@@ -25,7 +25,7 @@ use crate::classify::{
     inherit, own_match, protected, user_priority, AgentKey, Decision, Lineage, Reason,
 };
 use crate::config::Config;
-use crate::leaves::Leaves;
+use crate::leaves::{Leaves, Reaped};
 use crate::memory::Memory;
 use crate::observe::{Observer, Settings, Watch};
 use crate::policy::{FamilyName, PolicySet, Priority};
@@ -527,9 +527,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Err(nix::errno::Errno::EINTR) => 0,
             Err(e) => bail!("epoll_wait: {e}"),
         };
+        let ready = |t: u64| events[..n].iter().any(|e| e.data() == t);
+        // Placements first: what else woke us (leaf removals above all)
+        // waits for the events that came with it.
+        if ready(TOKEN_PROC) {
+            d.drain_events();
+        }
         for ev in &events[..n] {
             match ev.data() {
-                TOKEN_PROC => d.drain_events(),
                 TOKEN_SIGNAL => {
                     while let Ok(Some(si)) = sigfd.read_signal() {
                         match Signal::try_from(si.ssi_signo as i32) {
@@ -924,7 +929,17 @@ impl Daemon {
     /// Remove the agent leaves that became empty.
     fn reap_leaves(&mut self) {
         let Some(l) = &mut self.leaves else { return };
-        let r = l.reap();
+        let mut r = Reaped::default();
+        for wd in l.notices() {
+            // An exec that came meanwhile is placed before the next leaf's
+            // read and rmdir (a removal is housekeeping, a placement is not).
+            self.drain_events();
+            let Some(l) = &mut self.leaves else { return };
+            l.settle(wd, &mut r);
+        }
+        if let Some(l) = &mut self.leaves {
+            l.arm_retry();
+        }
         if r.removed > 0 {
             self.dirty = true;
         }

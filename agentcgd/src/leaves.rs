@@ -348,8 +348,22 @@ impl Leaves {
     }
 
     /// Take the leaves' change notices: remove each leaf that is empty.
+    #[cfg(test)]
     pub fn reap(&mut self) -> Reaped {
         let mut out = Reaped::default();
+        for wd in self.notices() {
+            self.settle(wd, &mut out);
+        }
+        self.arm_retry();
+        out
+    }
+
+    /// The leaves to look at: those whose cgroup.events changed, and those
+    /// refused before once their retry is due. Each goes to
+    /// [`Leaves::settle`], then [`Leaves::arm_retry`] (what
+    /// [`Leaves::reap`] does in one go; the daemon places what arrives
+    /// between two of them first).
+    pub fn notices(&mut self) -> Vec<WatchDescriptor> {
         let mut buf = [0u8; 4096];
         let mut changed = Vec::new();
         loop {
@@ -371,7 +385,6 @@ impl Leaves {
                 }
             }
         }
-        // The leaves refused last time are looked at again when due.
         if self
             .retry_at
             .is_some_and(|t| t <= std::time::Instant::now())
@@ -381,71 +394,77 @@ impl Leaves {
         }
         changed.sort();
         changed.dedup();
-        for wd in changed {
-            let Some(owner) = self.by_wd.get(&wd).cloned() else {
-                continue;
-            };
-            let dir = match &owner {
-                Owner::Agent(k, s) => self
-                    .agents
-                    .get(k)
-                    .and_then(|a| a.leaves[*s].as_ref())
-                    .map(|l| l.dir.clone()),
-                Owner::Shared(f, s) => self.shared.get(&(f.clone(), *s)).map(|l| l.dir.clone()),
-                Owner::Unsorted(s) => self.unsorted[*s].as_ref().map(|l| l.dir.clone()),
-            };
-            let Some(dir) = dir else {
-                self.by_wd.remove(&wd);
-                continue;
-            };
-            // Still populated (a notice for a process that came, or for
-            // one of two that left): keep it.
-            if cgroup::populated(&dir).unwrap_or(false) {
-                continue;
-            }
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    // EBUSY: the kernel still tears down what left, or a
-                    // process arrived between the read and the rmdir.
-                    // Looked at again soon (a populated leaf is then kept).
-                    log::debug!("leaf {} not removed: {e}: trying again", dir.display());
-                    self.busy.push(wd);
-                    continue;
-                }
-            }
-            let _ = self.watch.watches().remove(wd.clone());
+        changed
+    }
+
+    /// Remove the leaf of `wd` if it is empty (one of [`Leaves::notices`]).
+    pub fn settle(&mut self, wd: WatchDescriptor, out: &mut Reaped) {
+        let Some(owner) = self.by_wd.get(&wd).cloned() else {
+            return;
+        };
+        let dir = match &owner {
+            Owner::Agent(k, s) => self
+                .agents
+                .get(k)
+                .and_then(|a| a.leaves[*s].as_ref())
+                .map(|l| l.dir.clone()),
+            Owner::Shared(f, s) => self.shared.get(&(f.clone(), *s)).map(|l| l.dir.clone()),
+            Owner::Unsorted(s) => self.unsorted[*s].as_ref().map(|l| l.dir.clone()),
+        };
+        let Some(dir) = dir else {
             self.by_wd.remove(&wd);
-            self.removed += 1;
-            out.removed += 1;
-            match owner {
-                Owner::Agent(k, s) => {
-                    let gone = self.agents.get_mut(&k).map(|a| {
-                        a.leaves[s] = None;
-                        a.leaves.iter().all(Option::is_none)
-                    });
-                    if gone == Some(true) {
-                        if let Some(a) = self.agents.remove(&k) {
-                            self.names.remove(&a.id);
-                            log::debug!("agent {}: no processes left; leaves removed", a.id);
-                            out.agents_gone.push(a);
-                        }
-                    }
-                }
-                Owner::Shared(f, s) => {
-                    self.shared.remove(&(f, s));
-                }
-                Owner::Unsorted(s) => self.unsorted[s] = None,
+            return;
+        };
+        // Still populated (a notice for a process that came, or for one of
+        // two that left): keep it.
+        if cgroup::populated(&dir).unwrap_or(false) {
+            return;
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // EBUSY: the kernel still tears down what left, or a
+                // process arrived between the read and the rmdir. Looked
+                // at again soon (a populated leaf is then kept).
+                log::debug!("leaf {} not removed: {e}: trying again", dir.display());
+                self.busy.push(wd);
+                return;
             }
         }
+        let _ = self.watch.watches().remove(wd.clone());
+        self.by_wd.remove(&wd);
+        self.removed += 1;
+        out.removed += 1;
+        match owner {
+            Owner::Agent(k, s) => {
+                let gone = self.agents.get_mut(&k).map(|a| {
+                    a.leaves[s] = None;
+                    a.leaves.iter().all(Option::is_none)
+                });
+                if gone == Some(true) {
+                    if let Some(a) = self.agents.remove(&k) {
+                        self.names.remove(&a.id);
+                        log::debug!("agent {}: no processes left; leaves removed", a.id);
+                        out.agents_gone.push(a);
+                    }
+                }
+            }
+            Owner::Shared(f, s) => {
+                self.shared.remove(&(f, s));
+            }
+            Owner::Unsorted(s) => self.unsorted[s] = None,
+        }
+    }
+
+    /// After the notices are settled: when to look at the refused ones again.
+    pub fn arm_retry(&mut self) {
         if self.busy.is_empty() {
             self.retry_delay = RETRY;
         } else if self.retry_at.is_none() {
             self.retry_at = Some(std::time::Instant::now() + self.retry_delay);
             self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
         }
-        out
     }
 
     /// A leaf just created for a process that vanished before the move, or
