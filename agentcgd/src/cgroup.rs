@@ -131,6 +131,9 @@ pub struct Tree {
     pub root: PathBuf,
     /// ROOT's path in the cgroup2 hierarchy (as /proc/PID/cgroup shows it).
     rel_root: std::sync::OnceLock<String>,
+    /// The hierarchy is mounted with `memory_recursiveprot`: a session's
+    /// memory.min/low reach its leaves without their own claims.
+    pub recursive_prot: bool,
 }
 
 impl Tree {
@@ -151,6 +154,7 @@ impl Tree {
             Ok(CGROUP2_SUPER_MAGIC) => Ok(Tree {
                 root,
                 rel_root: Default::default(),
+                recursive_prot: cgroupfs::mount_option("memory_recursiveprot") == Some(true),
             }),
             Ok(m) => Err(CgroupError::NotCgroup2 {
                 path: root.clone(),
@@ -277,8 +281,15 @@ impl Tree {
         };
         match fs::create_dir(&dir) {
             Ok(()) => {
-                for which in [MemoryLimit::Min, MemoryLimit::Low] {
-                    absent_ok(leaf.set_memory_limit(which, Limit::Max))?;
+                // Without memory_recursiveprot a child that claims nothing
+                // gets none of its parent's protection; with it, the kernel
+                // hands the session's protection down by usage, as these
+                // claims would (and the two writes are off the path of a
+                // new agent).
+                if !self.recursive_prot {
+                    for which in [MemoryLimit::Min, MemoryLimit::Low] {
+                        absent_ok(leaf.set_memory_limit(which, Limit::Max))?;
+                    }
                 }
                 // A new cgroup's cpu.weight is the kernel's default.
                 if let Some(w) = weight.filter(|&w| w != cgroupfs::DEFAULT_CPU_WEIGHT) {

@@ -277,7 +277,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
 
     let (setup, targets) = setup_tree(&tree, &cfg, opts.dry_run)?;
-    if cgroupfs::favordynmods() == Some(false) {
+    if cgroupfs::mount_option("favordynmods") == Some(false) {
         // Measured in docs/benchmarks-placement.md: 6-14 ms for some moves.
         log::info!(
             "cgroup2 is mounted without favordynmods: a move into a cgroup may wait \
@@ -297,6 +297,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         setup.enabled.join(" "),
         setup.weights.join(" ")
     );
+    if cfg.sessions.per_agent {
+        log::info!(
+            "agent leaves claim their session's memory protection: {}",
+            if tree.recursive_prot {
+                "by the kernel (cgroup2 memory_recursiveprot), no memory.min/low of their own"
+            } else {
+                "memory.min/low max (cgroup2 is mounted without memory_recursiveprot)"
+            }
+        );
+    }
 
     let sched = Arc::new(if opts.no_scheduler {
         scheduler::Supervisor::disabled("disabled by --no-scheduler")

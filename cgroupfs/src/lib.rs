@@ -18,8 +18,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use parse::{
-    cgroup2_favordynmods, cgroup2_mount, CgroupEvents, Controller, CpuStat, IoStat, Limit,
-    MemoryEvents, MemoryStat, Pressure, PressureLine,
+    cgroup2_mount, cgroup2_option, CgroupEvents, Controller, CpuStat, IoStat, Limit, MemoryEvents,
+    MemoryStat, Pressure, PressureLine,
 };
 
 /// A failed cgroup file access.
@@ -125,11 +125,13 @@ pub fn find_mount() -> Option<PathBuf> {
     cgroup2_mount(&text).map(PathBuf::from)
 }
 
-/// Whether this machine's cgroup2 hierarchy has `favordynmods`; None
-/// without a cgroup2 mount.
-pub fn favordynmods() -> Option<bool> {
+/// Whether this machine's cgroup2 hierarchy has mount option `option`
+/// (`favordynmods`: a write to cgroup.procs need not wait for an RCU grace
+/// period; `memory_recursiveprot`: memory.min/low reach the whole subtree);
+/// None without a cgroup2 mount.
+pub fn mount_option(option: &str) -> Option<bool> {
     let text = std::fs::read_to_string("/proc/mounts").ok()?;
-    cgroup2_favordynmods(&text)
+    cgroup2_option(&text, option)
 }
 
 /// The cpu.weight a cgroup is created with.

@@ -365,13 +365,13 @@ pub fn cgroup2_mount(mounts: &str) -> Option<String> {
     })
 }
 
-/// Whether the cgroup2 hierarchy has `favordynmods` (one hierarchy: every
-/// cgroup2 mount shows the same options). Without it a write to
-/// cgroup.procs can wait for an RCU grace period.
-pub fn cgroup2_favordynmods(mounts: &str) -> Option<bool> {
+/// Whether the cgroup2 hierarchy has mount option `option` (one
+/// hierarchy: every cgroup2 mount shows the same options); None without a
+/// cgroup2 mount.
+pub fn cgroup2_option(mounts: &str, option: &str) -> Option<bool> {
     mounts.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 3 && f[2] == "cgroup2").then(|| f[3].split(',').any(|o| o == "favordynmods"))
+        (f.len() > 3 && f[2] == "cgroup2").then(|| f[3].split(',').any(|o| o == option))
     })
 }
 
@@ -532,13 +532,21 @@ mod tests {
             Some("/mnt/a b")
         );
         assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
-        assert_eq!(cgroup2_favordynmods(m), Some(false));
+        assert_eq!(cgroup2_option(m, "favordynmods"), Some(false));
+        let systemd =
+            "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,memory_recursiveprot 0 0\n";
+        assert_eq!(cgroup2_option(systemd, "memory_recursiveprot"), Some(true));
+        assert_eq!(cgroup2_option(systemd, "favordynmods"), Some(false));
         assert_eq!(
-            cgroup2_favordynmods(
-                "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,favordynmods 0 0\n"
+            cgroup2_option(
+                "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,favordynmods 0 0\n",
+                "favordynmods"
             ),
             Some(true)
         );
-        assert_eq!(cgroup2_favordynmods("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(
+            cgroup2_option("proc /proc proc rw 0 0\n", "favordynmods"),
+            None
+        );
     }
 }

@@ -4,7 +4,9 @@
 # weights set, places processes by the shipped policies (comm rules,
 # descendants, tools) into their agent's leaf (session_high/<family>-<pid>,
 # its tools in session_low/<family>-<pid>), leaves others alone, removes an
-# agent's leaves once it has exited, and stops on SIGTERM in < 1 s.
+# agent's leaves once it has exited, and stops on SIGTERM in < 1 s; with
+# cgroup2 remounted with memory_recursiveprot, a new leaf claims no
+# memory.min/low (the kernel passes the session's protection down).
 R=/sys/fs/cgroup/agentcg
 W=/tmp/t21
 mkdir -p $W/bin
@@ -97,4 +99,23 @@ echo "SIGTERM to exit: about $((n * 10)) ms"
 [ $n -le 100 ] || fail "SIGTERM took more than 1 s"
 [ "$(cg $agent)" = /agentcg/session_high/$A ] || fail "processes must stay where they are after stop: $(cg $agent)"
 kill $agent $other 2>/dev/null
-echo "PASS: tree built, weights set, placement by policy into the agents' leaves, empty leaf removed, clean stop"
+
+# With memory_recursiveprot (systemd mounts cgroup2 with it) the kernel
+# hands a session's protection down to its leaves by usage: a new leaf
+# claims none of its own.
+mount -o remount,memory_recursiveprot /sys/fs/cgroup || fail "cannot remount cgroup2 with memory_recursiveprot"
+grep -q " /sys/fs/cgroup cgroup2 .*memory_recursiveprot" /proc/mounts || fail "remount: $(grep cgroup2 /proc/mounts)"
+mkdir -p $W/bin2
+printf '#!/bin/sh\nsleep 30\n' > $W/bin2/claude; chmod +x $W/bin2/claude
+agentcgd /sys/fs/cgroup/agentcg > $W/log 2>&1 & D=$!
+i=0; until grep -q "memory protection: by the kernel" $W/log; do i=$((i+1)); [ $i -gt 300 ] && fail "no protection line in the log"; usleep 100000; done
+$W/bin2/claude & agent=$!
+A=claude-code-$agent
+wait_cg $agent /agentcg/session_high/$A || fail "claude ($agent) in $(cg $agent) with memory_recursiveprot"
+[ "$(cat $R/session_high/$A/memory.min)/$(cat $R/session_high/$A/memory.low)" = 0/0 ] || \
+    fail "with memory_recursiveprot the leaf claims memory.min/low $(cat $R/session_high/$A/memory.min)/$(cat $R/session_high/$A/memory.low)"
+echo "memory_recursiveprot: leaf $A placed, memory.min/low left to the kernel (0/0)"
+kill -TERM $D; wait $D; rc=$?; D=
+[ $rc = 0 ] || fail "agentcgd exited $rc on SIGTERM (memory_recursiveprot run)"
+kill $agent 2>/dev/null
+echo "PASS: tree built, weights set, placement by policy into the agents' leaves, empty leaf removed, clean stop, leaves under memory_recursiveprot"
