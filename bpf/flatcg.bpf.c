@@ -294,19 +294,26 @@ static void unqueue(struct task_ctx *tctx)
  */
 static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 {
+	struct cgrp_ctx *pc = NULL;
 	int level;
 
 	if (!cgc->nr_active || cgc->hweight_gen == hweight_gen)
 		return;
 
 	gstat_inc(AGCG_GS_HWT_UPDATE);
+	/* each level's context is fetched once: it is the next one's parent */
 	bpf_for(level, 0, cgrp->level + 1) {
-		struct cgrp_ctx *c, *pc;
 		struct agcg_cgrp_stats *st;
+		struct cgrp_ctx *c;
 		bool active;
 		u64 cgid = 0;
 
-		c = ancestor_ctx(cgrp, level, &cgid);
+		if (level == cgrp->level) {
+			c = cgc;
+			cgid = cgrp->kn->id;
+		} else {
+			c = ancestor_ctx(cgrp, level, &cgid);
+		}
 		if (!c)
 			break;
 
@@ -314,7 +321,6 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 			c->hweight = AGCG_HWEIGHT_ONE;
 			c->hweight_gen = hweight_gen;
 		} else {
-			pc = ancestor_ctx(cgrp, level - 1, NULL);
 			if (!pc)
 				break;
 
@@ -333,6 +339,7 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 		st = stats_of(cgid);
 		if (st)
 			st->hweight = c->hweight;
+		pc = c;
 	}
 }
 
@@ -499,8 +506,8 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 static void update_active(struct cgroup *cgrp, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
+	struct cgrp_ctx *cgc, *c;
 	bool changed = false;
-	struct cgrp_ctx *cgc;
 	int idx;
 
 	cgc = cgrp_ctx_of(cgrp);
@@ -517,14 +524,13 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 		gstat_inc(AGCG_GS_CREDIT_CAP);
 	}
 
+	/* bottom up; each level's context is the next one's child */
+	c = cgc;
 	bpf_for(idx, 0, cgrp->level) {
 		int level = cgrp->level - idx;
-		struct cgrp_ctx *c, *pc;
+		struct cgrp_ctx *pc;
 		bool propagate = false;
 
-		c = ancestor_ctx(cgrp, level, NULL);
-		if (!c)
-			break;
 		pc = ancestor_ctx(cgrp, level - 1, NULL);
 		if (!pc)
 			break;
@@ -542,6 +548,7 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 		changed = true;
 		if (!propagate)
 			break;
+		c = pc;
 	}
 
 	/* the root cgroup (level 0) is always active */
