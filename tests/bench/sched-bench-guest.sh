@@ -113,6 +113,33 @@ latency() {
         r=$((r + 1))
     done
 }
+# scx_agentcg's own BPF time during the wake-up workload (a separate run:
+# kernel.bpf_stats_enabled adds two clock reads to every program run, so it
+# stays off while latency is measured). Per struct_ops program: runs and
+# run time over the run, per measured wake-up.
+bpf_totals() { # name run_cnt run_time_ns of each struct_ops program
+    bpftool prog show 2>/dev/null | awk '/struct_ops/ { n = ""; t = 0; c = 0
+        for (i = 1; i <= NF; i++) { if ($i == "name") n = $(i + 1); if ($i == "run_time_ns") t = $(i + 1); if ($i == "run_cnt") c = $(i + 1) }
+        if (n != "") print n, c, t }'
+}
+bpfcost() {
+    command -v bpftool >/dev/null || { echo "bpfcost: no bpftool in the guest: skipped"; return 0; }
+    switch_to agentcg
+    for load in idle hogs; do
+        [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
+        bpf_totals >/tmp/bpf-before.txt
+        sysctl -w kernel.bpf_stats_enabled=1 >/dev/null
+        res=$(sh -c "echo \$\$ > $CG/bf/sh/cgroup.procs; exec $SB wakeup ${COST_S:-2} ${WORKERS:-4}") || die "wakeup failed"
+        sysctl -w kernel.bpf_stats_enabled=0 >/dev/null
+        bpf_totals >/tmp/bpf-after.txt
+        [ $load = hogs ] && stop_hogs
+        set -- $res
+        awk -v load=$load -v n=$3 'NR == FNR { c0[$1] = $2; t0[$1] = $3; next }
+            { dc = $2 - c0[$1]; dt = $3 - t0[$1]
+              if (dc > 0) printf "BENCH bpfcost %s %s %d %.0f %.3f %.2f\n", load, $1, dc, dt / dc, dc / n, dt / n / 1000 }' \
+            /tmp/bpf-before.txt /tmp/bpf-after.txt
+    done
+}
 # summary: medians over rounds and the median of same-round ratios
 summary() {
     awk 'function med(a, n,   i, j, t) {
@@ -161,7 +188,7 @@ case " $SECTIONS " in *" fairness "*)
     stop_sched
 esac
 case " $SECTIONS " in *" overhead "*) echo "== overhead"; overhead ;; esac
-case " $SECTIONS " in *" latency "*) echo "== latency"; latency ;; esac
+case " $SECTIONS " in *" latency "*) echo "== latency"; latency; echo "== BPF cost"; bpfcost ;; esac
 switch_to kernel
 summary
 echo "bench: done"
