@@ -347,7 +347,8 @@ impl Leaves {
         adopted
     }
 
-    /// Take the leaves' change notices: remove each leaf that is empty.
+    /// Take the leaves' change notices: remove each leaf that is empty
+    /// (notices, settle and arm_retry in one go, for the tests).
     #[cfg(test)]
     pub fn reap(&mut self) -> Reaped {
         let mut out = Reaped::default();
@@ -360,9 +361,8 @@ impl Leaves {
 
     /// The leaves to look at: those whose cgroup.events changed, and those
     /// refused before once their retry is due. Each goes to
-    /// [`Leaves::settle`], then [`Leaves::arm_retry`] (what
-    /// [`Leaves::reap`] does in one go; the daemon places what arrives
-    /// between two of them first).
+    /// [`Leaves::settle`], then [`Leaves::arm_retry`] once (the daemon
+    /// places what arrives between two of them first).
     pub fn notices(&mut self) -> Vec<WatchDescriptor> {
         let mut buf = [0u8; 4096];
         let mut changed = Vec::new();
