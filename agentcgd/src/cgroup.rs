@@ -262,54 +262,79 @@ impl Tree {
 
     /// The leaf `name` of session `p`, created if missing, with `weight`
     /// as its cpu.weight (where the session gives leaves the cpu
-    /// controller). Memory protection reaches a leaf only if it claims
-    /// it: memory.min/low "max" makes the leaf take its share of the
-    /// session's (the session's own value caps it).
+    /// controller) and its memory protection claimed: [`Tree::open_leaf`]
+    /// then [`Tree::configure_leaf`].
     pub fn leaf(
         &self,
         p: Priority,
         name: &str,
         weight: Option<u32>,
     ) -> Result<Target, CgroupError> {
+        let (target, created) = self.open_leaf(p, name)?;
+        self.configure_leaf(p, name, created, weight)?;
+        Ok(target)
+    }
+
+    /// The leaf `name` of session `p`, created if missing, opened for
+    /// moves: what a first move into it needs and nothing more. True if
+    /// it was created here (it then has the kernel's defaults until
+    /// [`Tree::configure_leaf`]).
+    pub fn open_leaf(&self, p: Priority, name: &str) -> Result<(Target, bool), CgroupError> {
         let dir = self.session_dir(p).join(name);
-        let leaf = Cgroup::new(&dir);
-        // A file the session's controllers do not provide is missing: no
-        // check before each write (this is on the path of a new agent).
-        let absent_ok = |r: Result<(), cgroupfs::Error>| match r {
-            Err(cgroupfs::Error::Missing { .. }) => Ok(()),
-            r => r.map_err(cg_err("write")),
-        };
-        match fs::create_dir(&dir) {
-            Ok(()) => {
-                // Without memory_recursiveprot a child that claims nothing
-                // gets none of its parent's protection; with it, the kernel
-                // hands the session's protection down by usage, as these
-                // claims would (and the two writes are off the path of a
-                // new agent).
-                if !self.recursive_prot {
-                    for which in [MemoryLimit::Min, MemoryLimit::Low] {
-                        absent_ok(leaf.set_memory_limit(which, Limit::Max))?;
-                    }
-                }
-                // A new cgroup's cpu.weight is the kernel's default.
-                if let Some(w) = weight.filter(|&w| w != cgroupfs::DEFAULT_CPU_WEIGHT) {
-                    absent_ok(leaf.set_cpu_weight(w))?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if let Some(w) = weight {
-                    set_weight(&dir, w)?;
-                }
-            }
+        let created = match fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io_err(&dir, "create")(e)),
-        }
+        };
         // Its path in the hierarchy follows from the root's, found once.
         let rel = self
             .rel_root
             .get_or_init(|| rel_path(&self.root))
             .trim_end_matches('/')
             .to_string();
-        Target::open_as(&dir, format!("{rel}/{}/{name}", p.session()))
+        let target = Target::open_as(&dir, format!("{rel}/{}/{name}", p.session()))?;
+        Ok((target, created))
+    }
+
+    /// Give leaf `name` of session `p` its settings: `weight` as its
+    /// cpu.weight, and on a leaf `created` by [`Tree::open_leaf`] its claim
+    /// on the session's memory protection. Memory protection reaches a
+    /// leaf only if it claims it: memory.min/low "max" makes the leaf take
+    /// its share of the session's (the session's own value caps it).
+    pub fn configure_leaf(
+        &self,
+        p: Priority,
+        name: &str,
+        created: bool,
+        weight: Option<u32>,
+    ) -> Result<(), CgroupError> {
+        let dir = self.session_dir(p).join(name);
+        let leaf = Cgroup::new(&dir);
+        // A file the session's controllers do not provide is missing: no
+        // check before each write.
+        let absent_ok = |r: Result<(), cgroupfs::Error>| match r {
+            Err(cgroupfs::Error::Missing { .. }) => Ok(()),
+            r => r.map_err(cg_err("write")),
+        };
+        if !created {
+            return match weight {
+                Some(w) => set_weight(&dir, w),
+                None => Ok(()),
+            };
+        }
+        // Without memory_recursiveprot a child that claims nothing gets
+        // none of its parent's protection; with it, the kernel hands the
+        // session's protection down by usage, as these claims would.
+        if !self.recursive_prot {
+            for which in [MemoryLimit::Min, MemoryLimit::Low] {
+                absent_ok(leaf.set_memory_limit(which, Limit::Max))?;
+            }
+        }
+        // A new cgroup's cpu.weight is the kernel's default.
+        if let Some(w) = weight.filter(|&w| w != cgroupfs::DEFAULT_CPU_WEIGHT) {
+            absent_ok(leaf.set_cpu_weight(w))?;
+        }
+        Ok(())
     }
 
     /// The session as a place to move processes to.

@@ -704,6 +704,14 @@ fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     rc == 0
 }
 
+/// The process behind `pidfd` has exited (a zombie included): its pidfd
+/// polls readable.
+fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
 impl Daemon {
     fn target(&self, p: Priority) -> &Target {
         &self.targets[if p == Priority::High { 0 } else { 1 }]
@@ -1156,7 +1164,14 @@ impl Daemon {
                 return Moved::Vanished;
             }
         };
-        match target.admit(pid) {
+        let admitted = target.admit(pid);
+        if admitted.is_ok() {
+            // A new agent leaf is watched from now on (see Leaves::arm).
+            if let Some(l) = &mut self.leaves {
+                l.arm(target.id, || pidfd_exited(&pidfd));
+            }
+        }
+        match admitted {
             Ok(()) if pidfd_alive(&pidfd) => Moved::Yes {
                 threads: stat.threads,
             },

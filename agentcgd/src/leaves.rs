@@ -107,6 +107,18 @@ pub struct Leaves {
     busy: Vec<WatchDescriptor>,
     retry_at: Option<std::time::Instant>,
     retry_delay: std::time::Duration,
+    /// Agent leaves created for a first move that has not happened yet,
+    /// by cgroup id: their watch and settings come after it (see
+    /// [`Leaves::arm`]).
+    pending: HashMap<u64, Pending>,
+}
+
+/// What a new agent leaf still needs once its first process is in it.
+#[derive(Debug)]
+struct Pending {
+    p: Priority,
+    key: AgentKey,
+    weight: Option<u32>,
 }
 
 /// How soon a refused rmdir is tried again; doubled while it is refused
@@ -130,6 +142,7 @@ impl Leaves {
             busy: Vec::new(),
             retry_at: None,
             retry_delay: RETRY,
+            pending: HashMap::new(),
         })
     }
 
@@ -159,9 +172,35 @@ impl Leaves {
         weight: Option<u32>,
         owner: Owner,
     ) -> Result<Leaf, CgroupError> {
-        let target = self.tree.leaf(p, name, weight)?;
+        let (target, created) = self.tree.open_leaf(p, name)?;
         let dir = self.tree.session_dir(p).join(name);
-        let wd = match self
+        if let (true, Owner::Agent(key, _)) = (created, &owner) {
+            // A new agent's leaf: its first process goes in before the
+            // rest of its set-up (the watch would only report that the
+            // move populated it; a new cgroup's settings can wait a move).
+            self.pending.insert(
+                target.id,
+                Pending {
+                    p,
+                    key: *key,
+                    weight,
+                },
+            );
+            return Ok(Leaf {
+                target,
+                dir,
+                wd: None,
+            });
+        }
+        if let Err(e) = self.tree.configure_leaf(p, name, created, weight) {
+            log::warn!("{e}");
+        }
+        let wd = self.watch_leaf(&dir, owner);
+        Ok(Leaf { target, dir, wd })
+    }
+
+    fn watch_leaf(&mut self, dir: &std::path::Path, owner: Owner) -> Option<WatchDescriptor> {
+        match self
             .watch
             .watches()
             .add(dir.join("cgroup.events"), WatchMask::MODIFY)
@@ -175,8 +214,43 @@ impl Leaves {
                 log::warn!("cannot watch {}/cgroup.events: {e}", dir.display());
                 None
             }
+        }
+    }
+
+    /// A process was just written into the cgroup `id`: if that is a new
+    /// agent leaf, watch it and give it its settings now. A notice comes
+    /// when it empties from here on; if what was moved has `exited`
+    /// meanwhile (asked after the watch is in place), it may be empty
+    /// already, so it is looked at on the next pass. True if it was a new
+    /// agent leaf.
+    pub fn arm(&mut self, id: u64, exited: impl FnOnce() -> bool) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let Some(pd) = self.pending.remove(&id) else {
+            return false;
         };
-        Ok(Leaf { target, dir, wd })
+        let s = slot(pd.p);
+        let Some(name) = self.agents.get(&pd.key).map(|a| a.id.clone()) else {
+            return false;
+        };
+        if let Err(e) = self.tree.configure_leaf(pd.p, &name, true, pd.weight) {
+            log::warn!("{e}");
+        }
+        let dir = self.tree.session_dir(pd.p).join(&name);
+        let wd = self.watch_leaf(&dir, Owner::Agent(pd.key, s));
+        if let Some(l) = self
+            .agents
+            .get_mut(&pd.key)
+            .and_then(|a| a.leaves[s].as_mut())
+        {
+            l.wd = wd.clone();
+        }
+        if let (Some(wd), true) = (wd, exited()) {
+            self.busy.push(wd);
+            self.retry_at = Some(std::time::Instant::now());
+        }
+        true
     }
 
     /// Where a process of `family` in session `p` goes: its agent's leaf
@@ -415,18 +489,17 @@ impl Leaves {
             self.by_wd.remove(&wd);
             return;
         };
-        // Still populated (a notice for a process that came, or for one of
-        // two that left): keep it.
-        if cgroup::populated(&dir).unwrap_or(false) {
-            return;
-        }
+        // An agent leaf is watched from after its first process went in,
+        // so its notice says it emptied: the rmdir is the check, and the
+        // kernel refuses it for a leaf that holds a process.
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Still populated (a process came, or one of two left): keep it.
+            Err(_) if cgroup::populated(&dir).unwrap_or(true) => return,
             Err(e) => {
-                // EBUSY: the kernel still tears down what left, or a
-                // process arrived between the read and the rmdir. Looked
-                // at again soon (a populated leaf is then kept).
+                // Empty but refused: the kernel still tears down what left.
+                // Looked at again soon.
                 log::debug!("leaf {} not removed: {e}: trying again", dir.display());
                 self.busy.push(wd);
                 return;
@@ -480,6 +553,7 @@ impl Leaves {
         if cgroup::populated(&l.dir).unwrap_or(true) || std::fs::remove_dir(&l.dir).is_err() {
             return;
         }
+        self.pending.remove(&l.target.id);
         if let Some(l) = a.leaves[s].take() {
             if let Some(wd) = l.wd {
                 let _ = self.watch.watches().remove(wd.clone());
@@ -500,6 +574,7 @@ impl Leaves {
             let _ = self.watch.watches().remove(wd);
         }
         self.by_wd.clear();
+        self.pending.clear();
         self.shared.clear();
         self.unsorted = [None, None];
         for a in self.agents.values_mut() {
@@ -566,6 +641,7 @@ mod tests {
             .spawn()
             .unwrap();
         leaf.admit(child.id()).unwrap();
+        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
         std::fs::create_dir(dir.join("inner")).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -602,5 +678,50 @@ mod tests {
             "the leaf was not removed on the retry"
         );
         assert!(leaves.retry_at().is_none());
+    }
+
+    /// A new agent leaf is watched from its first move on; if what moved
+    /// exited before the watch was in place, the empty leaf is removed on
+    /// the next pass though no notice will come.
+    #[test]
+    fn leaf_emptied_before_its_watch_is_removed() {
+        let Some(tree) = cgroup::scratch_tree("leaf-arm", Priority::High) else {
+            return;
+        };
+        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let key = AgentKey {
+            pid: 4243,
+            start_ticks: 1,
+        };
+        let fam = FamilyName::try_from("arm".to_string()).unwrap();
+        let leaf = leaves
+            .target(Priority::High, Some(key), &fam, 100, 0)
+            .unwrap();
+        let dir = tree.session_dir(Priority::High).join("arm-4243");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        leaf.admit(child.id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let unwatched = leaves.by_wd.is_empty();
+        let armed = leaves.arm(leaf.id, || true);
+        let again = leaves.arm(leaf.id, || true);
+        let due = leaves.retry_at().is_some();
+        let removed = leaves.reap().removed;
+        let gone = !dir.exists();
+        cgroup::remove_scratch(&tree);
+        assert!(
+            unwatched,
+            "a new agent leaf was watched before its first move"
+        );
+        assert!(armed && !again, "arm: first {armed}, second {again}");
+        assert!(due, "an exited mover did not schedule a look at its leaf");
+        assert!(
+            removed == 1 && gone,
+            "the emptied leaf was not removed ({removed})"
+        );
+        assert!(leaves.agents.is_empty(), "the agent outlived its only leaf");
     }
 }
