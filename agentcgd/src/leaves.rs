@@ -619,28 +619,41 @@ mod tests {
         assert_eq!(parse_leaf_name("hog-12", fams), None);
     }
 
-    /// An empty leaf whose rmdir is refused (here: a cgroup someone made
-    /// inside it) is removed once it can be, with no further notice.
-    #[test]
-    fn refused_rmdir_is_tried_again() {
-        let Some(tree) = cgroup::scratch_tree("leaf-retry", Priority::High) else {
-            return;
-        };
+    /// A scratch tree with one new agent leaf `<family>-<pid>` in
+    /// session_high, and a `sleep` written into it (not yet armed).
+    fn agent_leaf_with_sleeper(
+        family: &str,
+        pid: u32,
+    ) -> Option<(Tree, Leaves, Target, PathBuf, std::process::Child)> {
+        let tree = cgroup::scratch_tree(&format!("leaf-{family}"), Priority::High)?;
         let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
         let key = AgentKey {
-            pid: 4242,
+            pid,
             start_ticks: 1,
         };
-        let fam = FamilyName::try_from("retry".to_string()).unwrap();
+        let fam = FamilyName::try_from(family.to_string()).unwrap();
         let leaf = leaves
             .target(Priority::High, Some(key), &fam, 100, 0)
             .unwrap();
-        let dir = tree.session_dir(Priority::High).join("retry-4242");
-        let mut child = std::process::Command::new("sleep")
+        let dir = tree
+            .session_dir(Priority::High)
+            .join(format!("{family}-{pid}"));
+        let child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         leaf.admit(child.id()).unwrap();
+        Some((tree, leaves, leaf, dir, child))
+    }
+
+    /// An empty leaf whose rmdir is refused (here: a cgroup someone made
+    /// inside it) is removed once it can be, with no further notice.
+    #[test]
+    fn refused_rmdir_is_tried_again() {
+        let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("retry", 4242)
+        else {
+            return;
+        };
         assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
         std::fs::create_dir(dir.join("inner")).unwrap();
         child.kill().unwrap();
@@ -685,24 +698,10 @@ mod tests {
     /// the next pass though no notice will come.
     #[test]
     fn leaf_emptied_before_its_watch_is_removed() {
-        let Some(tree) = cgroup::scratch_tree("leaf-arm", Priority::High) else {
+        let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("arm", 4243)
+        else {
             return;
         };
-        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
-        let key = AgentKey {
-            pid: 4243,
-            start_ticks: 1,
-        };
-        let fam = FamilyName::try_from("arm".to_string()).unwrap();
-        let leaf = leaves
-            .target(Priority::High, Some(key), &fam, 100, 0)
-            .unwrap();
-        let dir = tree.session_dir(Priority::High).join("arm-4243");
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        leaf.admit(child.id()).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         let unwatched = leaves.by_wd.is_empty();
