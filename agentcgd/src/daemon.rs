@@ -732,21 +732,14 @@ fn short_slice_for_this_thread() {
         util_min: u32,
         util_max: u32,
     }
-    // SAFETY: getpriority only reads; errno is cleared first because -1
-    // is also a valid nice value.
-    let nice = unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, 0)
-    };
+    // SAFETY: getpriority only reads. For the calling thread it cannot
+    // fail, so -1 is a nice value here, not an error.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
         flags: 0,
-        nice: if std::io::Error::last_os_error().raw_os_error() == Some(0) {
-            nice
-        } else {
-            DAEMON_NICE
-        },
+        nice,
         priority: 0,
         runtime: PLACING_SLICE_NS,
         deadline: 0,
