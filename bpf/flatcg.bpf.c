@@ -57,7 +57,7 @@ char _license[] SEC("license") = "GPL";
 #define MAX_CPUS	1024
 
 const volatile u32 nr_online = 1;		/* set by the loader */
-const volatile u64 slice_ns = 20ULL * 1000 * 1000;	/* set by the loader */
+const volatile u64 slice_ns = 5ULL * 1000 * 1000;	/* set by the loader */
 const volatile u32 starve_slices = 25;		/* set by the loader */
 
 UEI_DEFINE(uei);

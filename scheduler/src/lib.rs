@@ -28,7 +28,8 @@ pub struct Config {
     /// Load our scheduler at all (`--no-scheduler` overrides to false).
     pub enabled: bool,
     /// Slice of a task and of a CPU's turn on a cgroup, microseconds
-    /// (100..=1_000_000; default 20000).
+    /// (100..=1_000_000; default 5000: a waking task waits at most about
+    /// one slice for a hog of another cgroup that is not behind it).
     pub slice_us: u64,
     /// Consecutive failures (load errors, error exits, sysrq) after which the
     /// daemon stays on the kernel's own scheduler (0..=100; default 5). The
@@ -43,7 +44,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             enabled: true,
-            slice_us: 20_000,
+            slice_us: 5_000,
             max_restarts: 5,
             stats_interval_ms: 1000,
         }
@@ -107,7 +108,7 @@ mod tests {
     fn serde_defaults_and_unknown_keys() {
         let c: Config = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
         assert!(!c.enabled);
-        assert_eq!(c.slice_us, 20_000);
+        assert_eq!(c.slice_us, 5_000);
         assert!(serde_json::from_str::<Config>(r#"{"bogus": 1}"#).is_err());
     }
 }

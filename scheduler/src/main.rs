@@ -20,7 +20,7 @@ use scx_stats::{Meta, StatsOpener, StatsOps, StatsReader, StatsServer, StatsServ
 #[command(name = "scx_agentcg", version)]
 struct Opts {
     /// Slice of a task and of a CPU's turn on a cgroup, microseconds.
-    #[arg(short = 's', long = "slice-us", default_value_t = 20_000,
+    #[arg(short = 's', long = "slice-us", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     slice_us: u64,
     /// The kernel's stall watchdog: a task runnable this long without

@@ -38,7 +38,7 @@ echo "after SIGKILL: state $(cat $SX/state)"
 
 # an error exit: the stall watchdog (10 ms) against 20 ms slices
 hogs t35/a $NCPU
-scx_agentcg --watchdog-ms 10 >/tmp/scx35c.log 2>&1 &
+scx_agentcg -s 20000 --watchdog-ms 10 >/tmp/scx35c.log 2>&1 &
 SCHED=$!
 i=0; while kill -0 $SCHED 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && { cat /tmp/scx35c.log; fail "no stall exit with --watchdog-ms 10"; }; usleep 100000; done
 wait $SCHED; rc=$?; SCHED=
