@@ -271,7 +271,7 @@ impl Tree {
         weight: Option<u32>,
     ) -> Result<Target, CgroupError> {
         let (target, created) = self.open_leaf(p, name)?;
-        self.configure_leaf(p, name, created, weight)?;
+        self.configure_leaf(&self.session_dir(p).join(name), created, weight)?;
         Ok(target)
     }
 
@@ -296,20 +296,18 @@ impl Tree {
         Ok((target, created))
     }
 
-    /// Give leaf `name` of session `p` its settings: `weight` as its
+    /// Give the leaf at `dir` its settings: `weight` as its
     /// cpu.weight, and on a leaf `created` by [`Tree::open_leaf`] its claim
     /// on the session's memory protection. Memory protection reaches a
     /// leaf only if it claims it: memory.min/low "max" makes the leaf take
     /// its share of the session's (the session's own value caps it).
     pub fn configure_leaf(
         &self,
-        p: Priority,
-        name: &str,
+        dir: &Path,
         created: bool,
         weight: Option<u32>,
     ) -> Result<(), CgroupError> {
-        let dir = self.session_dir(p).join(name);
-        let leaf = Cgroup::new(&dir);
+        let leaf = Cgroup::new(dir);
         // A file the session's controllers do not provide is missing: no
         // check before each write.
         let absent_ok = |r: Result<(), cgroupfs::Error>| match r {
@@ -318,7 +316,7 @@ impl Tree {
         };
         if !created {
             return match weight {
-                Some(w) => set_weight(&dir, w),
+                Some(w) => set_weight(dir, w),
                 None => Ok(()),
             };
         }

@@ -192,7 +192,7 @@ impl Leaves {
                 wd: None,
             });
         }
-        if let Err(e) = self.tree.configure_leaf(p, name, created, weight) {
+        if let Err(e) = self.tree.configure_leaf(&dir, created, weight) {
             log::warn!("{e}");
         }
         let wd = self.watch_leaf(&dir, owner);
@@ -231,13 +231,13 @@ impl Leaves {
             return false;
         };
         let s = slot(pd.p);
-        let Some(name) = self.agents.get(&pd.key).map(|a| a.id.clone()) else {
+        let Some(dir) = self.agents.get(&pd.key).and_then(|a| a.leaf_dir(pd.p)) else {
             return false;
         };
-        if let Err(e) = self.tree.configure_leaf(pd.p, &name, true, pd.weight) {
+        let dir = dir.to_path_buf();
+        if let Err(e) = self.tree.configure_leaf(&dir, true, pd.weight) {
             log::warn!("{e}");
         }
-        let dir = self.tree.session_dir(pd.p).join(&name);
         let wd = self.watch_leaf(&dir, Owner::Agent(pd.key, s));
         if let Some(l) = self
             .agents
