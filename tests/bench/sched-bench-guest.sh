@@ -5,7 +5,8 @@
 # under the kernel's own scheduler and under scx_agentcg.
 # Overhead: fork/exec, pipe ping-pong and hackbench-like workloads timed
 # under both; wake-up latency (p50/p99) with and without hogs in
-# session_low, under both.
+# session_low, under both (and under agentcg-schedfloor, sched_ext's floor,
+# when SCHEDFLOOR names it).
 # Prints "BENCH ..." lines that the host side turns into tables and JSON.
 # CG, SX, WARM, WINDOW, HOGS, SCHED, wait_state, hogs and usage come from
 # the scheduler cases' shared helpers.
@@ -13,10 +14,11 @@
 NCPU=$(nproc)
 die() { echo "bench: $*"; stop_hogs; stop_sched; exit 1; }
 stop_hogs() { for p in $HOGS; do kill -9 $p 2>/dev/null; done; for p in $HOGS; do wait $p 2>/dev/null; done; HOGS=; }
-stop_sched() { [ -n "$SCHED" ] && kill $SCHED 2>/dev/null && wait $SCHED 2>/dev/null; SCHED=; wait_state disabled 10; }
+stop_sched() { [ -n "$SCHED" ] && kill $SCHED 2>/dev/null && wait $SCHED 2>/dev/null; SCHED=; CUR=kernel; wait_state disabled 10; }
 start_sched() {
     scx_agentcg >/tmp/bench-scx.log 2>&1 &
     SCHED=$!
+    CUR=agentcg
     wait_state enabled 30 || { cat /tmp/bench-scx.log; die "scx_agentcg did not attach"; }
 }
 mkcg() { # PATH WEIGHT: create under an existing parent, cpu enabled there
@@ -70,15 +72,33 @@ wl_forkexec() { t0=$(now_ms); i=0; while [ $i -lt ${FORKS:-500} ]; do /bin/true;
 wl_pipe() { $SB pipe ${ROUNDS:-20000} | sec_to_ms; }
 wl_hackbench() { $SB hackbench ${HB_GROUPS:-2} ${HB_LOOPS:-100} | sec_to_ms; }
 WORKLOADS="forkexec pipe hackbench"
-# switch_to SCHEDNAME: attach or detach scx_agentcg as needed
-switch_to() {
-    if [ $1 = agentcg ]; then [ -n "$SCHED" ] || start_sched; else [ -z "$SCHED" ] || stop_sched; fi
+# floor: agentcg-schedfloor (bpf/schedfloor.bpf.c), the thinnest sched_ext
+# scheduler, run beside the two when it is there: what sched_ext itself costs
+FLOOR=${SCHEDFLOOR:-}
+[ -n "$FLOOR" ] && [ -x "$FLOOR" ] || FLOOR=
+SCHEDS="kernel agentcg${FLOOR:+ floor}"
+start_floor() {
+    $FLOOR >/tmp/bench-floor.log 2>&1 &
+    SCHED=$!
+    wait_state enabled 30 || { cat /tmp/bench-floor.log; die "agentcg-schedfloor did not attach"; }
 }
-# rounds alternate the order (kernel, agentcg | agentcg, kernel | ...) so
-# that a drift of the host's load hits both alike and every other switch is
-# saved; a ratio is taken within one round, and the median of the rounds'
-# ratios is reported with their spread (min..max)
-order() { [ $(($1 % 2)) = 1 ] && echo "kernel agentcg" || echo "agentcg kernel"; }
+# switch_to SCHEDNAME: attach or detach scx_agentcg or the floor as needed
+CUR=kernel
+switch_to() {
+    [ $1 = $CUR ] && return 0
+    [ -z "$SCHED" ] || stop_sched
+    case $1 in agentcg) start_sched ;; floor) start_floor ;; esac
+    CUR=$1
+}
+# rounds rotate the order (kernel, agentcg, floor | agentcg, floor, kernel
+# | ...) so that a drift of the host's load hits all alike and one switch a
+# round is saved; a ratio is taken within one round, and the median of the
+# rounds' ratios is reported with their spread (min..max)
+order() {
+    set -- $(($1 - 1)) $SCHEDS
+    k=$1; shift; n=$#
+    i=0; while [ $i -lt $n ]; do eval "echo \${$(((k + i) % n + 1))}"; i=$((i + 1)); done | tr '\n' ' '
+}
 OVLOG=/tmp/bench-rounds.txt
 : >$OVLOG
 overhead() {
@@ -158,6 +178,11 @@ summary() {
                 if (!m) continue
                 lo = mm(q2, m, 1); hi = mm(q2, m, 0)
                 printf "BENCH overhead %s %.3f %.3f %.3f %.3f %.3f %d\n", w, med(k, m) / 1000, med(a, m) / 1000, med(q, m), lo, hi, m
+                m = 0
+                for (r = 1; r <= nr; r++) if (t[r, w, "kernel"] > 0 && t[r, w, "agentcg"] > 0 && t[r, w, "floor"] > 0) {
+                    m++; f[m] = t[r, w, "floor"]; fk[m] = f[m] / t[r, w, "kernel"]; af[m] = t[r, w, "agentcg"] / f[m]
+                }
+                if (m) printf "BENCH floor_overhead %s %.3f %.3f %.3f %d\n", w, med(f, m) / 1000, med(fk, m), med(af, m), m
             }
             split("idle hogs", loads, " ")
             for (i = 1; i <= 2; i++) {
@@ -170,6 +195,15 @@ summary() {
                 printf "BENCH latency %s kernel %d %d %d\n", l, med(k5, m), med(k9, m), n[l, "kernel"]
                 printf "BENCH latency %s agentcg %d %d %d\n", l, med(a5, m), med(a9, m), n[l, "agentcg"]
                 printf "BENCH latratio %s %.3f %.3f %.3f %.3f %.3f %.3f %d\n", l, med(q5, m), mm(c5, m, 1), mm(c5, m, 0), med(q9, m), mm(c9, m, 1), mm(c9, m, 0), m
+                m = 0
+                for (r = 1; r <= nl; r++) if (p50[r, l, "kernel"] > 0 && p50[r, l, "agentcg"] > 0 && p50[r, l, "floor"] > 0) {
+                    m++; f5[m] = p50[r, l, "floor"]; f9[m] = p99[r, l, "floor"]
+                    fk5[m] = f5[m] / p50[r, l, "kernel"]; fk9[m] = f9[m] / p99[r, l, "kernel"]
+                    af5[m] = p50[r, l, "agentcg"] / f5[m]; af9[m] = p99[r, l, "agentcg"] / f9[m]
+                }
+                if (!m) continue
+                printf "BENCH latency %s floor %d %d %d\n", l, med(f5, m), med(f9, m), n[l, "floor"]
+                printf "BENCH floor_latratio %s %.3f %.3f %.3f %.3f %d\n", l, med(fk5, m), med(fk9, m), med(af5, m), med(af9, m), m
             }
         }' $OVLOG
 }
