@@ -19,8 +19,14 @@
  * (prctl(PR_SET_NAME), node's process.title) for lineage members and for
  * comms that hit the prefilter. With the filter off, everything passes.
  *
- * One ring buffer carries all events; when it is full the event is counted
- * in nr_lost so that userspace reconciles from /proc.
+ * Wake-ups. `events` carries what the daemon acts on at once (execs,
+ * forks, renames, and exits with a non-zero status: a crash may trigger a
+ * reaction). A normal exit only updates the daemon's books, so it goes to
+ * `quiet`, submitted without a wake-up: a placed process then costs the
+ * daemon one wake-up (its exec), not two. The daemon drains `quiet` first
+ * whenever it wakes, and at least once a second while it tracks anything.
+ * When a ring buffer is full the event is counted in nr_lost so that
+ * userspace reconciles from /proc (a full `quiet` falls back to `events`).
  */
 /* Plain tracing headers: scx/common.bpf.h would pull in sched_ext probes
  * that fail to load on kernels without sched_ext. */
@@ -36,6 +42,11 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} quiet SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -76,6 +87,7 @@ u64 nr_lost;
 u64 nr_exec;		/* every exec on the host */
 u64 nr_exec_passed;	/* execs sent to userspace */
 u64 nr_exit;
+u64 nr_exit_quiet;	/* ... of which went to `quiet` */
 u64 nr_fork_inherited;	/* children that joined a lineage at fork */
 u64 nr_fork_moved;	/* ... and were outside its cgroup (PM_FORK) */
 u64 nr_rename;
@@ -346,19 +358,34 @@ int BPF_PROG(procmon_exit, struct task_struct *p)
 	if (!lin && filter_on)
 		return 0;
 
+	sig = BPF_CORE_READ(p, signal);
+	/* exit_group() records the status on the signal struct, not the task. */
+	if (BPF_CORE_READ(sig, flags) & 0x00000004 /* SIGNAL_GROUP_EXIT */)
+		code = BPF_CORE_READ(sig, group_exit_code);
+	else
+		code = BPF_CORE_READ(p, exit_code);
+
+	if (code == 0) {
+		struct procmon_exit *x = bpf_ringbuf_reserve(&quiet, sizeof(*x), 0);
+
+		if (x) {
+			x->kind = PM_EXIT;
+			x->pid = pid;
+			x->start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
+			__sync_fetch_and_add(&nr_exit, 1);
+			__sync_fetch_and_add(&nr_exit_quiet, 1);
+			bpf_ringbuf_submit(x, BPF_RB_NO_WAKEUP);
+			goto out;
+		}
+	}
 	e = reserve(PM_EXIT);
 	if (e) {
 		fill_common(e, p, lin);
-		sig = BPF_CORE_READ(p, signal);
-		/* exit_group() records the status on the signal struct, not the task. */
-		if (BPF_CORE_READ(sig, flags) & 0x00000004 /* SIGNAL_GROUP_EXIT */)
-			code = BPF_CORE_READ(sig, group_exit_code);
-		else
-			code = BPF_CORE_READ(p, exit_code);
 		e->exit_code = code;
 		__sync_fetch_and_add(&nr_exit, 1);
 		bpf_ringbuf_submit(e, 0);
 	}
+out:
 	if (lin)
 		bpf_map_delete_elem(&lineage, &pid);
 	return 0;

@@ -67,6 +67,17 @@ struct procmon_prefix {
 	char s[PM_KEY_LEN];
 };
 
+/*
+ * A normal exit (status 0), on the `quiet` ring buffer, which never wakes
+ * the daemon: it is read with whatever wakes the daemon next (the next
+ * exec, the emptied leaf's notice) or at its periodic flush.
+ */
+struct procmon_exit {
+	u32 kind;	 /* PM_EXIT */
+	u32 pid;
+	u64 start_ns;
+};
+
 struct procmon_event {
 	u32 kind;
 	u32 pid;	 /* tgid: the process */

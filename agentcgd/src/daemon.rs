@@ -514,6 +514,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let mut events = [EpollEvent::empty(); 8];
     let mut last_publish = Instant::now();
+    let quiet_flush = d.monitor.quiet_flush();
     'run: loop {
         notify.watchdog_tick();
         let mut wait: Option<Duration> = None;
@@ -527,6 +528,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         if let Some(t) = d.leaves.as_ref().and_then(|l| l.retry_at()) {
             let due = t.saturating_duration_since(Instant::now());
             wait = Some(wait.map_or(due, |w| w.min(due)));
+        }
+        // A tracked process's normal exit wakes nobody (procmon's quiet
+        // ring): it is read with the next wake-up, at the latest this one.
+        if let Some(f) = quiet_flush.filter(|_| !d.tracker.is_empty()) {
+            wait = Some(wait.map_or(f, |w| w.min(f)));
         }
         let timeout = match wait {
             None => EpollTimeout::NONE,
@@ -542,8 +548,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         };
         let ready = |t: u64| events[..n].iter().any(|e| e.data() == t);
         // Placements first: what else woke us (leaf removals above all)
-        // waits for the events that came with it.
-        if ready(TOKEN_PROC) {
+        // waits for the events that came with it, the quiet exits included
+        // (an emptied leaf's notice comes after its last process's exit).
+        if ready(TOKEN_PROC) || quiet_flush.is_some() {
             d.drain_events();
         }
         for ev in &events[..n] {

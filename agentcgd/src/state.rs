@@ -73,6 +73,10 @@ impl Tracker {
         self.procs.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
         self.procs.values()
     }

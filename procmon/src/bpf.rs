@@ -104,6 +104,20 @@ fn decode(data: &[u8]) -> Option<ProcEvent> {
     }
 }
 
+/// Decode one record of the `quiet` ring buffer: a normal exit.
+fn decode_quiet(data: &[u8]) -> Option<ProcEvent> {
+    if data.len() < std::mem::size_of::<procmon_exit>() {
+        return None;
+    }
+    // SAFETY: as in decode(), a procmon_exit of checked length.
+    let x: procmon_exit = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    (x.kind == procmon_kind_PM_EXIT).then(|| ProcEvent::Exit {
+        pid: x.pid,
+        start_ticks: Some(ns_to_ticks(x.start_ns)),
+        exit_code: Some(0),
+    })
+}
+
 pub(crate) struct Source {
     skel: skel::ProcmonSkel<'static>,
     ring: RingBuffer<'static>,
@@ -126,8 +140,18 @@ impl Source {
 
         let queue: Rc<RefCell<VecDeque<ProcEvent>>> = Rc::default();
         let q = queue.clone();
+        let quiet = queue.clone();
         let mut builder = RingBufferBuilder::new();
+        // Consumed in this order: the normal exits that came before a
+        // wake-up go first, as they happened first.
         builder
+            .add(&skel.maps.quiet, move |data: &[u8]| {
+                if let Some(ev) = decode_quiet(data) {
+                    quiet.borrow_mut().push_back(ev);
+                }
+                0
+            })
+            .context("ring buffer")?
             .add(&skel.maps.events, move |data: &[u8]| {
                 if let Some(ev) = decode(data) {
                     q.borrow_mut().push_back(ev);
@@ -203,6 +227,7 @@ impl Source {
             exec_passed: Self::counter(&b.nr_exec_passed),
             exec: self.delivered.exec,
             exit: self.delivered.exit,
+            exit_quiet: Self::counter(&b.nr_exit_quiet),
             rename: self.delivered.rename,
             fork_inherited: Self::counter(&b.nr_fork_inherited),
             fork_reported: Self::counter(&b.nr_fork_moved),

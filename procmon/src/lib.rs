@@ -133,6 +133,9 @@ pub struct Stats {
     pub exec_passed: u64,
     pub exec: u64,
     pub exit: u64,
+    /// ... of which were normal exits, queued without a wake-up (BPF).
+    #[serde(default)]
+    pub exit_quiet: u64,
     pub rename: u64,
     /// Children that joined a tracked lineage at fork (BPF).
     pub fork_inherited: u64,
@@ -164,6 +167,10 @@ pub enum KeyKind {
 
 /// Path components of the executable the kernel looks at.
 pub const EXE_DEPTH: usize = 8;
+
+/// The longest a normal exit waits in the BPF source's quiet ring buffer
+/// when nothing else wakes the reader (`Monitor::quiet_flush`).
+pub const QUIET_FLUSH: Duration = Duration::from_secs(1);
 /// Longest literal the kernel compares; a longer one is kept as a prefix.
 pub const KEY_TEXT_MAX: usize = 31;
 
@@ -241,7 +248,18 @@ impl Monitor {
         &self.fallback_reasons
     }
 
-    /// Readable when `drain` has something to deliver.
+    /// How long an event may wait without making `as_fd` readable: the
+    /// BPF source queues normal exits without a wake-up (they are read
+    /// with the next event that wakes the reader). A caller that tracks
+    /// processes drains at least this often; `None`: every event wakes.
+    pub fn quiet_flush(&self) -> Option<Duration> {
+        match self.source {
+            Source::Bpf(_) => Some(QUIET_FLUSH),
+            Source::Netlink(_) | Source::Poll(_) => None,
+        }
+    }
+
+    /// Readable when `drain` has something to deliver (but see `quiet_flush`).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.source {
             Source::Bpf(s) => s.as_fd(),
@@ -267,7 +285,7 @@ impl Monitor {
             let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
             poll(&mut fds, t).unwrap_or(0)
         };
-        if ready > 0 {
+        if ready > 0 || self.quiet_flush().is_some() {
             self.drain(out);
         }
     }

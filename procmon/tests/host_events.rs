@@ -107,6 +107,46 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
 }
 
 #[test]
+fn bpf_normal_exit_arrives_without_its_own_wake_up() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (CAP_BPF/CAP_PERFMON) to load BPF programs");
+        return;
+    }
+    let mut rx = start(Options {
+        allow_proc_connector: false,
+        ..Options::default()
+    });
+    assert_eq!(rx.mon.backend(), Backend::Bpf);
+    assert!(rx.mon.quiet_flush().is_some());
+    let quiet_before = rx.mon.stats().exit_quiet;
+    let child = Command::new("/bin/sh")
+        .args(["-c", "exit 0", "procmon-quiet-marker"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    // Monitor::poll drains the quiet ring buffer whatever woke it.
+    let (exec, exit) = exec_and_exit(&mut rx, pid);
+    let ProcEvent::Exec(procmon::Exec { info, .. }) = exec else {
+        unreachable!()
+    };
+    let ProcEvent::Exit {
+        exit_code,
+        start_ticks,
+        ..
+    } = exit
+    else {
+        unreachable!()
+    };
+    assert_eq!(exit_code, Some(0));
+    assert_eq!(start_ticks, Some(info.start_ticks), "PID-reuse guard");
+    assert!(
+        rx.mon.stats().exit_quiet > quiet_before,
+        "a status-0 exit goes to the quiet ring buffer"
+    );
+}
+
+#[test]
 fn bpf_start_time_matches_proc() {
     if !is_root() {
         eprintln!("SKIP: needs root to load BPF programs");
