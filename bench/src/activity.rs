@@ -9,13 +9,16 @@
 //! the workload command (which prints its elapsed seconds, as
 //! agentcg-schedbench does) N times, switching the monitor between chunks:
 //! - `off`: nothing watched, so the programs are detached;
+//! - `hook`: an empty program on the same tracepoint
+//!   (bench/bpf/switch_floor.bpf.c) and nothing else: what any program
+//!   there costs a switch, the floor under the two modes below;
 //! - `unwatched`: watching the other, empty leaf: the programs are attached
 //!   and every switch and wake-up of the host runs them (what every task
 //!   not in a watched leaf pays);
 //! - `on`: watching DIR: the workload's own switches are accounted.
 //!
-//! The modes rotate (off, unwatched, on; then unwatched, on, off; ...), so
-//! each round of three chunks is measured within a second or so and drift
+//! The modes rotate (off, hook, unwatched, on; then hook, unwatched, on,
+//! off; ...), so each round of four chunks is measured within a second or so and drift
 //! of the host cancels in the per-round ratio. `--cpu N` pins the workload
 //! to one CPU (a pinned pipe ping-pong is the densest stream of switches
 //! and wake-ups a task can make, and has no cross-CPU placement noise).
@@ -26,13 +29,28 @@
 //! kernel.bpf_stats_enabled is 1). `--only MODE` runs every chunk in one
 //! mode (for the programs' own cost in that mode).
 
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use activity::{AgentKey, Backend, BackendChoice, Monitor, MonoTime, Options};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject};
 
-const MODES: [&str; 3] = ["off", "unwatched", "on"];
+#[allow(
+    clippy::all,
+    dead_code,
+    unused_imports,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/switch_floor_skel.rs"));
+}
+
+const MODES: [&str; 4] = ["off", "hook", "unwatched", "on"];
 
 /// Quiet time after a mode change, before the chunk: a detach leaves RCU
 /// callbacks and the program's release to run, which would otherwise land
@@ -106,11 +124,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Watch what `mode` wants, adding before removing so that moving between
-/// `unwatched` and `on` never detaches the program, then let the host
-/// settle (an attach or detach patches kernel text and leaves RCU work).
-fn set_mode(mon: &mut Monitor, mode: &str, a: &Args) -> Result<(), String> {
+/// `unwatched` and `on` never detaches the program, attach or detach the
+/// empty program (`hook`), then let the host settle (an attach or detach
+/// patches kernel text and leaves RCU work).
+fn set_mode(mon: &mut Monitor, floor: &mut Floor<'_>, mode: &str, a: &Args) -> Result<(), String> {
     let leaf = AgentKey::new("bench", 1);
     let other = AgentKey::new("bench-other", 2);
+    if mode == "hook" {
+        floor.attach()?;
+    } else {
+        floor.link = None;
+    }
     let r = match mode {
         "unwatched" => mon
             .watch(other, &[(a.other.clone(), 0)])
@@ -126,6 +150,35 @@ fn set_mode(mon: &mut Monitor, mode: &str, a: &Args) -> Result<(), String> {
     };
     std::thread::sleep(Duration::from_millis(SETTLE_MS));
     r.map_err(|e| format!("{e:#}"))
+}
+
+/// The empty sched_switch program, loaded once, attached in `hook` mode.
+struct Floor<'obj> {
+    skel: skel::SwitchFloorSkel<'obj>,
+    link: Option<Link>,
+}
+
+impl<'obj> Floor<'obj> {
+    fn load(obj: &'obj mut MaybeUninit<OpenObject>) -> Result<Self, String> {
+        let skel = skel::SwitchFloorSkelBuilder::default()
+            .open(obj)
+            .and_then(|o| o.load())
+            .map_err(|e| format!("load bench/bpf/switch_floor.bpf.c: {e}"))?;
+        Ok(Floor { skel, link: None })
+    }
+
+    fn attach(&mut self) -> Result<(), String> {
+        if self.link.is_none() {
+            let link = self
+                .skel
+                .progs
+                .switch_floor
+                .attach()
+                .map_err(|e| format!("attach the empty sched_switch program: {e}"))?;
+            self.link = Some(link);
+        }
+        Ok(())
+    }
 }
 
 fn run_chunk(workload: &[String]) -> Result<f64, String> {
@@ -169,13 +222,15 @@ fn run(a: &Args) -> Result<(), String> {
             why.unwrap_or("monitor off")
         ));
     }
+    let mut obj = MaybeUninit::uninit();
+    let mut floor = Floor::load(&mut obj)?;
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
-    let mut round = [0.0; 3];
+    let mut round = [0.0; MODES.len()];
     for c in 0..a.chunks {
         let r = c / MODES.len();
         let m = a.only.unwrap_or((c + r) % MODES.len());
-        set_mode(&mut mon, MODES[m], a)?;
+        set_mode(&mut mon, &mut floor, MODES[m], a)?;
         let t = run_chunk(&a.workload)?;
         // Keep the monitor's state current between chunks (edges, timers).
         mon.process(MonoTime::now());
@@ -191,7 +246,7 @@ fn run(a: &Args) -> Result<(), String> {
     for p in mon.stats().programs {
         println!("BENCH prog {} {} {}", p.name, p.run_cnt, p.run_time_ns);
     }
-    set_mode(&mut mon, "off", a)?;
+    set_mode(&mut mon, &mut floor, "off", a)?;
     for (i, m) in MODES.iter().enumerate() {
         println!(
             "BENCH summary {m} {:.6} {}",

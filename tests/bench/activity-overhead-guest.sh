@@ -3,7 +3,8 @@
 # the VM (POSIX sh, busybox). agentcg-bench-activity moves itself into a
 # leaf cgroup and runs a context-switch-heavy workload (agentcg-schedbench)
 # in chunks, switching the monitor's BPF backend between chunks: off
-# (nothing watched: the program is detached), unwatched (watching another,
+# (nothing watched: the program is detached), hook (only an empty program
+# on sched_switch: the floor any program there costs), unwatched (watching another,
 # empty leaf: what every task outside a watched leaf pays) and on (watching
 # the workload's leaf). Modes rotate each round; the ratio is per round.
 # Workloads: a one-byte pipe ping-pong pinned to one CPU (the densest
@@ -14,7 +15,7 @@
 # chunks (its clock reads would be charged to the monitor) and restored at
 # the end. Prints "BENCH ..." lines.
 # Environment: BENCHACT, SCHEDBENCH (binaries), CGROOT (cgroup2 mount),
-# ROUNDS (rounds of three chunks, 200), PIPE_N (round trips per chunk,
+# ROUNDS (rounds of four chunks, 200), PIPE_N (round trips per chunk,
 # 5000), HB_GROUPS (10), HB_LOOPS (messages per chunk, 100).
 BA=${BENCHACT:-agentcg-bench-activity}
 SB=${SCHEDBENCH:-agentcg-schedbench}
@@ -37,7 +38,7 @@ run() { # NAME CHUNKS BENCH-ARGS... -- WORKLOAD...: the binary's summary lines
         $1 == "BENCH" && $2 == "prog" && n ~ /^stats-/ { print "BENCH prog", n, $3, $4, $5 }
         END { if (n !~ /^stats-/) for (m in s) print "BENCH result", n, m, s[m], r[m] }'
 }
-chunks=$((ROUNDS * 3))
+chunks=$((ROUNDS * 4))
 pipe="$SB pipe ${PIPE_N:-5000}"
 hb="$SB hackbench ${HB_GROUPS:-10} ${HB_LOOPS:-100}"
 run pipe-1cpu $chunks --cpu 0 -- $pipe
