@@ -133,7 +133,7 @@ latency() {
         r=$((r + 1))
     done
 }
-# scx_agentcg's own BPF time during the wake-up workload (a separate run:
+# scx_agentcg's (and the floor's) own BPF time during the wake-up workload (a separate run:
 # kernel.bpf_stats_enabled adds two clock reads to every program run, so it
 # stays off while latency is measured). Per struct_ops program: runs and
 # run time over the run, per measured wake-up.
@@ -142,9 +142,9 @@ bpf_totals() { # name run_cnt run_time_ns of each struct_ops program
         for (i = 1; i <= NF; i++) { if ($i == "name") n = $(i + 1); if ($i == "run_time_ns") t = $(i + 1); if ($i == "run_cnt") c = $(i + 1) }
         if (n != "") print n, c, t }'
 }
-bpfcost() {
+bpfcost() { # SCHEDNAME
     command -v bpftool >/dev/null || { echo "bpfcost: no bpftool in the guest: skipped"; return 0; }
-    switch_to agentcg
+    switch_to $1
     for load in idle hogs; do
         [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
         bpf_totals >/tmp/bpf-before.txt
@@ -222,7 +222,10 @@ case " $SECTIONS " in *" fairness "*)
     stop_sched
 esac
 case " $SECTIONS " in *" overhead "*) echo "== overhead"; overhead ;; esac
-case " $SECTIONS " in *" latency "*) echo "== latency"; latency; echo "== BPF cost"; bpfcost ;; esac
+case " $SECTIONS " in *" latency "*)
+    echo "== latency"; latency
+    echo "== BPF cost"; bpfcost agentcg; [ -z "$FLOOR" ] || bpfcost floor ;;
+esac
 switch_to kernel
 summary
 echo "bench: done"
