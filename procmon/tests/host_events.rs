@@ -56,6 +56,34 @@ fn exec_and_exit(rx: &mut Rx, pid: u32) -> (ProcEvent, ProcEvent) {
     )
 }
 
+/// Run `sh -c SCRIPT MARKER` to its end and return its exec's process
+/// facts with its exit's wait status and start time.
+fn sh_exec_and_exit(
+    rx: &mut Rx,
+    script: &str,
+    marker: &str,
+) -> (procmon::ProcInfo, Option<i32>, Option<u64>) {
+    let child = Command::new("/bin/sh")
+        .args(["-c", script, marker])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    let (exec, exit) = exec_and_exit(rx, pid);
+    let (
+        ProcEvent::Exec(procmon::Exec { info, .. }),
+        ProcEvent::Exit {
+            exit_code,
+            start_ticks,
+            ..
+        },
+    ) = (exec, exit)
+    else {
+        unreachable!()
+    };
+    (info, exit_code, start_ticks)
+}
+
 #[test]
 fn bpf_exec_and_exit_events_carry_argv_and_status() {
     if !is_root() {
@@ -73,17 +101,7 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
         rx.mon.fallback_reasons()
     );
     // sh -c 'exit 7' with a distinctive argument.
-    let child = Command::new("/bin/sh")
-        .args(["-c", "exit 7", "procmon-test-marker"])
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(7));
-    let (exec, exit) = exec_and_exit(&mut rx, pid);
-    let ProcEvent::Exec(procmon::Exec { info, .. }) = exec else {
-        unreachable!()
-    };
+    let (info, exit_code, start_ticks) = sh_exec_and_exit(&mut rx, "exit 7", "procmon-test-marker");
     assert_eq!(
         info.argv,
         ["/bin/sh", "-c", "exit 7", "procmon-test-marker"]
@@ -93,14 +111,6 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
     assert_eq!(info.uid, 0);
     assert!(info.exe.ends_with("sh") || info.exe.contains("dash") || info.exe.contains("bash"));
     assert!(info.start_ticks > 0);
-    let ProcEvent::Exit {
-        exit_code,
-        start_ticks,
-        ..
-    } = exit
-    else {
-        unreachable!()
-    };
     assert_eq!(exit_code, Some(7 << 8));
     assert_eq!(start_ticks, Some(info.start_ticks));
     assert!(rx.mon.stats().exec >= 1);
@@ -119,25 +129,9 @@ fn bpf_normal_exit_arrives_without_its_own_wake_up() {
     assert_eq!(rx.mon.backend(), Backend::Bpf);
     assert!(rx.mon.quiet_flush().is_some());
     let quiet_before = rx.mon.stats().exit_quiet;
-    let child = Command::new("/bin/sh")
-        .args(["-c", "exit 0", "procmon-quiet-marker"])
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
     // Monitor::poll drains the quiet ring buffer whatever woke it.
-    let (exec, exit) = exec_and_exit(&mut rx, pid);
-    let ProcEvent::Exec(procmon::Exec { info, .. }) = exec else {
-        unreachable!()
-    };
-    let ProcEvent::Exit {
-        exit_code,
-        start_ticks,
-        ..
-    } = exit
-    else {
-        unreachable!()
-    };
+    let (info, exit_code, start_ticks) =
+        sh_exec_and_exit(&mut rx, "exit 0", "procmon-quiet-marker");
     assert_eq!(exit_code, Some(0));
     assert_eq!(start_ticks, Some(info.start_ticks), "PID-reuse guard");
     assert!(
