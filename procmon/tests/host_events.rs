@@ -24,12 +24,7 @@ impl Rx {
 }
 
 fn is_root() -> bool {
-    nix_uid() == 0
-}
-
-fn nix_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().is_root()
 }
 
 fn start(opts: Options) -> Rx {
@@ -37,6 +32,26 @@ fn start(opts: Options) -> Rx {
         mon: Monitor::start(&opts).expect("monitor starts"),
         queue: VecDeque::new(),
     }
+}
+
+/// The BPF source, or None (after saying why) where the test cannot load
+/// BPF programs.
+fn start_bpf() -> Option<Rx> {
+    if !is_root() {
+        eprintln!("SKIP: needs root (CAP_BPF/CAP_PERFMON) to load BPF programs");
+        return None;
+    }
+    let rx = start(Options {
+        allow_proc_connector: false,
+        ..Options::default()
+    });
+    assert_eq!(
+        rx.mon.backend(),
+        Backend::Bpf,
+        "reasons: {:?}",
+        rx.mon.fallback_reasons()
+    );
+    Some(rx)
 }
 
 /// Wait for the exec and the exit of `child`, returning both events.
@@ -86,20 +101,9 @@ fn sh_exec_and_exit(
 
 #[test]
 fn bpf_exec_and_exit_events_carry_argv_and_status() {
-    if !is_root() {
-        eprintln!("SKIP: needs root (CAP_BPF/CAP_PERFMON) to load BPF programs");
+    let Some(mut rx) = start_bpf() else {
         return;
-    }
-    let mut rx = start(Options {
-        allow_proc_connector: false,
-        ..Options::default()
-    });
-    assert_eq!(
-        rx.mon.backend(),
-        Backend::Bpf,
-        "reasons: {:?}",
-        rx.mon.fallback_reasons()
-    );
+    };
     // sh -c 'exit 7' with a distinctive argument.
     let (info, exit_code, start_ticks) = sh_exec_and_exit(&mut rx, "exit 7", "procmon-test-marker");
     assert_eq!(
@@ -118,15 +122,9 @@ fn bpf_exec_and_exit_events_carry_argv_and_status() {
 
 #[test]
 fn bpf_normal_exit_arrives_without_its_own_wake_up() {
-    if !is_root() {
-        eprintln!("SKIP: needs root (CAP_BPF/CAP_PERFMON) to load BPF programs");
+    let Some(mut rx) = start_bpf() else {
         return;
-    }
-    let mut rx = start(Options {
-        allow_proc_connector: false,
-        ..Options::default()
-    });
-    assert_eq!(rx.mon.backend(), Backend::Bpf);
+    };
     assert!(rx.mon.quiet_flush().is_some());
     let quiet_before = rx.mon.stats().exit_quiet;
     // Monitor::poll drains the quiet ring buffer whatever woke it.
@@ -142,12 +140,9 @@ fn bpf_normal_exit_arrives_without_its_own_wake_up() {
 
 #[test]
 fn bpf_start_time_matches_proc() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to load BPF programs");
+    let Some(mut rx) = start_bpf() else {
         return;
-    }
-    let mut rx = start(Options::default());
-    assert_eq!(rx.mon.backend(), Backend::Bpf);
+    };
     let mut child = Command::new("/bin/sleep").arg("2").spawn().unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(5);
