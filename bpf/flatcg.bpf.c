@@ -41,6 +41,14 @@
  * below its share for good while the task's own cgroup is over its share
  * on the other CPUs (38-sched-cpuset).
  *
+ * Contexts. A cgroup's context sits in an array slot given out by
+ * ops.cgroup_init() and linked to its parent's slot; a task keeps its
+ * cgroup's id and slot (ops.init_task, ops.cgroup_move). The hot callbacks
+ * walk the hierarchy by array lookups, with no cgroup reference to take and
+ * drop. What can outlive a cgroup (a tree node, a reservation, a queued
+ * count) refers to it by slot and id, and checks the id against the slot's
+ * owner. Cgroups deeper than MAX_DEPTH are refused.
+ *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
  * negative and is 0 when the cgroup exits; while it is not 0 the cgroup's
@@ -55,6 +63,8 @@ char _license[] SEC("license") = "GPL";
 #define MAX_PICKS	1024	/* tree nodes one dispatch looks at */
 #define MAX_SKIP	4	/* cgroups a CPU passes over in one dispatch */
 #define MAX_CPUS	1024
+#define MAX_CGRPS	16384	/* cgroups with a cpu controller */
+#define MAX_DEPTH	64	/* levels a walk up the tree covers */
 
 const volatile u32 nr_online = 1;		/* set by the loader */
 const volatile u64 slice_ns = 5ULL * 1000 * 1000;	/* set by the loader */
@@ -78,7 +88,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, u64);
 	__type(value, struct agcg_cgrp_stats);
-	__uint(max_entries, 16384);
+	__uint(max_entries, MAX_CGRPS);
 } cgrp_stats SEC(".maps");
 
 /* what runs on a CPU, for the preemption check of a waking task */
@@ -88,6 +98,7 @@ struct cpu_ctx {
 	u64 run_hweight;
 	u64 run_at;
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
+	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
 };
 
@@ -98,7 +109,18 @@ struct {
 	__uint(max_entries, 1);
 } cpu_ctxs SEC(".maps");
 
+/*
+ * Cgroup contexts live in an array indexed by a slot handed out in
+ * ops.cgroup_init(), with a link to the parent's slot: the hot callbacks
+ * reach a task's cgroup and its ancestors by array lookups, without a
+ * kfunc that takes and drops a cgroup reference. A reference by slot from
+ * something that may outlive the cgroup (a tree node, a reservation, a
+ * queued count) carries the cgroup id too, checked against the owner.
+ */
 struct cgrp_ctx {
+	u64 cgid;		/* owner's cgroup id, 0 for a free slot */
+	u32 parent;		/* slot of the parent (the root: its own) */
+	u32 level;
 	u32 weight;
 	u32 nr_active;		/* active children, or 1 for an active leaf */
 	u32 nr_runnable;	/* runnable tasks directly in this cgroup */
@@ -112,17 +134,29 @@ struct cgrp_ctx {
 };
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, struct cgrp_ctx);
+	__uint(max_entries, MAX_CGRPS);
+} cgrp_ctxs SEC(".maps");
+
+/* where slots are looked for next */
+u32 slot_cursor;
+
+/* a cgroup's slot, for the callbacks that are handed the cgroup */
+struct {
 	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct cgrp_ctx);
-} cgrp_ctxs SEC(".maps");
+	__type(value, u32);
+} cgrp_slots SEC(".maps");
 
 /* one node per cgroup: on the tree while queued, in its stash otherwise */
 struct cg_node {
 	struct bpf_rb_node rb_node;
 	u64 cvtime;		/* key: the cgroup's cvtime when (re)queued */
 	u64 cgid;
+	u32 slot;
 };
 
 private(AGCG_TREE) struct bpf_spin_lock cg_tree_lock;
@@ -134,7 +168,7 @@ struct node_slot {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, MAX_CGRPS);
 	__type(key, u64);
 	__type(value, struct node_slot);
 } cg_stash SEC(".maps");
@@ -149,7 +183,9 @@ struct {
 
 struct task_ctx {
 	u64 started_at;		/* start of the runtime not charged yet */
-	u64 cgid;		/* cgroup when last enqueued */
+	u64 cgid;		/* its cgroup (init_task, cgroup_move) */
+	u32 slot;		/* ... and that cgroup's slot */
+	u32 queued_slot;	/* slot of queued_cgid */
 	u64 queued_cgid;	/* cgroup whose nr_queued counts it, or 0 */
 	u64 queued_at;		/* when it was put on a per-CPU DSQ */
 	u64 reserved;		/* cvtime charged ahead for its current run */
@@ -193,30 +229,55 @@ static void tree_add(struct cg_node *node)
 	bpf_spin_unlock(&cg_tree_lock);
 }
 
-static struct cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp)
+/* The context in @slot if @cgid owns it (@cgid 0: whoever owns it). */
+static struct cgrp_ctx *ctx_at(u32 slot, u64 cgid)
 {
-	struct cgrp_ctx *cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	struct cgrp_ctx *cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
 
-	if (!cgc)
-		scx_bpf_error("no context for cgroup %llu", cgrp->kn->id);
+	if (!cgc || (cgid && cgc->cgid != cgid))
+		return NULL;
 	return cgc;
 }
 
-static struct cgrp_ctx *ancestor_ctx(struct cgroup *cgrp, int level, u64 *cgidp)
+/* The context of @p's cgroup, which cannot exit while @p is in it. */
+static struct cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ctx *tctx)
 {
-	struct cgrp_ctx *cgc;
-	struct cgroup *anc;
+	struct cgrp_ctx *cgc = ctx_at(tctx->slot, tctx->cgid);
 
-	anc = bpf_cgroup_ancestor(cgrp, level);
-	if (!anc) {
-		scx_bpf_error("no ancestor at level %d", level);
+	if (!cgc)
+		scx_bpf_error("task %d: its cgroup %llu does not own slot %u",
+			      p->pid, tctx->cgid, tctx->slot);
+	return cgc;
+}
+
+/* The context of a cgroup the kernel hands us; its slot in *@slotp. */
+static struct cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp, u32 *slotp)
+{
+	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
+	struct cgrp_ctx *cgc = NULL;
+	u32 s = 0;
+
+	if (slot) {
+		s = *slot;
+		cgc = ctx_at(s, cgrp->kn->id);
+	}
+	if (!cgc) {
+		scx_bpf_error("no context for cgroup %llu", cgrp->kn->id);
 		return NULL;
 	}
-	cgc = cgrp_ctx_of(anc);
-	if (cgidp)
-		*cgidp = anc->kn->id;
-	bpf_cgroup_release(anc);
+	if (slotp)
+		*slotp = s;
 	return cgc;
+}
+
+/* A parent outlives its children: its slot is always its own. */
+static struct cgrp_ctx *parent_ctx(struct cgrp_ctx *cgc)
+{
+	struct cgrp_ctx *pc = ctx_at(cgc->parent, 0);
+
+	if (!pc)
+		scx_bpf_error("cgroup %llu: no parent context", cgc->cgid);
+	return pc;
 }
 
 static struct agcg_cgrp_stats *stats_of(u64 cgid)
@@ -241,21 +302,15 @@ static void advance_clock(u64 cvtime)
  * dispatch starts, so that a CPU deciding meanwhile sees it (the task's
  * charges settle it) and return it; else refund @amount, unused.
  */
-static u64 reserve(u64 cgid, u64 amount, u64 run_ns)
+static u64 reserve(u32 slot, u64 cgid, u64 amount, u64 run_ns)
 {
-	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
-	u64 r = 0;
+	struct cgrp_ctx *cgc = ctx_at(slot, cgid);
+	u64 r;
 
-	cgrp = bpf_cgroup_from_id(cgid);
-	if (!cgrp)
+	if (!cgc)
 		return 0;
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-	if (cgc) {
-		r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
-		__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
-	}
-	bpf_cgroup_release(cgrp);
+	r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
+	__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
 	return r;
 }
 
@@ -274,56 +329,51 @@ static void unqueue(struct task_ctx *tctx)
 {
 	u64 cgid = tctx->queued_cgid;
 	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
 
 	if (!cgid)
 		return;
 	tctx->queued_cgid = 0;
-	cgrp = bpf_cgroup_from_id(cgid);
-	if (!cgrp)
-		return;
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	cgc = ctx_at(tctx->queued_slot, cgid);
 	if (cgc && __sync_sub_and_fetch(&cgc->nr_queued, 1) < 0)
 		scx_bpf_error("cgroup %llu: nr_queued went negative", cgid);
-	bpf_cgroup_release(cgrp);
 }
 
 /*
- * Recompute @cgrp's hweight if the generation moved, top down: each level's
- * hweight is its parent's times weight / (sum of the active siblings').
+ * Recompute the hweight of @cgc, and of its ancestors, if the generation
+ * moved, top down: each level's hweight is its parent's times weight /
+ * (sum of the active siblings'). Each pass walks up from @cgc to the
+ * highest level still stale and refreshes it from its parent: quadratic in
+ * the depth, but each step is an array lookup.
  */
-static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
+static void refresh_hweight(struct cgrp_ctx *cgc)
 {
-	struct cgrp_ctx *pc = NULL;
-	int level;
+	u64 gen = hweight_gen;
+	u32 i, j;
 
-	if (!cgc->nr_active || cgc->hweight_gen == hweight_gen)
+	if (!cgc->nr_active || cgc->hweight_gen == gen)
 		return;
 
 	gstat_inc(AGCG_GS_HWT_UPDATE);
-	/* each level's context is fetched once: it is the next one's parent */
-	bpf_for(level, 0, cgrp->level + 1) {
+	bpf_for(i, 0, MAX_DEPTH) {
+		struct cgrp_ctx *c = cgc, *pc = NULL;
 		struct agcg_cgrp_stats *st;
-		struct cgrp_ctx *c;
-		bool active;
-		u64 cgid = 0;
+		bool active = true;
 
-		if (level == cgrp->level) {
-			c = cgc;
-			cgid = cgrp->kn->id;
-		} else {
-			c = ancestor_ctx(cgrp, level, &cgid);
+		bpf_for(j, 0, MAX_DEPTH) {
+			if (!c->level)
+				break;
+			pc = parent_ctx(c);
+			if (!pc || pc->hweight_gen == gen)
+				break;
+			c = pc;
 		}
-		if (!c)
-			break;
 
-		if (!level) {
+		if (!c->level) {
 			c->hweight = AGCG_HWEIGHT_ONE;
-			c->hweight_gen = hweight_gen;
+			c->hweight_gen = gen;
 		} else {
 			if (!pc)
-				break;
-
+				return;
 			bpf_spin_lock(&cg_tree_lock);
 			active = c->nr_active;
 			if (active) {
@@ -332,14 +382,13 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
 							  pc->child_weight_sum ?: 1);
 			}
 			bpf_spin_unlock(&cg_tree_lock);
-			if (!active)
-				break;
 		}
 
-		st = stats_of(cgid);
+		st = stats_of(c->cgid);
 		if (st)
 			st->hweight = c->hweight;
-		pc = c;
+		if (!active || c->cgid == cgc->cgid)
+			return;
 	}
 }
 
@@ -348,7 +397,7 @@ static void refresh_hweight(struct cgroup *cgrp, struct cgrp_ctx *cgc)
  * task vtime and to its cgroup's cvtime.
  */
 static void charge(struct task_struct *p, struct task_ctx *tctx,
-		   struct cgroup *cgrp, struct cgrp_ctx *cgc, u64 now)
+		   struct cgrp_ctx *cgc, u64 now)
 {
 	struct agcg_cgrp_stats *st;
 	u64 ran = 0;
@@ -358,7 +407,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	tctx->started_at = now;
 	tctx->run_ns += ran;
 	/* a task kept running never passes ops.running(): refresh here too */
-	refresh_hweight(cgrp, cgc);
+	refresh_hweight(cgc);
 	/* the reservation made when it was dispatched is part of the charge */
 	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
 	tctx->reserved = 0;
@@ -366,17 +415,17 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 		return;
 
 	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
-	st = stats_of(cgrp->kn->id);
+	st = stats_of(tctx->cgid);
 	if (st)
 		__sync_fetch_and_add(&st->cpu_time_ns, ran);
 }
 
-/* Put @cgrp's node on the tree if it is not there (or held) already. */
-static void cgrp_enqueued(struct cgroup *cgrp, struct cgrp_ctx *cgc)
+/* Put @cgc's node on the tree if it is not there (or held) already. */
+static void cgrp_enqueued(struct cgrp_ctx *cgc)
 {
 	struct node_slot *stash;
 	struct cg_node *node;
-	u64 cgid = cgrp->kn->id;
+	u64 cgid = cgc->cgid;
 
 	/* paired with the retirement in pick_one() */
 	if (__sync_val_compare_and_swap(&cgc->queued, 0, 1))
@@ -439,7 +488,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx;
 	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
 	u64 cgid, tvtime;
 	s32 cpu;
 
@@ -457,16 +505,10 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 
-	cgrp = scx_bpf_task_cgroup(p);
-	if (!cgrp)
+	cgc = task_cgrp_ctx(p, tctx);
+	if (!cgc)
 		return;
-	cgc = cgrp_ctx_of(cgrp);
-	if (!cgc) {
-		bpf_cgroup_release(cgrp);
-		return;
-	}
-	cgid = cgrp->kn->id;
-	tctx->cgid = cgid;
+	cgid = tctx->cgid;
 
 	if (p->nr_cpus_allowed == 1) {
 		cpu = bpf_cpumask_first(p->cpus_ptr);
@@ -483,9 +525,10 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		/* counted before the insertion, which the kernel completes later */
 		__sync_fetch_and_add(&cgc->nr_queued, 1);
 		tctx->queued_cgid = cgid;
+		tctx->queued_slot = tctx->slot;
 		scx_bpf_dsq_insert_vtime(p, cgid, slice_ns, tvtime, enq_flags);
 		gstat_inc(p->nr_cpus_allowed < nr_online ? AGCG_GS_SUBSET : AGCG_GS_CGROUP);
-		cgrp_enqueued(cgrp, cgc);
+		cgrp_enqueued(cgc);
 		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	}
 
@@ -496,23 +539,18 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		maybe_preempt(p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
 			      scx_bpf_task_cpu(p), cgid, cgc->cvtime);
 	}
-	bpf_cgroup_release(cgrp);
 }
 
 /*
  * Maintain the active counts and the active-children weight sums up the
  * tree when a cgroup gains its first or loses its last runnable task.
  */
-static void update_active(struct cgroup *cgrp, bool runnable)
+static void update_active(struct cgrp_ctx *cgc, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
-	struct cgrp_ctx *cgc, *c;
 	bool changed = false;
+	struct cgrp_ctx *c;
 	int idx;
-
-	cgc = cgrp_ctx_of(cgrp);
-	if (!cgc)
-		return;
 
 	if (runnable ? __sync_fetch_and_add(&cgc->nr_runnable, 1) :
 		       __sync_sub_and_fetch(&cgc->nr_runnable, 1))
@@ -526,12 +564,13 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 
 	/* bottom up; each level's context is the next one's child */
 	c = cgc;
-	bpf_for(idx, 0, cgrp->level) {
-		int level = cgrp->level - idx;
+	bpf_for(idx, 0, MAX_DEPTH) {
 		struct cgrp_ctx *pc;
 		bool propagate = false;
 
-		pc = ancestor_ctx(cgrp, level - 1, NULL);
+		if (!c->level)
+			break;
+		pc = parent_ctx(c);
 		if (!pc)
 			break;
 
@@ -552,7 +591,7 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 	}
 
 	/* the root cgroup (level 0) is always active */
-	if (!cgrp->level && runnable)
+	if (!cgc->level && runnable)
 		cgc->nr_active = 1;
 	if (changed)
 		__sync_fetch_and_add(&hweight_gen, 1);
@@ -560,12 +599,16 @@ static void update_active(struct cgroup *cgrp, bool runnable)
 
 static void task_active(struct task_struct *p, bool runnable)
 {
-	struct cgroup *cgrp = scx_bpf_task_cgroup(p);
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	struct cgrp_ctx *cgc;
 
-	if (cgrp) {
-		update_active(cgrp, runnable);
-		bpf_cgroup_release(cgrp);
+	if (!tctx) {
+		scx_bpf_error("no context for task %d", p->pid);
+		return;
 	}
+	cgc = task_cgrp_ctx(p, tctx);
+	if (cgc)
+		update_active(cgc, runnable);
 }
 
 void BPF_STRUCT_OPS(agcg_runnable, struct task_struct *p, u64 enq_flags)
@@ -584,7 +627,6 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	struct task_ctx *tctx;
 	struct cpu_ctx *cpuc;
 	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
 	u64 now = bpf_ktime_get_ns();
 	u32 zero = 0;
 
@@ -594,35 +636,30 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	tctx->started_at = now;
 	unqueue(tctx);
 
-	cgrp = scx_bpf_task_cgroup(p);
-	if (!cgrp)
-		return;
-	cgc = cgrp_ctx_of(cgrp);
+	cgc = task_cgrp_ctx(p, tctx);
 	if (!cgc)
-		goto out;
-	refresh_hweight(cgrp, cgc);
+		return;
+	refresh_hweight(cgc);
 	/* racy but monotonic enough: errors are transient and bounded */
 	if (vtime_before(cgc->tvtime_now, p->scx.dsq_vtime))
 		cgc->tvtime_now = p->scx.dsq_vtime;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (cpuc) {
-		if (cpuc->res_cgid == cgrp->kn->id) {
+		if (cpuc->res_cgid == tctx->cgid) {
 			tctx->reserved += cpuc->reserved;
 			cpuc->reserved = 0;
 			cpuc->res_cgid = 0;
 		}
-		cpuc->run_cgid = cgrp->kn->id;
+		cpuc->run_cgid = tctx->cgid;
 		/* as dispatch() will see it: the reservation settles then */
 		cpuc->run_cvtime = cgc->cvtime - tctx->reserved;
 		cpuc->run_hweight = cgc->hweight;
 		cpuc->run_at = now;
 	}
-	st = stats_of(cgrp->kn->id);
+	st = stats_of(tctx->cgid);
 	if (st)
 		__sync_fetch_and_add(&st->dispatches, 1);
-out:
-	bpf_cgroup_release(cgrp);
 }
 
 void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
@@ -630,7 +667,6 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	struct task_ctx *tctx;
 	struct cpu_ctx *cpuc;
 	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
 	u32 zero = 0;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
@@ -639,16 +675,12 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return;
-	cgrp = scx_bpf_task_cgroup(p);
-	if (!cgrp)
-		return;
-	cgc = cgrp_ctx_of(cgrp);
+	cgc = task_cgrp_ctx(p, tctx);
 	if (cgc)
-		charge(p, tctx, cgrp, cgc, bpf_ktime_get_ns());
+		charge(p, tctx, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
 	tctx->last_run_ns = tctx->run_ns;
 	tctx->run_ns = 0;
-	bpf_cgroup_release(cgrp);
 }
 
 void BPF_STRUCT_OPS(agcg_disable, struct task_struct *p)
@@ -664,11 +696,11 @@ void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 	struct agcg_cgrp_stats *st;
 	struct cgrp_ctx *cgc, *pc = NULL;
 
-	cgc = cgrp_ctx_of(cgrp);
+	cgc = cgrp_ctx_of(cgrp, NULL);
 	if (!cgc)
 		return;
-	if (cgrp->level) {
-		pc = ancestor_ctx(cgrp, cgrp->level - 1, NULL);
+	if (cgc->level) {
+		pc = parent_ctx(cgc);
 		if (!pc)
 			return;
 	}
@@ -688,6 +720,7 @@ void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 /* The candidates dispatch() compares: cgroup cvtime, then task vtime. */
 struct cand {
 	u64 cgid;		/* 0: none */
+	u32 slot;
 	u64 cvtime;
 	u64 tvtime;
 };
@@ -712,10 +745,10 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	struct node_slot *slot;
 	struct bpf_rb_node *rb;
 	struct cg_node *node;
-	struct cgrp_ctx *cgc = NULL;
-	struct cgroup *cgrp;
+	struct cgrp_ctx *cgc;
 	u32 idx = cpu * MAX_SKIP + *nr_skipped;
 	u64 cgid, key;
+	u32 cslot;
 	bool retire;
 
 	bpf_spin_lock(&cg_tree_lock);
@@ -740,11 +773,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	}
 	node = container_of(rb, struct cg_node, rb_node);
 
-	cgrp = bpf_cgroup_from_id(cgid);
-	if (cgrp) {
-		cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-		bpf_cgroup_release(cgrp);
-	}
+	cslot = node->slot;
+	cgc = ctx_at(cslot, cgid);
 	if (!cgc) {
 		/* the cgroup went away with its node on the tree */
 		bpf_obj_drop(node);
@@ -770,6 +800,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		advance_clock(cgc->cvtime);
 		cpuc->res_cgid = cgid;
+		cpuc->res_slot = cslot;
 		cpuc->reserved = scale_by_hweight(expected_run(head), cgc->hweight);
 		__sync_fetch_and_add(&cgc->cvtime, cpuc->reserved);
 		node->cvtime = cgc->cvtime;
@@ -831,24 +862,20 @@ static bool cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 
 {
 	struct task_ctx *tctx;
 	struct cgrp_ctx *cgc;
-	struct cgroup *cgrp;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return false;
-	cgrp = bpf_cgroup_from_id(tctx->cgid);
-	if (!cgrp)
+	cgc = task_cgrp_ctx(p, tctx);
+	if (!cgc)
 		return false;
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
-	if (cgc) {
-		if (charge_now)
-			charge(p, tctx, cgrp, cgc, now);
-		c->cgid = tctx->cgid;
-		c->cvtime = cgc->cvtime;
-		c->tvtime = p->scx.dsq_vtime;
-	}
-	bpf_cgroup_release(cgrp);
-	return cgc != NULL;
+	if (charge_now)
+		charge(p, tctx, cgc, now);
+	c->cgid = tctx->cgid;
+	c->slot = tctx->slot;
+	c->cvtime = cgc->cvtime;
+	c->tvtime = p->scx.dsq_vtime;
+	return true;
 }
 
 void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
@@ -870,7 +897,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 	/* the last dispatch's reservation that no task used */
 	if (cpuc->reserved) {
-		reserve(cpuc->res_cgid, cpuc->reserved, 0);
+		reserve(cpuc->res_slot, cpuc->res_cgid, cpuc->reserved, 0);
 		cpuc->reserved = 0;
 		cpuc->res_cgid = 0;
 	}
@@ -889,7 +916,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		if (tctx && now - tctx->queued_at > starve_slices * slice_ns) {
 			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 				cpuc->res_cgid = local.cgid;
-				cpuc->reserved = reserve(local.cgid, 0, expected_run(head));
+				cpuc->res_slot = local.slot;
+				cpuc->reserved = reserve(local.slot, local.cgid, 0,
+							 expected_run(head));
 				gstat_inc(AGCG_GS_PCPU_AGED);
 				return;
 			}
@@ -932,7 +961,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	advance_clock(best.cvtime);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 		cpuc->res_cgid = best.cgid;
-		cpuc->reserved = reserve(best.cgid, 0, expected_run(head));
+		cpuc->res_slot = best.slot;
+		cpuc->reserved = reserve(best.slot, best.cgid, 0, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
@@ -941,7 +971,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		scx_bpf_task_set_slice(prev, slice_ns);
 		tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
 		if (tctx)
-			tctx->reserved += reserve(tctx->cgid, 0, expected_run(prev));
+			tctx->reserved += reserve(tctx->slot, tctx->cgid, 0,
+						  expected_run(prev));
 		gstat_inc(AGCG_GS_PICK_PREV);
 	}
 }
@@ -950,6 +981,7 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 {
 	struct task_ctx *tctx;
 	struct cgrp_ctx *cgc;
+	u32 slot;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!tctx)
@@ -957,11 +989,36 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 	tctx->started_at = 0;
 	tctx->queued_cgid = 0;
 	tctx->cgid = args->cgroup->kn->id;
-
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, args->cgroup, 0, 0);
-	if (cgc)
+	tctx->slot = 0;
+	/*
+	 * No context is an error, unless the scheduler is being disabled:
+	 * then cgroups exit before forks stop coming here, and a fork must
+	 * not fail for it.
+	 */
+	cgc = cgrp_ctx_of(args->cgroup, &slot);
+	if (cgc) {
+		tctx->slot = slot;
 		scx_bpf_task_set_dsq_vtime(p, cgc->tvtime_now);
+	}
 	return 0;
+}
+
+/* Claim a free slot for @cgid: next fit from where the last claim ended. */
+static s32 alloc_slot(u64 cgid)
+{
+	u32 i, slot;
+
+	bpf_for(i, 0, MAX_CGRPS) {
+		struct cgrp_ctx *cgc;
+
+		slot = (slot_cursor + i) % MAX_CGRPS;
+		cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
+		if (cgc && !cgc->cgid && !__sync_val_compare_and_swap(&cgc->cgid, 0, cgid)) {
+			slot_cursor = slot + 1;
+			return slot;
+		}
+	}
+	return -ENOSPC;
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
@@ -973,26 +1030,62 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	struct cg_node *node = NULL;
 	struct cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
-	s32 ret;
+	u32 *slotp, parent;
+	s32 slot, ret;
+
+	/* the walks up the tree are bounded; cgroups this deep are refused */
+	if (cgrp->level >= MAX_DEPTH)
+		return -E2BIG;
+	if (cgrp->level) {
+		struct cgroup *up = bpf_cgroup_ancestor(cgrp, cgrp->level - 1);
+
+		if (!up)
+			return -ENOENT;
+		slotp = bpf_cgrp_storage_get(&cgrp_slots, up, 0, 0);
+		parent = slotp ? *slotp : 0;
+		bpf_cgroup_release(up);
+		if (!slotp)
+			return -ENOENT;
+	}
+	slotp = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!slotp)
+		return -ENOMEM;
+	slot = alloc_slot(cgid);
+	if (slot < 0)
+		return slot;
+	*slotp = slot;
+	cgc = ctx_at(slot, cgid);
+	if (!cgc)
+		return -ENOENT;
+	cgc->parent = cgrp->level ? parent : slot;
+	cgc->level = cgrp->level;
+	cgc->weight = args->weight;
+	cgc->nr_active = 0;
+	cgc->nr_runnable = 0;
+	cgc->queued = 0;
+	cgc->nr_queued = 0;
+	cgc->child_weight_sum = 0;
+	cgc->hweight = AGCG_HWEIGHT_ONE;
+	cgc->hweight_gen = 0;
+	cgc->cvtime = cvtime_now;
+	cgc->tvtime_now = 0;
 
 	ret = scx_bpf_create_dsq(cgid, -1);
 	if (ret)
-		return ret;
-	cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		goto err_slot;
 	ret = bpf_map_update_elem(&cg_stash, &cgid, &empty, BPF_NOEXIST);
-	if (cgc && !ret)
+	if (!ret)
 		stash = bpf_map_lookup_elem(&cg_stash, &cgid);
 	if (stash)
 		node = bpf_obj_new(struct cg_node);
 	if (!node) {
 		bpf_map_delete_elem(&cg_stash, &cgid);
 		scx_bpf_destroy_dsq(cgid);
-		return ret ?: -ENOMEM;
+		ret = ret ?: -ENOMEM;
+		goto err_slot;
 	}
-	cgc->weight = args->weight;
-	cgc->hweight = AGCG_HWEIGHT_ONE;
-	cgc->cvtime = cvtime_now;
 	node->cgid = cgid;
+	node->slot = slot;
 	node = bpf_kptr_xchg(&stash->node, node);
 	if (node) {
 		/*
@@ -1000,27 +1093,34 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 		 * cgroup that is gone: a CPU retiring that node in pick_one()
 		 * looked its slot up before agcg_cgroup_exit() deleted it and
 		 * put the node in after, and the hash map reused the freed
-		 * element for this cgroup. Seen in the VM as agents' leaves
-		 * came and went (tests/vm/cases/22-daemon-no-escape.sh). The
-		 * stale node is ours now: drop it.
+		 * element for this cgroup. The stale node is ours now: drop it.
 		 */
 		bpf_obj_drop(node);
 	}
 	bpf_map_update_elem(&cgrp_stats, &cgid, &st, BPF_ANY);
 	return 0;
+
+err_slot:
+	cgc->cgid = 0;
+	return ret;
 }
 
 void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 {
-	struct cgrp_ctx *cgc = bpf_cgrp_storage_get(&cgrp_ctxs, cgrp, 0, 0);
+	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
 	u64 cgid = cgrp->kn->id;
+	struct cgrp_ctx *cgc;
 
+	cgc = slot ? ctx_at(*slot, cgid) : NULL;
 	if (cgc && cgc->nr_queued)
 		scx_bpf_error("cgroup %llu exits with nr_queued %lld", cgid, cgc->nr_queued);
 	/* a node still on the tree is dropped when a CPU pops it */
 	bpf_map_delete_elem(&cg_stash, &cgid);
 	bpf_map_delete_elem(&cgrp_stats, &cgid);
 	scx_bpf_destroy_dsq(cgid);
+	/* last: the slot is free for the next cgroup */
+	if (cgc)
+		cgc->cgid = 0;
 }
 
 void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
@@ -1028,18 +1128,19 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 {
 	struct cgrp_ctx *from_c, *to_c;
 	struct task_ctx *tctx;
+	u32 to_slot;
 	s64 delta;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	if (tctx)
-		tctx->cgid = to->kn->id;
-	from_c = bpf_cgrp_storage_get(&cgrp_ctxs, from, 0, 0);
-	to_c = bpf_cgrp_storage_get(&cgrp_ctxs, to, 0, 0);
-	if (!from_c || !to_c)
+	from_c = cgrp_ctx_of(from, NULL);
+	to_c = cgrp_ctx_of(to, &to_slot);
+	if (!tctx || !from_c || !to_c)
 		return;
+	tctx->cgid = to->kn->id;
+	tctx->slot = to_slot;
 
 	/* its reservation moves along; its lag against the task clock too */
-	if (tctx && tctx->reserved) {
+	if (tctx->reserved) {
 		__sync_fetch_and_sub(&from_c->cvtime, tctx->reserved);
 		__sync_fetch_and_add(&to_c->cvtime, tctx->reserved);
 	}

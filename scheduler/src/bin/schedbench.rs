@@ -10,6 +10,9 @@
 //!   worker threads through pipes, every 2 ms; each worker records the delay
 //!   from the write to its wake-up and spins 100 us (schbench's shape);
 //!   prints `p50_us p99_us samples`.
+//! - `churn DIR COUNT`: COUNT times, makes the cgroup DIR/cN, moves itself
+//!   into it, back to DIR/park (made if missing) and removes it: cgroups
+//!   born and gone under the scheduler (VM case 39); prints seconds.
 
 use std::io::{pipe, PipeReader, PipeWriter, Read, Write};
 use std::process::ExitCode;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: agentcg-schedbench pipe ROUNDS | hackbench GROUPS LOOPS | wakeup SECONDS [WORKERS]"
+        "usage: agentcg-schedbench pipe ROUNDS | hackbench GROUPS LOOPS | wakeup SECONDS [WORKERS] | churn DIR COUNT"
     );
     ExitCode::from(2)
 }
@@ -150,6 +153,23 @@ fn wakeup(seconds: u64, workers: u64) -> std::io::Result<(u64, u64, usize)> {
     Ok((percentile(&all, 0.5), percentile(&all, 0.99), all.len()))
 }
 
+fn churn(dir: &std::path::Path, count: u64) -> std::io::Result<f64> {
+    let park = dir.join("park");
+    if !park.is_dir() {
+        std::fs::create_dir(&park)?;
+    }
+    let pid = std::process::id().to_string();
+    let start = Instant::now();
+    for i in 0..count {
+        let cg = dir.join(format!("c{i}"));
+        std::fs::create_dir(&cg)?;
+        std::fs::write(cg.join("cgroup.procs"), &pid)?;
+        std::fs::write(park.join("cgroup.procs"), &pid)?;
+        std::fs::remove_dir(&cg)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let res = match args.get(1).map(String::as_str) {
@@ -165,6 +185,10 @@ fn main() -> ExitCode {
             Some(s) => wakeup(s, arg(&args, 3).unwrap_or(4))
                 .map(|(p50, p99, n)| println!("{p50} {p99} {n}")),
             None => return usage(),
+        },
+        Some("churn") => match (args.get(2), arg(&args, 3)) {
+            (Some(d), Some(n)) => churn(d.as_ref(), n).map(|s| println!("{s:.4}")),
+            _ => return usage(),
         },
         _ => return usage(),
     };

@@ -10,6 +10,10 @@
 # every round trip). The scheduler stays attached, its anomaly counters
 # stay 0, the cgroups were activated at least N times and cgroups left the
 # tree.
+# Then cgroup churn past the scheduler's 16384 context slots: C (default
+# 17000) cgroups made, entered by a shell, left and removed, so that freed
+# slots are handed out again (agentcg-schedbench churn); two cgroups made after it (weights 300:100,
+# in reused slots) still split the CPU 3:1.
 . /vm/lib/sched.sh
 
 [ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
@@ -40,5 +44,19 @@ act=$(counter /tmp/scx39.log activations); ret=$(counter /tmp/scx39.log retires)
 echo "activations: $act0 -> $act, retires: $retires0 -> $ret"
 [ $((act - act0)) -ge $N ] || fail "fewer than $N cgroup activations: the cgroups were not emptied and refilled"
 [ "$ret" -gt "${retires0:-0}" ] || fail "no cgroup left the tree: the retire path did not run"
+for p in $HOGS; do kill -9 "$p" 2>/dev/null; done; HOGS=
+
+C=${C:-17000}
+secs=$(agentcg-schedbench churn $CG/t39 $C) || fail "cgroup churn failed"
+echo "$C cgroups made, entered, left and removed in $secs s"
+alive /tmp/scx39.log
+mkdir -p $CG/t39/x $CG/t39/y
+echo 300 > $CG/t39/x/cpu.weight
+echo 100 > $CG/t39/y/cpu.weight
+hogs t39/x $(nproc)
+hogs t39/y $(nproc)
+sleep $WARM
+ratio t39/x t39/y 3 || fail "300:100 in cgroups made after the churn is not 3:1 within 5%"
+no_anomalies /tmp/scx39.log
 cleanup
 echo "PASS 39-sched-refill"
