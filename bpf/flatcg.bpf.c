@@ -11,43 +11,37 @@
  *                  \ b (100)               b: 1 * 100/300           = 1/3
  *
  * Activity and weight changes bump a generation; a cached hweight is
- * recomputed when a task of the cgroup starts running after a change.
+ * recomputed when a task of the cgroup next runs or is charged.
  *
  * Cgroup virtual time. Every nanosecond a task runs is charged to its
- * cgroup's cvtime as ran / hweight, whatever path brought it to the CPU.
- * When every cgroup gets its share all cvtimes advance alike, so the
- * lowest is owed CPU. ops.dispatch() serves, of three candidates, the one
- * whose cgroup has the lowest cvtime (of one cgroup, the lower task vtime):
- * the first cgroup of an rbtree of the cgroups with tasks on their DSQ
- * (keyed by cvtime; a stale key is refreshed first); this CPU's per-CPU
- * DSQ; the previous task if still runnable (charged up to now first). A
- * dispatch charges the task's last run (at most a slice) / hweight ahead,
- * settled by the runtime or refunded, so CPUs deciding at once see each
- * other's choices. A cgroup
- * back from idle keeps at most nr_cpus / 2 slices of credit against the
- * clock (the highest cvtime served).
+ * cgroup's cvtime as ran / hweight, so the lowest cvtime is owed CPU.
+ * ops.dispatch() serves, of three candidates, the one whose cgroup has the
+ * lowest cvtime (of one cgroup, the lower task vtime): the first cgroup of
+ * an rbtree of the cgroups with queued tasks (keyed by cvtime; a stale key
+ * is refreshed first), this CPU's per-CPU DSQ, the previous task if still
+ * runnable. A dispatch charges the task's last run (at most a slice) /
+ * hweight ahead, settled by the runtime or refunded, so CPUs deciding at
+ * once see each other's choices. A cgroup back from idle keeps at most
+ * nr_cpus / 2 slices of credit against the highest cvtime served.
  *
  * Placement: a synchronous wake-up goes to the waker's CPU if nothing
  * waits there, a wake-up with an idle CPU to that CPU, a per-CPU kthread
- * to its CPU's local DSQ, another single-CPU task to its CPU's per-CPU DSQ
- * (the CPU kicked or preempted), everything else, subset-restricted tasks
- * included, to its cgroup's DSQ: a CPU takes the first task it may run and
- * passes over a cgroup with none, so the CPUs a restricted cgroup may use
- * serve it in cvtime order. A waking task whose cgroup is behind the one
- * running on its CPU by over slice / 8 preempts it.
+ * to its local DSQ, another single-CPU task to its CPU's per-CPU DSQ (the
+ * CPU kicked or preempted), everything else to its cgroup's DSQ: a CPU
+ * takes the first task it may run and passes over a cgroup with none, so
+ * subset-restricted cgroups are served in cvtime order on their CPUs. A
+ * waking task whose cgroup is behind the running one's by over slice / 8
+ * preempts it. A single-CPU task that waited starve_slices slices is
+ * served first: cvtime order alone starves it where a cgroup confined to
+ * its CPU stays below its share for good (38-sched-cpuset).
  *
- * A single-CPU task that waited starve_slices slices is served first:
- * cvtime order alone starves it where a cgroup confined to its CPU stays
- * below its share for good while the task's own cgroup is over its share
- * on the other CPUs (38-sched-cpuset).
- *
- * Contexts. A cgroup's context sits in an array slot given out by
+ * Contexts. A cgroup's context sits in an array slot claimed in
  * ops.cgroup_init() and linked to its parent's slot; a task keeps its
- * cgroup's id and slot (ops.init_task, ops.cgroup_move). The hot callbacks
- * walk the hierarchy by array lookups, with no cgroup reference to take and
- * drop. What can outlive a cgroup (a tree node, a reservation, a queued
- * count) refers to it by slot and id, and checks the id against the slot's
- * owner. Cgroups deeper than MAX_DEPTH are refused.
+ * cgroup's id and slot. The hot callbacks walk the hierarchy by array
+ * lookups, with no cgroup reference to take and drop. What can outlive a
+ * cgroup (a tree node, a reservation, a queued count) holds its slot and
+ * id, checked against the slot's owner. Cgroups deeper than MAX_DEPTH are
+ * refused.
  *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
@@ -84,13 +78,6 @@ struct {
 	__uint(max_entries, AGCG_NR_GSTATS);
 } gstats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, u64);
-	__type(value, struct agcg_cgrp_stats);
-	__uint(max_entries, MAX_CGRPS);
-} cgrp_stats SEC(".maps");
-
 /* what runs on a CPU, for the preemption check of a waking task */
 struct cpu_ctx {
 	u64 run_cgid;		/* cgroup of the running task, 0 for none */
@@ -109,39 +96,16 @@ struct {
 	__uint(max_entries, 1);
 } cpu_ctxs SEC(".maps");
 
-/*
- * Cgroup contexts live in an array indexed by a slot handed out in
- * ops.cgroup_init(), with a link to the parent's slot: the hot callbacks
- * reach a task's cgroup and its ancestors by array lookups, without a
- * kfunc that takes and drops a cgroup reference. A reference by slot from
- * something that may outlive the cgroup (a tree node, a reservation, a
- * queued count) carries the cgroup id too, checked against the owner.
- */
-struct cgrp_ctx {
-	u64 cgid;		/* owner's cgroup id, 0 for a free slot */
-	u32 parent;		/* slot of the parent (the root: its own) */
-	u32 level;
-	u32 weight;
-	u32 nr_active;		/* active children, or 1 for an active leaf */
-	u32 nr_runnable;	/* runnable tasks directly in this cgroup */
-	u32 queued;		/* node on the tree or held by a dispatching CPU */
-	s64 nr_queued;		/* tasks on its DSQ or being inserted */
-	u64 child_weight_sum;	/* sum of the weights of active children */
-	u64 hweight;
-	u64 hweight_gen;
-	u64 cvtime;		/* cgroup vtime: runtime / hweight */
-	u64 tvtime_now;		/* task vtime clock inside the cgroup */
-};
-
+/* cgroup contexts by slot (see Contexts above; flatcg_intf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, u32);
-	__type(value, struct cgrp_ctx);
+	__type(value, struct agcg_cgrp_ctx);
 	__uint(max_entries, MAX_CGRPS);
 } cgrp_ctxs SEC(".maps");
 
-/* where slots are looked for next */
-u32 slot_cursor;
+/* one past the highest slot ever claimed: what the loader reads */
+u32 slot_hw;
 
 /* a cgroup's slot, for the callbacks that are handed the cgroup */
 struct {
@@ -230,9 +194,9 @@ static void tree_add(struct cg_node *node)
 }
 
 /* The context in @slot if @cgid owns it (@cgid 0: whoever owns it). */
-static struct cgrp_ctx *ctx_at(u32 slot, u64 cgid)
+static struct agcg_cgrp_ctx *ctx_at(u32 slot, u64 cgid)
 {
-	struct cgrp_ctx *cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
+	struct agcg_cgrp_ctx *cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
 
 	if (!cgc || (cgid && cgc->cgid != cgid))
 		return NULL;
@@ -240,9 +204,9 @@ static struct cgrp_ctx *ctx_at(u32 slot, u64 cgid)
 }
 
 /* The context of @p's cgroup, which cannot exit while @p is in it. */
-static struct cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ctx *tctx)
+static struct agcg_cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ctx *tctx)
 {
-	struct cgrp_ctx *cgc = ctx_at(tctx->slot, tctx->cgid);
+	struct agcg_cgrp_ctx *cgc = ctx_at(tctx->slot, tctx->cgid);
 
 	if (!cgc)
 		scx_bpf_error("task %d: its cgroup %llu does not own slot %u",
@@ -251,38 +215,26 @@ static struct cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ctx *tc
 }
 
 /* The context of a cgroup the kernel hands us; its slot in *@slotp. */
-static struct cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp, u32 *slotp)
+static struct agcg_cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp, u32 *slotp)
 {
 	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
-	struct cgrp_ctx *cgc = NULL;
-	u32 s = 0;
+	struct agcg_cgrp_ctx *cgc = slot ? ctx_at(*slot, cgrp->kn->id) : NULL;
 
-	if (slot) {
-		s = *slot;
-		cgc = ctx_at(s, cgrp->kn->id);
-	}
-	if (!cgc) {
+	if (!cgc)
 		scx_bpf_error("no context for cgroup %llu", cgrp->kn->id);
-		return NULL;
-	}
-	if (slotp)
-		*slotp = s;
+	else if (slot && slotp)
+		*slotp = *slot;
 	return cgc;
 }
 
 /* A parent outlives its children: its slot is always its own. */
-static struct cgrp_ctx *parent_ctx(struct cgrp_ctx *cgc)
+static struct agcg_cgrp_ctx *parent_ctx(struct agcg_cgrp_ctx *cgc)
 {
-	struct cgrp_ctx *pc = ctx_at(cgc->parent, 0);
+	struct agcg_cgrp_ctx *pc = ctx_at(cgc->parent, 0);
 
 	if (!pc)
 		scx_bpf_error("cgroup %llu: no parent context", cgc->cgid);
 	return pc;
-}
-
-static struct agcg_cgrp_stats *stats_of(u64 cgid)
-{
-	return bpf_map_lookup_elem(&cgrp_stats, &cgid);
 }
 
 /* a CPU time as cgroup vtime: time / hweight */
@@ -304,7 +256,7 @@ static void advance_clock(u64 cvtime)
  */
 static u64 reserve(u32 slot, u64 cgid, u64 amount, u64 run_ns)
 {
-	struct cgrp_ctx *cgc = ctx_at(slot, cgid);
+	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
 	u64 r;
 
 	if (!cgc)
@@ -328,7 +280,7 @@ static u64 expected_run(struct task_struct *p)
 static void unqueue(struct task_ctx *tctx)
 {
 	u64 cgid = tctx->queued_cgid;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 
 	if (!cgid)
 		return;
@@ -345,7 +297,7 @@ static void unqueue(struct task_ctx *tctx)
  * highest level still stale and refreshes it from its parent: quadratic in
  * the depth, but each step is an array lookup.
  */
-static void refresh_hweight(struct cgrp_ctx *cgc)
+static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 {
 	u64 gen = hweight_gen;
 	u32 i, j;
@@ -355,8 +307,7 @@ static void refresh_hweight(struct cgrp_ctx *cgc)
 
 	gstat_inc(AGCG_GS_HWT_UPDATE);
 	bpf_for(i, 0, MAX_DEPTH) {
-		struct cgrp_ctx *c = cgc, *pc = NULL;
-		struct agcg_cgrp_stats *st;
+		struct agcg_cgrp_ctx *c = cgc, *pc = NULL;
 		bool active = true;
 
 		bpf_for(j, 0, MAX_DEPTH) {
@@ -383,10 +334,6 @@ static void refresh_hweight(struct cgrp_ctx *cgc)
 			}
 			bpf_spin_unlock(&cg_tree_lock);
 		}
-
-		st = stats_of(c->cgid);
-		if (st)
-			st->hweight = c->hweight;
 		if (!active || c->cgid == cgc->cgid)
 			return;
 	}
@@ -397,9 +344,8 @@ static void refresh_hweight(struct cgrp_ctx *cgc)
  * task vtime and to its cgroup's cvtime.
  */
 static void charge(struct task_struct *p, struct task_ctx *tctx,
-		   struct cgrp_ctx *cgc, u64 now)
+		   struct agcg_cgrp_ctx *cgc, u64 now)
 {
-	struct agcg_cgrp_stats *st;
 	u64 ran = 0;
 
 	if (tctx->started_at && vtime_before(tctx->started_at, now))
@@ -415,13 +361,11 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 		return;
 
 	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
-	st = stats_of(tctx->cgid);
-	if (st)
-		__sync_fetch_and_add(&st->cpu_time_ns, ran);
+	__sync_fetch_and_add(&cgc->cpu_time_ns, ran);
 }
 
 /* Put @cgc's node on the tree if it is not there (or held) already. */
-static void cgrp_enqueued(struct cgrp_ctx *cgc)
+static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 {
 	struct node_slot *stash;
 	struct cg_node *node;
@@ -487,7 +431,7 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u64 cgid, tvtime;
 	s32 cpu;
 
@@ -545,11 +489,11 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
  * Maintain the active counts and the active-children weight sums up the
  * tree when a cgroup gains its first or loses its last runnable task.
  */
-static void update_active(struct cgrp_ctx *cgc, bool runnable)
+static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
 	bool changed = false;
-	struct cgrp_ctx *c;
+	struct agcg_cgrp_ctx *c;
 	int idx;
 
 	if (runnable ? __sync_fetch_and_add(&cgc->nr_runnable, 1) :
@@ -565,7 +509,7 @@ static void update_active(struct cgrp_ctx *cgc, bool runnable)
 	/* bottom up; each level's context is the next one's child */
 	c = cgc;
 	bpf_for(idx, 0, MAX_DEPTH) {
-		struct cgrp_ctx *pc;
+		struct agcg_cgrp_ctx *pc;
 		bool propagate = false;
 
 		if (!c->level)
@@ -600,7 +544,7 @@ static void update_active(struct cgrp_ctx *cgc, bool runnable)
 static void task_active(struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 
 	if (!tctx) {
 		scx_bpf_error("no context for task %d", p->pid);
@@ -623,10 +567,9 @@ void BPF_STRUCT_OPS(agcg_quiescent, struct task_struct *p, u64 deq_flags)
 
 void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 {
-	struct agcg_cgrp_stats *st;
 	struct task_ctx *tctx;
 	struct cpu_ctx *cpuc;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u64 now = bpf_ktime_get_ns();
 	u32 zero = 0;
 
@@ -657,16 +600,14 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 		cpuc->run_hweight = cgc->hweight;
 		cpuc->run_at = now;
 	}
-	st = stats_of(tctx->cgid);
-	if (st)
-		__sync_fetch_and_add(&st->dispatches, 1);
+	__sync_fetch_and_add(&cgc->dispatches, 1);
 }
 
 void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx;
 	struct cpu_ctx *cpuc;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u32 zero = 0;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
@@ -693,8 +634,7 @@ void BPF_STRUCT_OPS(agcg_disable, struct task_struct *p)
 
 void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 {
-	struct agcg_cgrp_stats *st;
-	struct cgrp_ctx *cgc, *pc = NULL;
+	struct agcg_cgrp_ctx *cgc, *pc = NULL;
 
 	cgc = cgrp_ctx_of(cgrp, NULL);
 	if (!cgc)
@@ -712,9 +652,6 @@ void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 	bpf_spin_unlock(&cg_tree_lock);
 
 	__sync_fetch_and_add(&hweight_gen, 1);
-	st = stats_of(cgrp->kn->id);
-	if (st)
-		st->weight = weight;
 }
 
 /* The candidates dispatch() compares: cgroup cvtime, then task vtime. */
@@ -724,6 +661,14 @@ struct cand {
 	u64 cvtime;
 	u64 tvtime;
 };
+
+/* This CPU's dispatch moved a task of @c that may run @run_ns: reserve it. */
+static void reserve_here(struct cpu_ctx *cpuc, struct cand *c, u64 run_ns)
+{
+	cpuc->res_cgid = c->cgid;
+	cpuc->res_slot = c->slot;
+	cpuc->reserved = reserve(c->slot, c->cgid, 0, run_ns);
+}
 
 enum pick_ret {
 	PICK_DONE,	/* a task of the tree's first cgroup is on the local DSQ */
@@ -740,12 +685,11 @@ enum pick_ret {
  */
 static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_skipped)
 {
-	struct agcg_cgrp_stats *st;
 	struct task_struct *head;
 	struct node_slot *slot;
 	struct bpf_rb_node *rb;
 	struct cg_node *node;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u32 idx = cpu * MAX_SKIP + *nr_skipped;
 	u64 cgid, key;
 	u32 cslot;
@@ -798,16 +742,13 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	}
 
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
+		struct cand picked = { .cgid = cgid, .slot = cslot };
+
 		advance_clock(cgc->cvtime);
-		cpuc->res_cgid = cgid;
-		cpuc->res_slot = cslot;
-		cpuc->reserved = scale_by_hweight(expected_run(head), cgc->hweight);
-		__sync_fetch_and_add(&cgc->cvtime, cpuc->reserved);
+		reserve_here(cpuc, &picked, expected_run(head));
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
-		st = stats_of(cgid);
-		if (st)
-			__sync_fetch_and_add(&st->picks, 1);
+		__sync_fetch_and_add(&cgc->picks, 1);
 		gstat_inc(AGCG_GS_PICK);
 		return PICK_DONE;
 	}
@@ -861,7 +802,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 static bool cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 now)
 {
 	struct task_ctx *tctx;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
@@ -915,10 +856,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		tctx = bpf_task_storage_get(&task_ctxs, head, 0, 0);
 		if (tctx && now - tctx->queued_at > starve_slices * slice_ns) {
 			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-				cpuc->res_cgid = local.cgid;
-				cpuc->res_slot = local.slot;
-				cpuc->reserved = reserve(local.slot, local.cgid, 0,
-							 expected_run(head));
+				reserve_here(cpuc, &local, expected_run(head));
 				gstat_inc(AGCG_GS_PCPU_AGED);
 				return;
 			}
@@ -960,9 +898,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		return;
 	advance_clock(best.cvtime);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-		cpuc->res_cgid = best.cgid;
-		cpuc->res_slot = best.slot;
-		cpuc->reserved = reserve(best.slot, best.cgid, 0, expected_run(head));
+		reserve_here(cpuc, &best, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
@@ -980,7 +916,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
 	struct task_ctx *tctx;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u32 slot;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -990,11 +926,7 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 	tctx->queued_cgid = 0;
 	tctx->cgid = args->cgroup->kn->id;
 	tctx->slot = 0;
-	/*
-	 * No context is an error, unless the scheduler is being disabled:
-	 * then cgroups exit before forks stop coming here, and a fork must
-	 * not fail for it.
-	 */
+	/* while the scheduler is disabled cgroups exit before forks stop: no fail */
 	cgc = cgrp_ctx_of(args->cgroup, &slot);
 	if (cgc) {
 		tctx->slot = slot;
@@ -1003,18 +935,17 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 	return 0;
 }
 
-/* Claim a free slot for @cgid: next fit from where the last claim ended. */
+/* Claim the lowest free slot for @cgid: the loader reads up to slot_hw. */
 static s32 alloc_slot(u64 cgid)
 {
-	u32 i, slot;
+	u32 slot;
 
-	bpf_for(i, 0, MAX_CGRPS) {
-		struct cgrp_ctx *cgc;
+	bpf_for(slot, 0, MAX_CGRPS) {
+		struct agcg_cgrp_ctx *cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
 
-		slot = (slot_cursor + i) % MAX_CGRPS;
-		cgc = bpf_map_lookup_elem(&cgrp_ctxs, &slot);
 		if (cgc && !cgc->cgid && !__sync_val_compare_and_swap(&cgc->cgid, 0, cgid)) {
-			slot_cursor = slot + 1;
+			if (slot_hw <= slot)
+				slot_hw = slot + 1;
 			return slot;
 		}
 	}
@@ -1024,13 +955,11 @@ static s32 alloc_slot(u64 cgid)
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 			     struct scx_cgroup_init_args *args)
 {
-	struct agcg_cgrp_stats st = { .weight = args->weight, .level = cgrp->level,
-				      .hweight = AGCG_HWEIGHT_ONE };
 	struct node_slot empty = {}, *stash = NULL;
 	struct cg_node *node = NULL;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
-	u32 *slotp, parent;
+	u32 *slotp, parent = 0;
 	s32 slot, ret;
 
 	/* the walks up the tree are bounded; cgroups this deep are refused */
@@ -1039,12 +968,10 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	if (cgrp->level) {
 		struct cgroup *up = bpf_cgroup_ancestor(cgrp, cgrp->level - 1);
 
-		if (!up)
-			return -ENOENT;
-		slotp = bpf_cgrp_storage_get(&cgrp_slots, up, 0, 0);
-		parent = slotp ? *slotp : 0;
-		bpf_cgroup_release(up);
-		if (!slotp)
+		cgc = up ? cgrp_ctx_of(up, &parent) : NULL;
+		if (up)
+			bpf_cgroup_release(up);
+		if (!cgc)
 			return -ENOENT;
 	}
 	slotp = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1057,18 +984,9 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	cgc = ctx_at(slot, cgid);
 	if (!cgc)
 		return -ENOENT;
-	cgc->parent = cgrp->level ? parent : slot;
-	cgc->level = cgrp->level;
-	cgc->weight = args->weight;
-	cgc->nr_active = 0;
-	cgc->nr_runnable = 0;
-	cgc->queued = 0;
-	cgc->nr_queued = 0;
-	cgc->child_weight_sum = 0;
-	cgc->hweight = AGCG_HWEIGHT_ONE;
-	cgc->hweight_gen = 0;
-	cgc->cvtime = cvtime_now;
-	cgc->tvtime_now = 0;
+	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : slot,
+				  .level = cgrp->level, .weight = args->weight,
+				  .hweight = AGCG_HWEIGHT_ONE, .cvtime = cvtime_now };
 
 	ret = scx_bpf_create_dsq(cgid, -1);
 	if (ret)
@@ -1086,18 +1004,10 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	}
 	node->cgid = cgid;
 	node->slot = slot;
+	/* a gone cgroup's node, retired into its freed, reused element */
 	node = bpf_kptr_xchg(&stash->node, node);
-	if (node) {
-		/*
-		 * A slot just created (BPF_NOEXIST) holds a node only of a
-		 * cgroup that is gone: a CPU retiring that node in pick_one()
-		 * looked its slot up before agcg_cgroup_exit() deleted it and
-		 * put the node in after, and the hash map reused the freed
-		 * element for this cgroup. The stale node is ours now: drop it.
-		 */
+	if (node)
 		bpf_obj_drop(node);
-	}
-	bpf_map_update_elem(&cgrp_stats, &cgid, &st, BPF_ANY);
 	return 0;
 
 err_slot:
@@ -1109,14 +1019,13 @@ void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 {
 	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
 	u64 cgid = cgrp->kn->id;
-	struct cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc;
 
 	cgc = slot ? ctx_at(*slot, cgid) : NULL;
 	if (cgc && cgc->nr_queued)
 		scx_bpf_error("cgroup %llu exits with nr_queued %lld", cgid, cgc->nr_queued);
 	/* a node still on the tree is dropped when a CPU pops it */
 	bpf_map_delete_elem(&cg_stash, &cgid);
-	bpf_map_delete_elem(&cgrp_stats, &cgid);
 	scx_bpf_destroy_dsq(cgid);
 	/* last: the slot is free for the next cgroup */
 	if (cgc)
@@ -1126,7 +1035,7 @@ void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 		    struct cgroup *from, struct cgroup *to)
 {
-	struct cgrp_ctx *from_c, *to_c;
+	struct agcg_cgrp_ctx *from_c, *to_c;
 	struct task_ctx *tctx;
 	u32 to_slot;
 	s64 delta;

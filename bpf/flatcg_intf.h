@@ -9,6 +9,7 @@
 #ifndef __VMLINUX_H__
 typedef unsigned int u32;
 typedef unsigned long long u64;
+typedef long long s64;
 #endif
 
 enum agcg_consts {
@@ -44,15 +45,28 @@ enum agcg_gstat {
 	AGCG_NR_GSTATS,
 };
 
-/* Per-cgroup statistics, a hash keyed by cgroup id (= inode number). */
-struct agcg_cgrp_stats {
+/*
+ * A cgroup's context: the scheduler's state and its statistics, in the
+ * array cgrp_ctxs at the slot ops.cgroup_init() claimed (free: cgid 0).
+ * The loader reads the slots below slot_hw (scheduler/src/bpf.rs).
+ */
+struct agcg_cgrp_ctx {
+	u64 cgid;		/* owner's cgroup id (= inode number), 0 for a free slot */
+	u32 parent;		/* slot of the parent (the root: its own) */
+	u32 level;		/* depth below the root cgroup */
+	u32 weight;		/* cpu.weight as last seen by the scheduler */
+	u32 nr_active;		/* active children, or 1 for an active leaf */
+	u32 nr_runnable;	/* runnable tasks directly in this cgroup */
+	u32 queued;		/* node on the tree or held by a dispatching CPU */
+	s64 nr_queued;		/* tasks on its DSQ or being inserted */
+	u64 child_weight_sum;	/* sum of the weights of active children */
+	u64 hweight;		/* hierarchical weight, AGCG_HWEIGHT_ONE = 1.0 */
+	u64 hweight_gen;
+	u64 cvtime;		/* cgroup vtime: runtime / hweight */
+	u64 tvtime_now;		/* task vtime clock inside the cgroup */
 	u64 cpu_time_ns;	/* time its tasks ran under this scheduler */
 	u64 dispatches;		/* times one of its tasks was put on a CPU */
 	u64 picks;		/* times a CPU picked it by cgroup vtime */
-	u32 weight;		/* cpu.weight as last seen by the scheduler */
-	u32 hweight;		/* hierarchical weight, AGCG_HWEIGHT_ONE = 1.0 */
-	u32 nr_active;		/* active children (or own tasks for a leaf) */
-	u32 level;		/* depth below the root cgroup */
 };
 
 #endif /* __AGCG_FLATCG_INTF_H */

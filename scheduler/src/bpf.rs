@@ -182,28 +182,31 @@ impl<'obj> Scheduler<'obj> {
         })
     }
 
-    /// Per-cgroup counters, keyed by cgroup id.
+    /// Per-cgroup counters: the contexts in the slots below `slot_hw`.
     pub fn cgroup_stats(&self) -> Vec<RawCgroupStats> {
-        let map = &self.skel.maps.cgrp_stats;
+        let hw = self.skel.maps.bss_data.as_ref().map_or(0, |b| b.slot_hw);
+        let map = &self.skel.maps.cgrp_ctxs;
         let mut out = Vec::new();
-        for key in map.keys() {
-            let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else {
+        for slot in 0..hw {
+            let Ok(Some(val)) = map.lookup(&slot.to_ne_bytes(), MapFlags::ANY) else {
                 continue;
             };
-            if key.len() < 8 || val.len() < std::mem::size_of::<intf::agcg_cgrp_stats>() {
+            if val.len() < std::mem::size_of::<intf::agcg_cgrp_ctx>() {
                 continue;
             }
-            let cgid = u64::from_ne_bytes(key[..8].try_into().unwrap());
-            // SAFETY: length checked; the value is a struct agcg_cgrp_stats.
-            let s: intf::agcg_cgrp_stats = unsafe { std::ptr::read_unaligned(val.as_ptr().cast()) };
+            // SAFETY: length checked; the value is a struct agcg_cgrp_ctx.
+            let c: intf::agcg_cgrp_ctx = unsafe { std::ptr::read_unaligned(val.as_ptr().cast()) };
+            if c.cgid == 0 {
+                continue;
+            }
             out.push(RawCgroupStats {
-                cgid,
-                cpu_time_ns: s.cpu_time_ns,
-                dispatches: s.dispatches,
-                picks: s.picks,
-                weight: s.weight,
-                hweight: s.hweight,
-                level: s.level,
+                cgid: c.cgid,
+                cpu_time_ns: c.cpu_time_ns,
+                dispatches: c.dispatches,
+                picks: c.picks,
+                weight: c.weight,
+                hweight: u32::try_from(c.hweight).unwrap_or(u32::MAX),
+                level: c.level,
             });
         }
         out
