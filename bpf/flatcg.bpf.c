@@ -125,6 +125,8 @@ struct cg_node {
 
 private(AGCG_TREE) struct bpf_spin_lock cg_tree_lock;
 private(AGCG_TREE) struct bpf_rb_root cg_tree __contains(cg_node, rb_node);
+/* nodes on the tree, changed under the lock: dispatch skips an empty tree */
+u32 nr_on_tree;
 
 struct node_slot {
 	struct cg_node __kptr *node;
@@ -190,6 +192,7 @@ static void tree_add(struct cg_node *node)
 {
 	bpf_spin_lock(&cg_tree_lock);
 	bpf_rbtree_add(&cg_tree, &node->rb_node, cg_node_less);
+	nr_on_tree++;
 	bpf_spin_unlock(&cg_tree_lock);
 }
 
@@ -710,6 +713,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		return PICK_NONE;
 	}
 	rb = bpf_rbtree_remove(&cg_tree, rb);
+	if (rb)
+		nr_on_tree--;
 	bpf_spin_unlock(&cg_tree_lock);
 	if (!rb) {
 		scx_bpf_error("cgroup node vanished from the tree");
@@ -869,13 +874,16 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		}
 	}
 
-	bpf_for(i, 0, MAX_PICKS) {
-		int ret = pick_one(cpu, cpuc, &best, &nr_skipped);
+	/* unlocked: a node added just after is missed with the lock too */
+	if (READ_ONCE(nr_on_tree)) {
+		bpf_for(i, 0, MAX_PICKS) {
+			int ret = pick_one(cpu, cpuc, &best, &nr_skipped);
 
-		more = ret == PICK_AGAIN;
-		if (!more) {
-			done = ret == PICK_DONE;
-			break;
+			more = ret == PICK_AGAIN;
+			if (!more) {
+				done = ret == PICK_DONE;
+				break;
+			}
 		}
 	}
 	if (more) {
@@ -884,7 +892,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		scx_bpf_kick_cpu(cpu, 0);
 	}
 
-	bpf_for(i, 0, nr_skipped) {
+	/* the cgroups passed over go back (an iterator costs even for none) */
+	for (i = 0; i < nr_skipped && i < MAX_SKIP; i++) {
 		idx = cpu * MAX_SKIP + i;
 		slot = bpf_map_lookup_elem(&skipped, &idx);
 		if (!slot)
