@@ -294,11 +294,10 @@ static void unqueue(struct task_ctx *tctx)
 }
 
 /*
- * Recompute the hweight of @cgc, and of its ancestors, if the generation
- * moved, top down: each level's hweight is its parent's times weight /
- * (sum of the active siblings'). Each pass walks up from @cgc to the
- * highest level still stale and refreshes it from its parent: quadratic in
- * the depth, but each step is an array lookup.
+ * Recompute the hweight of @cgc and its ancestors if the generation moved,
+ * top down: a level's is its parent's times weight / (sum of the active
+ * siblings'). Each pass walks up to the highest stale level and refreshes
+ * it: quadratic in the depth, each step an array lookup.
  */
 static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 {
@@ -342,10 +341,7 @@ static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 	}
 }
 
-/*
- * Charge @p's runtime since it started (or since the last charge) to its
- * task vtime and to its cgroup's cvtime.
- */
+/* Charge @p's runtime since its start or last charge to its vtime and cvtime. */
 static void charge(struct task_struct *p, struct task_ctx *tctx,
 		   struct agcg_cgrp_ctx *cgc, u64 now)
 {
@@ -488,10 +484,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 }
 
-/*
- * Maintain the active counts and the active-children weight sums up the
- * tree when a cgroup gains its first or loses its last runnable task.
- */
+/* Active counts and weight sums up the tree, as a cgroup (de)activates. */
 static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
@@ -682,7 +675,8 @@ enum pick_ret {
 /*
  * Pop the tree's first cgroup unless @best comes before it, and move one of
  * its tasks that this CPU may run to the local DSQ. A node whose key lags
- * the cgroup's cvtime goes back with the new key. A cgroup with tasks none
+ * the cgroup's cvtime goes back with the new key (if others are on the
+ * tree: alone, it is compared with @best again). A cgroup with tasks none
  * of which this CPU may run is passed over (parked in @cpu's skip slots);
  * one with none is retired to its stash.
  */
@@ -696,7 +690,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	u32 idx = cpu * MAX_SKIP + *nr_skipped;
 	u64 cgid, key;
 	u32 cslot;
-	bool retire;
+	bool retire, alone;
 
 	bpf_spin_lock(&cg_tree_lock);
 	rb = bpf_rbtree_first(&cg_tree);
@@ -715,6 +709,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	rb = bpf_rbtree_remove(&cg_tree, rb);
 	if (rb)
 		nr_on_tree--;
+	alone = !nr_on_tree;
 	bpf_spin_unlock(&cg_tree_lock);
 	if (!rb) {
 		scx_bpf_error("cgroup node vanished from the tree");
@@ -730,11 +725,17 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		return PICK_AGAIN;
 	}
 
-	/* charged since it was keyed: requeue with the current cvtime */
+	/* charged since it was keyed: requeue with the current cvtime, if not alone */
 	if (vtime_before(key, cgc->cvtime)) {
 		node->cvtime = cgc->cvtime;
-		tree_add(node);
-		return PICK_AGAIN;
+		if (!alone) {
+			tree_add(node);
+			return PICK_AGAIN;
+		}
+		if (best->cgid && best->cgid != cgid && !vtime_before(node->cvtime, best->cvtime)) {
+			tree_add(node);
+			return PICK_NONE;
+		}
 	}
 
 	/* the same cgroup as @best: the lower task vtime wins */
