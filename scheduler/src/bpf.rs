@@ -182,15 +182,27 @@ impl<'obj> Scheduler<'obj> {
         })
     }
 
-    /// Per-cgroup counters: the contexts in the slots below `slot_hw`.
+    /// Per-cgroup counters: the contexts in the slots below `slot_hw`, read
+    /// in one batch (one system call, not one per slot).
     pub fn cgroup_stats(&self) -> Vec<RawCgroupStats> {
         let hw = self.skel.maps.bss_data.as_ref().map_or(0, |b| b.slot_hw);
-        let map = &self.skel.maps.cgrp_ctxs;
         let mut out = Vec::new();
-        for slot in 0..hw {
-            let Ok(Some(val)) = map.lookup(&slot.to_ne_bytes(), MapFlags::ANY) else {
-                continue;
-            };
+        if hw == 0 {
+            return out;
+        }
+        let batch = match self
+            .skel
+            .maps
+            .cgrp_ctxs
+            .lookup_batch(hw, MapFlags::ANY, MapFlags::ANY)
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                log::debug!("scheduler statistics: batch lookup of {hw} slots failed: {e}");
+                return out;
+            }
+        };
+        for (_, val) in batch.take(hw as usize) {
             if val.len() < std::mem::size_of::<intf::agcg_cgrp_ctx>() {
                 continue;
             }
