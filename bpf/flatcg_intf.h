@@ -48,7 +48,7 @@ enum agcg_gstat {
 /*
  * A cgroup's context: the scheduler's state and its statistics, in the
  * array cgrp_ctxs at the slot ops.cgroup_init() claimed (free: cgid 0).
- * The loader reads the slots below slot_hw (scheduler/src/bpf.rs).
+ * The loader reads the slots below slot_hw in one batch (scheduler/src/bpf.rs).
  */
 struct agcg_cgrp_ctx {
 	u64 cgid;		/* owner's cgroup id (= inode number), 0 for a free slot */
