@@ -33,7 +33,9 @@
  * waking task whose cgroup is behind the running one's by over slice / 8
  * preempts it. A single-CPU task that waited starve_slices slices is
  * served first: cvtime order alone starves it where a cgroup confined to
- * its CPU stays below its share for good (38-sched-cpuset).
+ * its CPU stays below its share for good (38-sched-cpuset). ops.enqueue()
+ * does not rely on ops.select_cpu(): the loader allows queued wake-ups, so
+ * a remote wake-up may be enqueued by its target CPU without one.
  *
  * Contexts. A cgroup's context sits in an array slot claimed in
  * ops.cgroup_init() and linked to its parent's slot; a task keeps its

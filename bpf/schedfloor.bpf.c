@@ -10,7 +10,8 @@
  * wake-up with an idle CPU (scx_bpf_select_cpu_dfl) goes straight to that
  * CPU's local DSQ, everything else to the global DSQ, which every CPU
  * consumes. No cgroups, no preemption, no per-CPU queues: not fair between
- * cgroups, and not meant to be.
+ * cgroups, and not meant to be. Queued wake-ups are allowed, as in
+ * scx_agentcg, so both take the same framework path.
  */
 #include <scx/common.bpf.h>
 

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
-use scx_utils::{scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_read};
+use scx_utils::{compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_read};
 
 use crate::stats::{GlobalCounters, RawCgroupStats};
 
@@ -118,6 +118,11 @@ impl<'obj> Scheduler<'obj> {
         // a stable ops name ("agentcg") instead of scx_utils' versioned one,
         // so that /sys/kernel/sched_ext/root/ops is predictable
         let ops = open.struct_ops.agentcg_ops_mut();
+        // a remote wake-up is enqueued by the target CPU (the kernel's
+        // wake list) instead of by the waker under the target's rq lock;
+        // ops.enqueue() does not rely on ops.select_cpu() having run.
+        // 0 on kernels without the flag.
+        ops.flags |= *compat::SCX_OPS_ALLOW_QUEUED_WAKEUP;
         if opts.watchdog_ms > 0 {
             ops.timeout_ms = opts.watchdog_ms;
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use scx_utils::{scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_read};
+use scx_utils::{compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_read};
 
 #[allow(
     clippy::all,
@@ -40,6 +40,8 @@ fn run(slice_us: u64) -> Result<()> {
         schedfloor_ops,
         None::<libbpf_rs::libbpf_sys::bpf_object_open_opts>
     )?;
+    // queued wake-ups, as scx_agentcg has them: the same framework path
+    open.struct_ops.schedfloor_ops_mut().flags |= *compat::SCX_OPS_ALLOW_QUEUED_WAKEUP;
     open.maps
         .rodata_data
         .as_mut()

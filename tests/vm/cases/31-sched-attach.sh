@@ -1,6 +1,6 @@
 #!/bin/sh
-# 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg"), its
-# statistics name our cgroups, `scx_agentcg --monitor` reads its counters
+# 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg", queued
+# wake-ups allowed), its statistics name our cgroups, `scx_agentcg --monitor` reads its counters
 # from its scx_stats socket, and SIGTERM hands the CPU back to the kernel's
 # own scheduler (state disabled).
 CG=/sys/fs/cgroup
@@ -39,6 +39,15 @@ wait_state enabled 30 || { cat /tmp/scx31.log; fail "state never became enabled"
 ops=$(cat $SX/root/ops)
 echo "state: $(cat $SX/state), ops: $ops"
 [ "$ops" = agentcg ] || fail "ops name is '$ops', want agentcg"
+# the loader allows queued wake-ups (SCX_OPS_ALLOW_QUEUED_WAKEUP, 1 << 5)
+# where the kernel knows the flag (sched_ext_ops in its BTF says so)
+flags=$(bpftool struct_ops dump name agentcg_ops | awk -F'[:,]' '$1 ~ /"flags"/ { gsub(/ /, "", $2); print $2; exit }')
+echo "ops flags: $flags"
+if bpftool btf dump file /sys/kernel/btf/vmlinux 2>/dev/null | grep -q "'SCX_OPS_ALLOW_QUEUED_WAKEUP'"; then
+    [ $(( ${flags:-0} & 32 )) -ne 0 ] || fail "ops flags '$flags' lack SCX_OPS_ALLOW_QUEUED_WAKEUP"
+else
+    echo "kernel has no SCX_OPS_ALLOW_QUEUED_WAKEUP: not checked"
+fi
 sleep 3
 kill -0 $SCHED || { cat /tmp/scx31.log; fail "scx_agentcg died"; }
 grep -q "/t31" /tmp/scx31.log || { cat /tmp/scx31.log; fail "stats do not show /t31"; }
