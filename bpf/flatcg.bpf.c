@@ -22,7 +22,8 @@
  * runnable. A dispatch charges the task's last run (at most a slice) /
  * hweight ahead, settled by the runtime or refunded, so CPUs deciding at
  * once see each other's choices. A cgroup back from idle keeps at most
- * nr_cpus / 2 slices of credit against the highest cvtime served.
+ * nr_cpus / 2 slices of credit against the cgroup clock: the highest
+ * settled cvtime (less what is charged ahead) of a cgroup a dispatch chose.
  *
  * Placement: a synchronous wake-up goes to the waker's CPU if nothing
  * waits there, a wake-up with an idle CPU to that CPU, a per-CPU kthread
@@ -49,6 +50,7 @@
  * before the insertion (completed after ops.enqueue returns), never goes
  * negative and is 0 when the cgroup exits; while it is not 0 the cgroup's
  * node is on the tree or held by a dispatching CPU, else in its stash.
+ * A cgroup's reserved cvtime (charged ahead) never goes negative.
  */
 #include <scx/common.bpf.h>
 #include "flatcg_intf.h"
@@ -68,7 +70,7 @@ const volatile u32 starve_slices = 25;		/* set by the loader */
 
 UEI_DEFINE(uei);
 
-/* highest cvtime served: the cgroup clock */
+/* the cgroup clock: highest settled cvtime of a cgroup a dispatch chose */
 u64 cvtime_now;
 /* bumped on weight or activity changes; expires the cached hweights */
 u64 hweight_gen = 1;
@@ -248,10 +250,24 @@ static u64 scale_by_hweight(u64 ns, u64 hweight)
 	return ns * AGCG_HWEIGHT_ONE / (hweight ?: 1);
 }
 
-static void advance_clock(u64 cvtime)
+/*
+ * What @cgc has run, as cvtime, without what is charged ahead: a charge
+ * ahead of a cgroup of small hweight is many slices of cvtime, and a clock
+ * that counted it would take every waking cgroup's credit away.
+ */
+static void advance_clock(struct agcg_cgrp_ctx *cgc)
 {
-	if (vtime_before(cvtime_now, cvtime))
-		cvtime_now = cvtime;
+	u64 settled = cgc->cvtime - cgc->reserved;
+
+	if (vtime_before(cvtime_now, settled))
+		cvtime_now = settled;
+}
+
+/* @amount of @cgc's charge ahead is settled or refunded. */
+static void unreserve(struct agcg_cgrp_ctx *cgc, u64 amount)
+{
+	if (amount && __sync_sub_and_fetch(&cgc->reserved, amount) < 0)
+		scx_bpf_error("cgroup %llu: cvtime charged ahead went negative", cgc->cgid);
 }
 
 /*
@@ -268,6 +284,10 @@ static u64 reserve(u32 slot, u64 cgid, u64 amount, u64 run_ns)
 		return 0;
 	r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
 	__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
+	if (amount)
+		unreserve(cgc, amount);
+	else
+		__sync_fetch_and_add(&cgc->reserved, r);
 	return r;
 }
 
@@ -357,6 +377,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	refresh_hweight(cgc);
 	/* the reservation made when it was dispatched is part of the charge */
 	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
+	unreserve(cgc, tctx->reserved);
 	tctx->reserved = 0;
 	if (!ran)
 		return;
@@ -752,7 +773,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		struct cand picked = { .cgid = cgid, .slot = cslot };
 
-		advance_clock(cgc->cvtime);
+		advance_clock(cgc);
 		reserve_here(cpuc, &picked, expected_run(head));
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
@@ -835,6 +856,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct node_slot *slot;
 	struct cpu_ctx *cpuc;
 	struct cg_node *node;
+	struct agcg_cgrp_ctx *cgc;
 	bool from_local = false, done = false, more = false;
 	u64 now = bpf_ktime_get_ns();
 	u32 nr_skipped = 0, i, idx, zero = 0;
@@ -908,7 +930,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	if (done || !best.cgid)
 		return;
-	advance_clock(best.cvtime);
+	cgc = ctx_at(best.slot, best.cgid);
+	if (cgc)
+		advance_clock(cgc);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 		reserve_here(cpuc, &best, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
@@ -1063,7 +1087,9 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 	/* its reservation moves along; its lag against the task clock too */
 	if (tctx->reserved) {
 		__sync_fetch_and_sub(&from_c->cvtime, tctx->reserved);
+		unreserve(from_c, tctx->reserved);
 		__sync_fetch_and_add(&to_c->cvtime, tctx->reserved);
+		__sync_fetch_and_add(&to_c->reserved, tctx->reserved);
 	}
 	delta = p->scx.dsq_vtime - from_c->tvtime_now;
 	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + delta);

@@ -63,6 +63,7 @@ struct agcg_cgrp_ctx {
 	u64 hweight;		/* hierarchical weight, AGCG_HWEIGHT_ONE = 1.0 */
 	u64 hweight_gen;
 	u64 cvtime;		/* cgroup vtime: runtime / hweight */
+	s64 reserved;		/* part of cvtime charged ahead, not settled yet */
 	u64 tvtime_now;		/* task vtime clock inside the cgroup */
 	u64 cpu_time_ns;	/* time its tasks ran under this scheduler */
 	u64 dispatches;		/* times one of its tasks was put on a CPU */
