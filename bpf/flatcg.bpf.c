@@ -250,23 +250,20 @@ static u64 scale_by_hweight(u64 ns, u64 hweight)
 	return ns * AGCG_HWEIGHT_ONE / (hweight ?: 1);
 }
 
-/*
- * What @cgc has run, as cvtime, without what is charged ahead: a charge
- * ahead of a cgroup of small hweight is many slices of cvtime, and a clock
- * that counted it would take every waking cgroup's credit away.
- */
-static void advance_clock(struct agcg_cgrp_ctx *cgc)
+/* The clock follows what a cgroup has run, not what is charged ahead. */
+static void advance_clock(u32 slot, u64 cgid)
 {
-	u64 settled = cgc->cvtime - cgc->reserved;
+	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
 
-	if (vtime_before(cvtime_now, settled))
-		cvtime_now = settled;
+	if (cgc && vtime_before(cvtime_now, cgc->cvtime - cgc->reserved))
+		cvtime_now = cgc->cvtime - cgc->reserved;
 }
 
-/* @amount of @cgc's charge ahead is settled or refunded. */
-static void unreserve(struct agcg_cgrp_ctx *cgc, u64 amount)
+/* Charge @delta of cvtime ahead to @cgc (negative: settle or refund it). */
+static void add_reserved(struct agcg_cgrp_ctx *cgc, s64 delta)
 {
-	if (amount && __sync_sub_and_fetch(&cgc->reserved, amount) < 0)
+	__sync_fetch_and_add(&cgc->cvtime, delta);
+	if (__sync_add_and_fetch(&cgc->reserved, delta) < 0)
 		scx_bpf_error("cgroup %llu: cvtime charged ahead went negative", cgc->cgid);
 }
 
@@ -283,11 +280,7 @@ static u64 reserve(u32 slot, u64 cgid, u64 amount, u64 run_ns)
 	if (!cgc)
 		return 0;
 	r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
-	__sync_fetch_and_add(&cgc->cvtime, amount ? -amount : r);
-	if (amount)
-		unreserve(cgc, amount);
-	else
-		__sync_fetch_and_add(&cgc->reserved, r);
+	add_reserved(cgc, amount ? -amount : r);
 	return r;
 }
 
@@ -376,8 +369,9 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	/* a task kept running never passes ops.running(): refresh here too */
 	refresh_hweight(cgc);
 	/* the reservation made when it was dispatched is part of the charge */
-	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight) - tctx->reserved);
-	unreserve(cgc, tctx->reserved);
+	__sync_fetch_and_add(&cgc->cvtime, scale_by_hweight(ran, cgc->hweight));
+	if (tctx->reserved)
+		add_reserved(cgc, -tctx->reserved);
 	tctx->reserved = 0;
 	if (!ran)
 		return;
@@ -431,11 +425,7 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 	bool is_idle = false;
 	s32 cpu;
 
-	/*
-	 * A synchronous wake-up (the waker is about to sleep, e.g. a pipe
-	 * write) goes to the waker's CPU when nothing else waits there: it
-	 * runs when the waker blocks, without waking another CPU.
-	 */
+	/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
 	cpu = bpf_get_smp_processor_id();
 	is_idle = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
 		  bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
@@ -656,13 +646,8 @@ void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 	struct agcg_cgrp_ctx *cgc, *pc = NULL;
 
 	cgc = cgrp_ctx_of(cgrp, NULL);
-	if (!cgc)
+	if (!cgc || (cgc->level && !(pc = parent_ctx(cgc))))
 		return;
-	if (cgc->level) {
-		pc = parent_ctx(cgc);
-		if (!pc)
-			return;
-	}
 
 	bpf_spin_lock(&cg_tree_lock);
 	if (pc && cgc->nr_active)
@@ -773,7 +758,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		struct cand picked = { .cgid = cgid, .slot = cslot };
 
-		advance_clock(cgc);
+		advance_clock(cslot, cgid);
 		reserve_here(cpuc, &picked, expected_run(head));
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
@@ -856,7 +841,6 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct node_slot *slot;
 	struct cpu_ctx *cpuc;
 	struct cg_node *node;
-	struct agcg_cgrp_ctx *cgc;
 	bool from_local = false, done = false, more = false;
 	u64 now = bpf_ktime_get_ns();
 	u32 nr_skipped = 0, i, idx, zero = 0;
@@ -930,9 +914,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	if (done || !best.cgid)
 		return;
-	cgc = ctx_at(best.slot, best.cgid);
-	if (cgc)
-		advance_clock(cgc);
+	advance_clock(best.slot, best.cgid);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 		reserve_here(cpuc, &best, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
@@ -1086,10 +1068,8 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 
 	/* its reservation moves along; its lag against the task clock too */
 	if (tctx->reserved) {
-		__sync_fetch_and_sub(&from_c->cvtime, tctx->reserved);
-		unreserve(from_c, tctx->reserved);
-		__sync_fetch_and_add(&to_c->cvtime, tctx->reserved);
-		__sync_fetch_and_add(&to_c->reserved, tctx->reserved);
+		add_reserved(from_c, -tctx->reserved);
+		add_reserved(to_c, tctx->reserved);
 	}
 	delta = p->scx.dsq_vtime - from_c->tvtime_now;
 	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + delta);
