@@ -1,8 +1,8 @@
 #!/bin/sh
 # 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg", queued
-# wake-ups allowed), its statistics name our cgroups, `scx_agentcg --monitor` reads its counters
-# from its scx_stats socket, and SIGTERM hands the CPU back to the kernel's
-# own scheduler (state disabled).
+# wake-ups allowed), its statistics name our cgroups, `scx_agentcg
+# --monitor` reads its counters from its scx_stats socket, and SIGTERM hands
+# the CPU back to the kernel's own scheduler (state disabled).
 CG=/sys/fs/cgroup
 SX=/sys/kernel/sched_ext
 SCHED=
