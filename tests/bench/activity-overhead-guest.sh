@@ -8,15 +8,18 @@
 # empty leaf: what every task outside a watched leaf pays) and on (watching
 # the workload's leaf). Modes rotate each round; the ratio is per round.
 # Workloads: a one-byte pipe ping-pong pinned to one CPU (the densest
-# stream of switches a task makes), the same unpinned (perf bench sched
-# pipe's shape) and the hackbench-like run (10 groups of 10 senders x 10
-# receivers). Then, with kernel.bpf_stats_enabled=1, the program's own cost
+# stream of switches a task makes), the same with its two threads pinned
+# to two CPUs (every round trip wakes the other CPU: perf bench sched
+# pipe's cross-CPU path, without the unpinned pair's choice between the
+# two shapes, which moves from chunk to chunk), the same unpinned, and the
+# hackbench-like run (10 groups of 10 senders x 10 receivers). Then, with kernel.bpf_stats_enabled=1, the program's own cost
 # per switch in each mode. kernel.bpf_stats_enabled is 0 for the timed
 # chunks (its clock reads would be charged to the monitor) and restored at
 # the end. Prints "BENCH ..." lines.
 # Environment: BENCHACT, SCHEDBENCH (binaries), CGROOT (cgroup2 mount),
 # ROUNDS (rounds of four chunks, 200), PIPE_N (round trips per chunk,
-# 5000), HB_GROUPS (10), HB_LOOPS (messages per chunk, 100).
+# 5000), PIPE2_N (the same across two CPUs, each trip 10-40x longer, 1000),
+# HB_GROUPS (10), HB_LOOPS (messages per chunk, 100).
 BA=${BENCHACT:-agentcg-bench-activity}
 SB=${SCHEDBENCH:-agentcg-schedbench}
 CGROOT=${CGROOT:-/sys/fs/cgroup}
@@ -42,6 +45,7 @@ chunks=$((ROUNDS * 4))
 pipe="$SB pipe ${PIPE_N:-5000}"
 hb="$SB hackbench ${HB_GROUPS:-10} ${HB_LOOPS:-100}"
 run pipe-1cpu $chunks --cpu 0 -- $pipe
+[ "$(nproc)" -ge 2 ] && run pipe-2cpu $chunks -- $SB pipe ${PIPE2_N:-1000} 0 1
 run pipe $chunks -- $pipe
 run hackbench $chunks -- $hb
 # The program's own cost per switch: run_time_ns / run_cnt with bpf_stats,

@@ -1,8 +1,12 @@
 //! agentcg-schedbench: scheduler workloads for tests/bench/sched-fairness,
 //! run in the VM under the kernel's scheduler and under scx_agentcg.
 //!
-//! - `pipe ROUNDS`: two threads pass one byte back and forth over two pipes
-//!   (`perf bench sched pipe`); prints the elapsed seconds.
+//! - `pipe ROUNDS [CPU_A CPU_B]`: two threads pass one byte back and forth
+//!   over two pipes (`perf bench sched pipe`); prints the elapsed seconds.
+//!   With two CPUs, the threads are pinned one to each, so that every round
+//!   trip takes the cross-CPU path (wake-up of the other CPU, both CPUs to
+//!   and from idle) instead of whichever one the scheduler's placement and
+//!   the moment's load make of an unpinned pair.
 //! - `hackbench GROUPS LOOPS`: per group 10 sender and 10 receiver threads;
 //!   every sender writes LOOPS 100-byte messages to every receiver of its
 //!   group over a pipe (hackbench's pipe mode, threads); prints seconds.
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: agentcg-schedbench pipe ROUNDS | hackbench GROUPS LOOPS | wakeup SECONDS [WORKERS] | churn DIR COUNT"
+        "usage: agentcg-schedbench pipe ROUNDS [CPU_A CPU_B] | hackbench GROUPS LOOPS | wakeup SECONDS [WORKERS] | churn DIR COUNT"
     );
     ExitCode::from(2)
 }
@@ -31,11 +35,25 @@ fn arg(args: &[String], i: usize) -> Option<u64> {
     args.get(i)?.parse().ok().filter(|&n| n > 0)
 }
 
-fn pipe_bench(rounds: u64) -> std::io::Result<f64> {
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        .map_err(|e| std::io::Error::other(format!("pin to CPU {cpu}: {e}")))
+}
+
+fn pipe_bench(rounds: u64, cpus: Option<(usize, usize)>) -> std::io::Result<f64> {
     let (mut a_r, mut a_w) = pipe()?;
     let (mut b_r, mut b_w) = pipe()?;
+    if let Some((a, _)) = cpus {
+        pin(a)?;
+    }
     let start = Instant::now();
     let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some((_, b)) = cpus {
+            pin(b)?;
+        }
         let mut buf = [0u8; 1];
         for _ in 0..rounds {
             a_r.read_exact(&mut buf)?;
@@ -44,11 +62,14 @@ fn pipe_bench(rounds: u64) -> std::io::Result<f64> {
         Ok(())
     });
     let mut buf = [0u8; 1];
-    for _ in 0..rounds {
+    let mine = (0..rounds).try_for_each(|_| {
         a_w.write_all(&buf)?;
-        b_r.read_exact(&mut buf)?;
-    }
+        b_r.read_exact(&mut buf)
+    });
+    drop(a_w);
+    // The peer's error (it could not pin itself) explains ours (a broken pipe).
     peer.join().expect("pipe peer panicked")?;
+    mine?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -173,12 +194,22 @@ fn churn(dir: &std::path::Path, count: u64) -> std::io::Result<f64> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let res = match args.get(1).map(String::as_str) {
-        Some("pipe") => match arg(&args, 2) {
-            Some(n) => pipe_bench(n).map(|s| println!("{s:.4}")),
-            None => return usage(),
-        },
+        Some("pipe") => {
+            let cpus = match (args.get(3), args.get(4)) {
+                (None, None) => None,
+                (Some(a), Some(b)) => match (a.parse(), b.parse()) {
+                    (Ok(a), Ok(b)) => Some((a, b)),
+                    _ => return usage(),
+                },
+                _ => return usage(),
+            };
+            match arg(&args, 2) {
+                Some(n) => pipe_bench(n, cpus).map(|s| println!("{s:.6}")),
+                None => return usage(),
+            }
+        }
         Some("hackbench") => match (arg(&args, 2), arg(&args, 3)) {
-            (Some(g), Some(l)) => hackbench(g, l).map(|s| println!("{s:.4}")),
+            (Some(g), Some(l)) => hackbench(g, l).map(|s| println!("{s:.6}")),
             _ => return usage(),
         },
         Some("wakeup") => match arg(&args, 2) {
@@ -215,9 +246,26 @@ mod tests {
 
     #[test]
     fn workloads_run() {
-        assert!(pipe_bench(100).unwrap() > 0.0);
+        assert!(pipe_bench(100, None).unwrap() > 0.0);
         assert!(hackbench(1, 5).unwrap() > 0.0);
         let (p50, p99, n) = wakeup(1, 2).unwrap();
         assert!(n > 0 && p50 <= p99);
+    }
+
+    /// The pinned-apart ping-pong really runs its threads on the two CPUs.
+    #[test]
+    fn pipe_pins_each_thread() {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            eprintln!("skipped: needs 2 CPUs");
+            return;
+        }
+        let main = std::thread::spawn(|| {
+            pipe_bench(50, Some((0, 1))).unwrap();
+            // pinned by pipe_bench, still
+            nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap()
+        });
+        let set = main.join().unwrap();
+        assert!(set.is_set(0).unwrap() && !set.is_set(1).unwrap());
+        assert!(pin(usize::MAX / 2).is_err());
     }
 }
