@@ -1011,15 +1011,15 @@ impl Daemon {
         let mut r = Reaped::default();
         for wd in l.notices() {
             // An exec that came meanwhile is placed before the next leaf's
-            // read and rmdir (a removal is housekeeping, a placement is not).
+            // read (a removal is housekeeping, a placement is not).
             self.drain_events();
             let Some(l) = &mut self.leaves else { return };
             l.settle(wd, &mut r);
         }
         if let Some(l) = &mut self.leaves {
-            l.arm_retry();
+            r.removed += l.remove_due();
         }
-        if r.removed > 0 {
+        if r.removed > 0 || !r.agents_gone.is_empty() {
             self.dirty = true;
         }
     }

@@ -1,8 +1,10 @@
 //! Agent instances and their leaf cgroups: `session_high/<family>-<pid>`
 //! for the agent and what stays with it, `session_low/<family>-<pid>` for
 //! its tools sent low. A leaf is created at its first placement, watched
-//! through its `cgroup.events` (inotify, no polling) and removed as soon as
-//! it is empty; past `max_agents`, new agents share `<family>-shared`.
+//! through its `cgroup.events` (inotify, no polling) and removed once it is
+//! empty: at once, or, while agents come and go, with the others that
+//! emptied within the same [`REMOVE_EVERY`]; past `max_agents`, new agents
+//! share `<family>-shared`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -100,13 +102,16 @@ pub struct Leaves {
     pub over_cap: u64,
     /// Leaves removed because they were empty.
     pub removed: u64,
-    /// Empty leaves whose rmdir the kernel refused (EBUSY: it still tears
-    /// down what left, or a process arrived between the check and the
-    /// rmdir). No further notice may come for them: tried again at
-    /// `retry_at`.
-    busy: Vec<WatchDescriptor>,
-    retry_at: Option<std::time::Instant>,
-    retry_delay: std::time::Duration,
+    /// Watched leaves that may have emptied with no notice to come (what
+    /// moved in had exited before its watch): looked at on the next pass,
+    /// due at `recheck_at`.
+    recheck: Vec<WatchDescriptor>,
+    recheck_at: Option<std::time::Instant>,
+    /// Emptied leaves, given up, to be removed with the next batch (at
+    /// `batch_at`); when the last batch ran.
+    doomed: Vec<PathBuf>,
+    batch_at: Option<std::time::Instant>,
+    last_batch: Option<std::time::Instant>,
     /// Agent leaves created for a first move that has not happened yet,
     /// by cgroup id: their watch and settings come after it (see
     /// [`Leaves::arm`]).
@@ -121,10 +126,16 @@ struct Pending {
     weight: Option<u32>,
 }
 
-/// How soon a refused rmdir is tried again; doubled while it is refused
-/// (a cgroup someone made inside a leaf keeps it busy), up to RETRY_MAX.
-const RETRY: std::time::Duration = std::time::Duration::from_millis(50);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Leaves are removed at most once per this, in one batch (an rmdir the
+/// kernel refuses is tried again with the next one). Each batch of
+/// removals lets the kernel's `cgroup_threadgroup_rwsem` fall back to its
+/// reader-fast mode sooner (its rcu_sync), so that the next cgroup.procs
+/// write waits an RCU grace period (10-20 ms here) before it moves anything
+/// unless cgroup2 has `favordynmods`: one leaf removed after each agent
+/// made 1-2% of placements wait that long while agents came and went
+/// (docs/benchmarks-placement.md). On a quiet host a leaf still goes at
+/// once.
+pub const REMOVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Leaves {
     pub fn new(tree: Tree, max_agents: usize) -> io::Result<Leaves> {
@@ -139,17 +150,22 @@ impl Leaves {
             by_wd: HashMap::new(),
             over_cap: 0,
             removed: 0,
-            busy: Vec::new(),
-            retry_at: None,
-            retry_delay: RETRY,
+            recheck: Vec::new(),
+            recheck_at: None,
+            doomed: Vec::new(),
+            batch_at: None,
+            last_batch: None,
             pending: HashMap::new(),
         })
     }
 
-    /// When [`Leaves::reap`] should run again without a notice (a refused
-    /// rmdir to try again).
+    /// When the daemon should reap without a new notice (a leaf to look
+    /// at again, the next batch of removals).
     pub fn retry_at(&self) -> Option<std::time::Instant> {
-        self.retry_at
+        match (self.recheck_at, self.batch_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Readable when a watched leaf's `cgroup.events` changed.
@@ -172,8 +188,10 @@ impl Leaves {
         weight: Option<u32>,
         owner: Owner,
     ) -> Result<Leaf, CgroupError> {
-        let (target, created) = self.tree.open_leaf(p, name)?;
         let dir = self.tree.session_dir(p).join(name);
+        // A leaf given up but not removed yet is taken back (a reused pid).
+        self.doomed.retain(|d| *d != dir);
+        let (target, created) = self.tree.open_leaf(p, name)?;
         if let (true, Owner::Agent(key, _)) = (created, &owner) {
             // A new agent's leaf: its first process goes in before the
             // rest of its set-up (the watch would only report that the
@@ -247,10 +265,51 @@ impl Leaves {
             l.wd = wd.clone();
         }
         if let (Some(wd), true) = (wd, exited()) {
-            self.busy.push(wd);
-            self.retry_at = Some(std::time::Instant::now());
+            self.recheck.push(wd);
+            self.recheck_at = Some(std::time::Instant::now());
         }
         true
+    }
+
+    /// Remove the emptied leaf `dir` with the next batch: at once if the
+    /// last one ran REMOVE_EVERY ago, else then.
+    fn doom(&mut self, dir: PathBuf) {
+        self.doomed.push(dir);
+        let now = std::time::Instant::now();
+        self.batch_at
+            .get_or_insert_with(|| self.last_batch.map_or(now, |t| (t + REMOVE_EVERY).max(now)));
+    }
+
+    /// Run the batch of removals if it is due; returns how many leaves
+    /// went. A leaf something went into since it emptied is left alone; one
+    /// the kernel refuses while empty (it still tears down what left, or a
+    /// cgroup someone made inside holds it) waits for the next batch.
+    pub fn remove_due(&mut self) -> usize {
+        let now = std::time::Instant::now();
+        if self.batch_at.is_none_or(|t| now < t) {
+            return 0;
+        }
+        self.batch_at = None;
+        self.last_batch = Some(now);
+        let mut removed = 0;
+        for dir in std::mem::take(&mut self.doomed) {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if cgroup::populated(&dir).unwrap_or(true) => {
+                    log::debug!("leaf {} in use again, kept: {e}", dir.display());
+                }
+                Err(e) => {
+                    log::debug!("leaf {} not removed: {e}: trying again", dir.display());
+                    self.doomed.push(dir);
+                }
+            }
+        }
+        if !self.doomed.is_empty() {
+            self.batch_at = Some(now + REMOVE_EVERY);
+        }
+        self.removed += removed as u64;
+        removed
     }
 
     /// Where a process of `family` in session `p` goes: its agent's leaf
@@ -421,25 +480,26 @@ impl Leaves {
         adopted
     }
 
-    /// Take the leaves' change notices: remove each leaf that is empty
-    /// (notices, settle and arm_retry in one go, for the tests).
+    /// Take the leaves' change notices: give up each leaf that is empty,
+    /// and run the batch of removals if due (reap_leaves, for the tests).
     #[cfg(test)]
     pub fn reap(&mut self) -> Reaped {
         let mut out = Reaped::default();
         for wd in self.notices() {
             self.settle(wd, &mut out);
         }
-        self.arm_retry();
+        out.removed += self.remove_due();
         out
     }
 
     /// The leaves to look at: those whose cgroup.events changed, and those
-    /// refused before once their retry is due. Each goes to
-    /// [`Leaves::settle`], then [`Leaves::arm_retry`] once (the daemon
-    /// places what arrives between two of them first).
+    /// to look at again. Each goes to [`Leaves::settle`] (the daemon places
+    /// what arrives between two of them first), then the batch of
+    /// removals, [`Leaves::remove_due`].
     pub fn notices(&mut self) -> Vec<WatchDescriptor> {
         let mut buf = [0u8; 4096];
-        let mut changed = Vec::new();
+        let mut changed = std::mem::take(&mut self.recheck);
+        self.recheck_at = None;
         loop {
             match self.watch.read_events(&mut buf) {
                 Ok(evs) => {
@@ -459,19 +519,14 @@ impl Leaves {
                 }
             }
         }
-        if self
-            .retry_at
-            .is_some_and(|t| t <= std::time::Instant::now())
-        {
-            self.retry_at = None;
-            changed.append(&mut self.busy);
-        }
         changed.sort();
         changed.dedup();
         changed
     }
 
-    /// Remove the leaf of `wd` if it is empty (one of [`Leaves::notices`]).
+    /// Give up the leaf of `wd` if it is empty (one of [`Leaves::notices`]):
+    /// it leaves the registry now (its agent is gone if it was its last)
+    /// and its directory goes with the next batch of removals.
     pub fn settle(&mut self, wd: WatchDescriptor, out: &mut Reaped) {
         let Some(owner) = self.by_wd.get(&wd).cloned() else {
             return;
@@ -489,26 +544,20 @@ impl Leaves {
             self.by_wd.remove(&wd);
             return;
         };
-        // An agent leaf is watched from after its first process went in,
-        // so its notice says it emptied: the rmdir is the check, and the
-        // kernel refuses it for a leaf that holds a process.
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
+        // An agent leaf is watched from after its first process went in:
+        // not populated now means every process of it has left.
+        match cgroup::populated(&dir) {
+            Ok(false) => self.doom(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            // Still populated (a process came, or one of two left): keep it.
-            Err(_) if cgroup::populated(&dir).unwrap_or(true) => return,
+            // Still populated (a process came, or one of two left).
+            Ok(true) => return,
             Err(e) => {
-                // Empty but refused: the kernel still tears down what left.
-                // Looked at again soon.
-                log::debug!("leaf {} not removed: {e}: trying again", dir.display());
-                self.busy.push(wd);
+                log::warn!("leaf {}: {e}: kept", dir.display());
                 return;
             }
         }
         let _ = self.watch.watches().remove(wd.clone());
         self.by_wd.remove(&wd);
-        self.removed += 1;
-        out.removed += 1;
         match owner {
             Owner::Agent(k, s) => {
                 let gone = self.agents.get_mut(&k).map(|a| {
@@ -530,19 +579,9 @@ impl Leaves {
         }
     }
 
-    /// After the notices are settled: when to look at the refused ones again.
-    pub fn arm_retry(&mut self) {
-        if self.busy.is_empty() {
-            self.retry_delay = RETRY;
-        } else if self.retry_at.is_none() {
-            self.retry_at = Some(std::time::Instant::now() + self.retry_delay);
-            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
-        }
-    }
-
     /// A leaf just created for a process that vanished before the move, or
-    /// that had exited (a zombie's move succeeds and moves nothing): remove
-    /// it if nothing is in it (no notice comes for a leaf that was never
+    /// that had exited (a zombie's move succeeds and moves nothing): give it
+    /// up if nothing is in it (no notice comes for a leaf that was never
     /// populated).
     pub fn drop_if_empty(&mut self, p: Priority, agent: AgentKey) {
         let s = slot(p);
@@ -550,21 +589,22 @@ impl Leaves {
             return;
         };
         let Some(l) = &a.leaves[s] else { return };
-        if cgroup::populated(&l.dir).unwrap_or(true) || std::fs::remove_dir(&l.dir).is_err() {
+        if cgroup::populated(&l.dir).unwrap_or(true) {
             return;
         }
-        self.pending.remove(&l.target.id);
-        if let Some(l) = a.leaves[s].take() {
-            if let Some(wd) = l.wd {
-                let _ = self.watch.watches().remove(wd.clone());
-                self.by_wd.remove(&wd);
-            }
+        let id = l.target.id;
+        let Some(l) = a.leaves[s].take() else { return };
+        let last = a.leaves.iter().all(Option::is_none);
+        self.pending.remove(&id);
+        if let Some(wd) = l.wd {
+            let _ = self.watch.watches().remove(wd.clone());
+            self.by_wd.remove(&wd);
         }
-        self.removed += 1;
-        if a.leaves.iter().all(Option::is_none) {
-            let id = a.id.clone();
-            self.agents.remove(&agent);
-            self.names.remove(&id);
+        self.doom(l.dir);
+        if last {
+            if let Some(a) = self.agents.remove(&agent) {
+                self.names.remove(&a.id);
+            }
         }
     }
 
@@ -575,6 +615,10 @@ impl Leaves {
         }
         self.by_wd.clear();
         self.pending.clear();
+        self.recheck.clear();
+        self.recheck_at = None;
+        self.doomed.clear();
+        self.batch_at = None;
         self.shared.clear();
         self.unsorted = [None, None];
         for a in self.agents.values_mut() {
@@ -647,7 +691,8 @@ mod tests {
     }
 
     /// An empty leaf whose rmdir is refused (here: a cgroup someone made
-    /// inside it) is removed once it can be, with no further notice.
+    /// inside it) is removed once it can be, with no further notice, by a
+    /// later batch.
     #[test]
     fn refused_rmdir_is_tried_again() {
         let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("retry", 4242)
@@ -658,17 +703,20 @@ mod tests {
         std::fs::create_dir(dir.join("inner")).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        // The notice comes; the rmdir is refused (EBUSY) and kept for later.
-        let mut waited = 0;
-        while leaves.retry_at().is_none() && waited < 200 {
-            leaves.reap();
+        // The notice comes; the agent is gone, the rmdir refused (EBUSY)
+        // and kept for the next batch.
+        let mut gone_agent = false;
+        for _ in 0..200 {
+            gone_agent |= !leaves.reap().agents_gone.is_empty();
+            if gone_agent {
+                break;
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
-            waited += 1;
         }
         let refused = leaves.retry_at().is_some() && dir.is_dir();
         std::fs::remove_dir(dir.join("inner")).unwrap();
         let mut removed = 0;
-        for _ in 0..100 {
+        for _ in 0..300 {
             if leaves
                 .retry_at()
                 .is_some_and(|t| t <= std::time::Instant::now())
@@ -682,6 +730,7 @@ mod tests {
         }
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
+        assert!(gone_agent, "no notice gave the agent up");
         assert!(
             refused,
             "the rmdir of a leaf with a cgroup inside was not refused and kept"
@@ -691,6 +740,78 @@ mod tests {
             "the leaf was not removed on the retry"
         );
         assert!(leaves.retry_at().is_none());
+    }
+
+    /// While agents come and go, leaves are removed in batches at most
+    /// REMOVE_EVERY apart: the first at once, one that empties right after
+    /// it at the next batch, not before.
+    #[test]
+    fn removals_are_batched() {
+        let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("batch", 4244)
+        else {
+            return;
+        };
+        let fam = FamilyName::try_from("batch".to_string()).unwrap();
+        let key2 = AgentKey {
+            pid: 4245,
+            start_ticks: 1,
+        };
+        let leaf2 = leaves
+            .target(Priority::High, Some(key2), &fam, 100, 0)
+            .unwrap();
+        let dir2 = tree.session_dir(Priority::High).join("batch-4245");
+        let mut child2 = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        leaf2.admit(child2.id()).unwrap();
+        assert!(leaves.arm(leaf.id, || false) && leaves.arm(leaf2.id, || false));
+        let empty = |leaves: &mut Leaves, dir: &std::path::Path| {
+            // until its notice came and was taken (or kept for the batch)
+            for _ in 0..200 {
+                let r = leaves.reap().removed;
+                if r > 0 || leaves.retry_at().is_some() || !dir.exists() {
+                    return r;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            0
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let first = empty(&mut leaves, &dir);
+        let t0 = std::time::Instant::now();
+        child2.kill().unwrap();
+        child2.wait().unwrap();
+        let second_at_once = empty(&mut leaves, &dir2);
+        let due = leaves.retry_at();
+        let kept = dir2.is_dir();
+        let mut second = 0;
+        while second == 0 && t0.elapsed() < REMOVE_EVERY * 3 {
+            if leaves
+                .retry_at()
+                .is_some_and(|t| t <= std::time::Instant::now())
+            {
+                second += leaves.reap().removed;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let gone = !dir2.exists();
+        cgroup::remove_scratch(&tree);
+        assert_eq!(first, 1, "the first emptied leaf was not removed at once");
+        assert!(
+            second_at_once == 0 && kept,
+            "a leaf emptied right after a removal went in the same second"
+        );
+        assert!(
+            due.is_some_and(|t| t <= t0 + REMOVE_EVERY + std::time::Duration::from_millis(50)),
+            "no batch due within REMOVE_EVERY: {due:?}"
+        );
+        assert!(
+            second == 1 && gone,
+            "the second leaf was not removed at its batch"
+        );
+        assert!(leaves.agents.is_empty() && leaves.retry_at().is_none());
     }
 
     /// A new agent leaf is watched from its first move on; if what moved
