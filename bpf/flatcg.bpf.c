@@ -221,6 +221,19 @@ static struct agcg_cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ct
 	return cgc;
 }
 
+/* @p's context, and its cgroup's in *@cgcp; both exist while @p is ours. */
+static struct task_ctx *task_ctxs_of(struct task_struct *p, struct agcg_cgrp_ctx **cgcp)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+
+	*cgcp = NULL;
+	if (!tctx)
+		scx_bpf_error("no context for task %d", p->pid);
+	else
+		*cgcp = task_cgrp_ctx(p, tctx);
+	return tctx;
+}
+
 /* The context of a cgroup the kernel hands us; its slot in *@slotp. */
 static struct agcg_cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp, u32 *slotp)
 {
@@ -442,16 +455,13 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 
 void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
-	struct task_ctx *tctx;
 	struct agcg_cgrp_ctx *cgc;
+	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
 	u64 cgid, tvtime;
 	s32 cpu;
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	if (!tctx) {
-		scx_bpf_error("no context for task %d", p->pid);
+	if (!tctx)
 		return;
-	}
 	unqueue(tctx);
 
 	if (p->nr_cpus_allowed == 1 && (p->flags & PF_KTHREAD)) {
@@ -461,7 +471,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 
-	cgc = task_cgrp_ctx(p, tctx);
 	if (!cgc)
 		return;
 	cgid = tctx->cgid;
@@ -552,15 +561,9 @@ static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 
 static void task_active(struct task_struct *p, bool runnable)
 {
-	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	struct agcg_cgrp_ctx *cgc;
 
-	if (!tctx) {
-		scx_bpf_error("no context for task %d", p->pid);
-		return;
-	}
-	cgc = task_cgrp_ctx(p, tctx);
-	if (cgc)
+	if (task_ctxs_of(p, &cgc) && cgc)
 		update_active(cgc, runnable);
 }
 
@@ -576,19 +579,16 @@ void BPF_STRUCT_OPS(agcg_quiescent, struct task_struct *p, u64 deq_flags)
 
 void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 {
-	struct task_ctx *tctx;
-	struct cpu_ctx *cpuc;
 	struct agcg_cgrp_ctx *cgc;
+	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
+	struct cpu_ctx *cpuc;
 	u64 now = bpf_ktime_get_ns();
 	u32 zero = 0;
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return;
 	tctx->started_at = now;
 	unqueue(tctx);
-
-	cgc = task_cgrp_ctx(p, tctx);
 	if (!cgc)
 		return;
 	refresh_hweight(cgc);
@@ -614,18 +614,16 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 
 void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 {
-	struct task_ctx *tctx;
-	struct cpu_ctx *cpuc;
 	struct agcg_cgrp_ctx *cgc;
+	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
+	struct cpu_ctx *cpuc;
 	u32 zero = 0;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (cpuc)
 		cpuc->run_cgid = 0;
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return;
-	cgc = task_cgrp_ctx(p, tctx);
 	if (cgc)
 		charge(p, tctx, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
@@ -815,14 +813,10 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 /* Fill @c from @p's cgroup; charges @p up to @now when @charge_now. */
 static bool cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 now)
 {
-	struct task_ctx *tctx;
 	struct agcg_cgrp_ctx *cgc;
+	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	if (!tctx)
-		return false;
-	cgc = task_cgrp_ctx(p, tctx);
-	if (!cgc)
+	if (!tctx || !cgc)
 		return false;
 	if (charge_now)
 		charge(p, tctx, cgc, now);
