@@ -563,7 +563,8 @@ static void task_active(struct task_struct *p, bool runnable)
 {
 	struct agcg_cgrp_ctx *cgc;
 
-	if (task_ctxs_of(p, &cgc) && cgc)
+	task_ctxs_of(p, &cgc);
+	if (cgc)
 		update_active(cgc, runnable);
 }
 

@@ -103,14 +103,11 @@ pub struct Leaves {
     /// Leaves removed because they were empty.
     pub removed: u64,
     /// Watched leaves that may have emptied with no notice to come (what
-    /// moved in had exited before its watch): looked at on the next pass,
-    /// due at `recheck_at`.
+    /// moved in had exited before its watch): looked at on the next pass.
     recheck: Vec<WatchDescriptor>,
-    recheck_at: Option<std::time::Instant>,
-    /// Emptied leaves, given up, to be removed with the next batch (at
-    /// `batch_at`); when the last batch ran.
+    /// Emptied leaves, given up, to be removed with the next batch
+    /// (REMOVE_EVERY after the last one).
     doomed: Vec<PathBuf>,
-    batch_at: Option<std::time::Instant>,
     last_batch: Option<std::time::Instant>,
     /// Agent leaves created for a first move that has not happened yet,
     /// by cgroup id: their watch and settings come after it (see
@@ -151,9 +148,7 @@ impl Leaves {
             over_cap: 0,
             removed: 0,
             recheck: Vec::new(),
-            recheck_at: None,
             doomed: Vec::new(),
-            batch_at: None,
             last_batch: None,
             pending: HashMap::new(),
         })
@@ -162,10 +157,12 @@ impl Leaves {
     /// When the daemon should reap without a new notice (a leaf to look
     /// at again, the next batch of removals).
     pub fn retry_at(&self) -> Option<std::time::Instant> {
-        match (self.recheck_at, self.batch_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let now = std::time::Instant::now();
+        if !self.recheck.is_empty() {
+            return Some(now);
         }
+        // A time in the past is due now.
+        (!self.doomed.is_empty()).then(|| self.last_batch.map_or(now, |t| t + REMOVE_EVERY))
     }
 
     /// Readable when a watched leaf's `cgroup.events` changed.
@@ -266,18 +263,8 @@ impl Leaves {
         }
         if let (Some(wd), true) = (wd, exited()) {
             self.recheck.push(wd);
-            self.recheck_at = Some(std::time::Instant::now());
         }
         true
-    }
-
-    /// Remove the emptied leaf `dir` with the next batch: at once if the
-    /// last one ran REMOVE_EVERY ago, else then.
-    fn doom(&mut self, dir: PathBuf) {
-        self.doomed.push(dir);
-        let now = std::time::Instant::now();
-        self.batch_at
-            .get_or_insert_with(|| self.last_batch.map_or(now, |t| (t + REMOVE_EVERY).max(now)));
     }
 
     /// Run the batch of removals if it is due; returns how many leaves
@@ -286,10 +273,9 @@ impl Leaves {
     /// cgroup someone made inside holds it) waits for the next batch.
     pub fn remove_due(&mut self) -> usize {
         let now = std::time::Instant::now();
-        if self.batch_at.is_none_or(|t| now < t) {
+        if self.doomed.is_empty() || self.last_batch.is_some_and(|t| now < t + REMOVE_EVERY) {
             return 0;
         }
-        self.batch_at = None;
         self.last_batch = Some(now);
         let mut removed = 0;
         for dir in std::mem::take(&mut self.doomed) {
@@ -304,9 +290,6 @@ impl Leaves {
                     self.doomed.push(dir);
                 }
             }
-        }
-        if !self.doomed.is_empty() {
-            self.batch_at = Some(now + REMOVE_EVERY);
         }
         self.removed += removed as u64;
         removed
@@ -499,7 +482,6 @@ impl Leaves {
     pub fn notices(&mut self) -> Vec<WatchDescriptor> {
         let mut buf = [0u8; 4096];
         let mut changed = std::mem::take(&mut self.recheck);
-        self.recheck_at = None;
         loop {
             match self.watch.read_events(&mut buf) {
                 Ok(evs) => {
@@ -547,7 +529,7 @@ impl Leaves {
         // An agent leaf is watched from after its first process went in:
         // not populated now means every process of it has left.
         match cgroup::populated(&dir) {
-            Ok(false) => self.doom(dir),
+            Ok(false) => self.doomed.push(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Still populated (a process came, or one of two left).
             Ok(true) => return,
@@ -600,7 +582,7 @@ impl Leaves {
             let _ = self.watch.watches().remove(wd.clone());
             self.by_wd.remove(&wd);
         }
-        self.doom(l.dir);
+        self.doomed.push(l.dir);
         if last {
             if let Some(a) = self.agents.remove(&agent) {
                 self.names.remove(&a.id);
@@ -616,9 +598,7 @@ impl Leaves {
         self.by_wd.clear();
         self.pending.clear();
         self.recheck.clear();
-        self.recheck_at = None;
         self.doomed.clear();
-        self.batch_at = None;
         self.shared.clear();
         self.unsorted = [None, None];
         for a in self.agents.values_mut() {
