@@ -210,27 +210,20 @@ static struct agcg_cgrp_ctx *ctx_at(u32 slot, u64 cgid)
 	return cgc;
 }
 
-/* The context of @p's cgroup, which cannot exit while @p is in it. */
-static struct agcg_cgrp_ctx *task_cgrp_ctx(struct task_struct *p, struct task_ctx *tctx)
-{
-	struct agcg_cgrp_ctx *cgc = ctx_at(tctx->slot, tctx->cgid);
-
-	if (!cgc)
-		scx_bpf_error("task %d: its cgroup %llu does not own slot %u",
-			      p->pid, tctx->cgid, tctx->slot);
-	return cgc;
-}
-
-/* @p's context, and its cgroup's in *@cgcp; both exist while @p is ours. */
+/*
+ * @p's context, and its cgroup's in *@cgcp: both exist while @p is ours
+ * (its cgroup cannot exit while @p is in it).
+ */
 static struct task_ctx *task_ctxs_of(struct task_struct *p, struct agcg_cgrp_ctx **cgcp)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 
-	*cgcp = NULL;
+	*cgcp = tctx ? ctx_at(tctx->slot, tctx->cgid) : NULL;
 	if (!tctx)
 		scx_bpf_error("no context for task %d", p->pid);
-	else
-		*cgcp = task_cgrp_ctx(p, tctx);
+	else if (!*cgcp)
+		scx_bpf_error("task %d: its cgroup %llu does not own slot %u",
+			      p->pid, tctx->cgid, tctx->slot);
 	return tctx;
 }
 
@@ -332,38 +325,31 @@ static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 	u64 gen = hweight_gen;
 	u32 i, j;
 
-	if (!cgc->nr_active || cgc->hweight_gen == gen)
+	if (!cgc->level || !cgc->nr_active || cgc->hweight_gen == gen)
 		return;
 
 	gstat_inc(AGCG_GS_HWT_UPDATE);
 	bpf_for(i, 0, MAX_DEPTH) {
-		struct agcg_cgrp_ctx *c = cgc, *pc = NULL;
-		bool active = true;
+		struct agcg_cgrp_ctx *c = cgc, *pc = parent_ctx(cgc);
+		bool active;
 
+		/* the highest stale level: its parent is the root or up to date */
 		bpf_for(j, 0, MAX_DEPTH) {
-			if (!c->level)
-				break;
-			pc = parent_ctx(c);
-			if (!pc || pc->hweight_gen == gen)
+			if (!pc || !pc->level || pc->hweight_gen == gen)
 				break;
 			c = pc;
+			pc = parent_ctx(c);
 		}
-
-		if (!c->level) {
-			c->hweight = AGCG_HWEIGHT_ONE;
+		if (!pc)
+			return;
+		bpf_spin_lock(&cg_tree_lock);
+		active = c->nr_active;
+		if (active) {
 			c->hweight_gen = gen;
-		} else {
-			if (!pc)
-				return;
-			bpf_spin_lock(&cg_tree_lock);
-			active = c->nr_active;
-			if (active) {
-				c->hweight_gen = pc->hweight_gen;
-				c->hweight = div_round_up(pc->hweight * c->weight,
-							  pc->child_weight_sum ?: 1);
-			}
-			bpf_spin_unlock(&cg_tree_lock);
+			c->hweight = div_round_up(pc->hweight * c->weight,
+						  pc->child_weight_sum ?: 1);
 		}
+		bpf_spin_unlock(&cg_tree_lock);
 		if (!active || c->cgid == cgc->cgid)
 			return;
 	}
@@ -435,11 +421,10 @@ static void maybe_preempt(s32 cpu, u64 cgid, u64 cvtime)
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_struct *waker = (void *)bpf_get_current_task_btf();
-	bool is_idle = false;
-	s32 cpu;
+	s32 cpu = bpf_get_smp_processor_id();
+	bool is_idle;
 
 	/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
-	cpu = bpf_get_smp_processor_id();
 	is_idle = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
 		  bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
 		  !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
@@ -457,7 +442,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	u64 cgid, tvtime;
+	u64 tvtime;
 	s32 cpu;
 
 	if (!tctx)
@@ -473,8 +458,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 
 	if (!cgc)
 		return;
-	cgid = tctx->cgid;
-
 	if (p->nr_cpus_allowed == 1) {
 		cpu = bpf_cpumask_first(p->cpus_ptr);
 		gstat_inc(AGCG_GS_PCPU);
@@ -489,9 +472,9 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 			tvtime = cgc->tvtime_now - slice_ns;
 		/* counted before the insertion, which the kernel completes later */
 		__sync_fetch_and_add(&cgc->nr_queued, 1);
-		tctx->queued_cgid = cgid;
+		tctx->queued_cgid = tctx->cgid;
 		tctx->queued_slot = tctx->slot;
-		scx_bpf_dsq_insert_vtime(p, cgid, slice_ns, tvtime, enq_flags);
+		scx_bpf_dsq_insert_vtime(p, tctx->cgid, slice_ns, tvtime, enq_flags);
 		gstat_inc(p->nr_cpus_allowed < nr_online ? AGCG_GS_SUBSET : AGCG_GS_CGROUP);
 		cgrp_enqueued(cgc);
 		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
@@ -502,7 +485,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
 		maybe_preempt(p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
-			      scx_bpf_task_cpu(p), cgid, cgc->cvtime);
+			      scx_bpf_task_cpu(p), tctx->cgid, cgc->cvtime);
 	}
 }
 
@@ -510,7 +493,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
-	bool changed = false;
 	struct agcg_cgrp_ctx *c;
 	int idx;
 
@@ -545,17 +527,12 @@ static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 			propagate = true;
 		}
 		bpf_spin_unlock(&cg_tree_lock);
-
-		changed = true;
 		if (!propagate)
 			break;
 		c = pc;
 	}
-
-	/* the root cgroup (level 0) is always active */
-	if (!cgc->level && runnable)
-		cgc->nr_active = 1;
-	if (changed)
+	/* the root (always active, hweight one) has no share to change */
+	if (cgc->level)
 		__sync_fetch_and_add(&hweight_gen, 1);
 }
 
@@ -586,12 +563,10 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	u64 now = bpf_ktime_get_ns();
 	u32 zero = 0;
 
-	if (!tctx)
+	if (!tctx || !cgc)
 		return;
 	tctx->started_at = now;
 	unqueue(tctx);
-	if (!cgc)
-		return;
 	refresh_hweight(cgc);
 	/* racy but monotonic enough: errors are transient and bounded */
 	if (vtime_before(cgc->tvtime_now, p->scx.dsq_vtime))
@@ -623,10 +598,9 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (cpuc)
 		cpuc->run_cgid = 0;
-	if (!tctx)
+	if (!tctx || !cgc)
 		return;
-	if (cgc)
-		charge(p, tctx, cgc, bpf_ktime_get_ns());
+	charge(p, tctx, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
 	tctx->last_run_ns = tctx->run_ns;
 	tctx->run_ns = 0;
@@ -733,25 +707,17 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	}
 
 	/* charged since it was keyed: requeue with the current cvtime, if not alone */
-	if (vtime_before(key, cgc->cvtime)) {
-		node->cvtime = cgc->cvtime;
-		if (!alone) {
-			tree_add(node);
-			return PICK_AGAIN;
-		}
-		if (best->cgid && best->cgid != cgid && !vtime_before(node->cvtime, best->cvtime)) {
-			tree_add(node);
-			return PICK_NONE;
-		}
+	node->cvtime = cgc->cvtime;
+	if (vtime_before(key, node->cvtime) && !alone) {
+		tree_add(node);
+		return PICK_AGAIN;
 	}
-
-	/* the same cgroup as @best: the lower task vtime wins */
+	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	head = __COMPAT_scx_bpf_dsq_peek(cgid);
-	if (best->cgid == cgid) {
-		if (!head || !vtime_before(head->scx.dsq_vtime, best->tvtime)) {
-			tree_add(node);
-			return PICK_NONE;
-		}
+	if (best->cgid && (best->cgid != cgid ? !vtime_before(node->cvtime, best->cvtime) :
+			   !head || !vtime_before(head->scx.dsq_vtime, best->tvtime))) {
+		tree_add(node);
+		return PICK_NONE;
 	}
 
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
@@ -811,21 +777,21 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	return PICK_AGAIN;
 }
 
-/* Fill @c from @p's cgroup; charges @p up to @now when @charge_now. */
-static bool cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 now)
+/* Fill @c from @p's cgroup (@p's context, or NULL); charge @p up to @now if @charge_now. */
+static struct task_ctx *cand_of(struct task_struct *p, struct cand *c, bool charge_now, u64 now)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
 
 	if (!tctx || !cgc)
-		return false;
+		return NULL;
 	if (charge_now)
 		charge(p, tctx, cgc, now);
 	c->cgid = tctx->cgid;
 	c->slot = tctx->slot;
 	c->cvtime = cgc->cvtime;
 	c->tvtime = p->scx.dsq_vtime;
-	return true;
+	return tctx;
 }
 
 void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
@@ -861,9 +827,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	/* the head of this CPU's single-CPU tasks */
 	head = __COMPAT_scx_bpf_dsq_peek(PCPU_DSQ(cpu));
-	if (head && cand_of(head, &local, false, now)) {
-		tctx = bpf_task_storage_get(&task_ctxs, head, 0, 0);
-		if (tctx && now - tctx->queued_at > starve_slices * slice_ns) {
+	if (head && (tctx = cand_of(head, &local, false, now))) {
+		if (now - tctx->queued_at > starve_slices * slice_ns) {
 			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 				reserve_here(cpuc, &local, expected_run(head));
 				gstat_inc(AGCG_GS_PCPU_AGED);
@@ -930,21 +895,15 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 {
 	struct task_ctx *tctx;
 	struct agcg_cgrp_ctx *cgc;
-	u32 slot;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!tctx)
 		return -ENOMEM;
-	tctx->started_at = 0;
-	tctx->queued_cgid = 0;
-	tctx->cgid = args->cgroup->kn->id;
-	tctx->slot = 0;
+	*tctx = (struct task_ctx){ .cgid = args->cgroup->kn->id };
 	/* while the scheduler is disabled cgroups exit before forks stop: no fail */
-	cgc = cgrp_ctx_of(args->cgroup, &slot);
-	if (cgc) {
-		tctx->slot = slot;
+	cgc = cgrp_ctx_of(args->cgroup, &tctx->slot);
+	if (cgc)
 		scx_bpf_task_set_dsq_vtime(p, cgc->tvtime_now);
-	}
 	return 0;
 }
 
@@ -999,7 +958,8 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 		return -ENOENT;
 	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : slot,
 				  .level = cgrp->level, .weight = args->weight,
-				  .hweight = AGCG_HWEIGHT_ONE, .cvtime = cvtime_now };
+				  .nr_active = !cgrp->level, .hweight = AGCG_HWEIGHT_ONE,
+				  .cvtime = cvtime_now };
 
 	ret = scx_bpf_create_dsq(cgid, -1);
 	if (ret)
@@ -1051,7 +1011,6 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 	struct agcg_cgrp_ctx *from_c, *to_c;
 	struct task_ctx *tctx;
 	u32 to_slot;
-	s64 delta;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	from_c = cgrp_ctx_of(from, NULL);
@@ -1066,8 +1025,7 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 		add_reserved(from_c, -tctx->reserved);
 		add_reserved(to_c, tctx->reserved);
 	}
-	delta = p->scx.dsq_vtime - from_c->tvtime_now;
-	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + delta);
+	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + (p->scx.dsq_vtime - from_c->tvtime_now));
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_init)
