@@ -1226,6 +1226,9 @@ impl Daemon {
             }
         };
         let admitted = target.admit(pid);
+        // Alive right after the write: the pid was still its, so the write
+        // moved it (asked before the leaf's watch, which takes a while).
+        let moved = admitted.is_ok() && pidfd_alive(&pidfd);
         if admitted.is_ok() {
             // A new agent leaf is watched from now on (see Leaves::arm).
             if let Some(l) = &mut self.leaves {
@@ -1233,7 +1236,7 @@ impl Daemon {
             }
         }
         match admitted {
-            Ok(()) if pidfd_alive(&pidfd) => Moved::Yes {
+            Ok(()) if moved => Moved::Yes {
                 threads: stat.threads,
             },
             r @ (Ok(()) | Err(MoveError::Vanished)) => {
