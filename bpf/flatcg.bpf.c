@@ -32,7 +32,9 @@
  * takes the first task it may run and passes over a cgroup with none, so
  * subset-restricted cgroups are served in cvtime order on their CPUs. A
  * waking task whose cgroup is behind the running one's by over slice / 8
- * preempts it. A single-CPU task that waited starve_slices slices is
+ * preempts it: from ops.select_cpu() straight onto that CPU's local DSQ
+ * (what a kick and a dispatch would pick, without the round trip), a
+ * single-CPU task by a kick from ops.enqueue(). A single-CPU task that waited starve_slices slices is
  * served first: cvtime order alone starves it where a cgroup confined to
  * its CPU stays below its share for good (38-sched-cpuset). ops.enqueue()
  * does not rely on ops.select_cpu(): the loader allows queued wake-ups, so
@@ -400,28 +402,24 @@ static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 	tree_add(node);
 }
 
-/* Kick @cpu if a waking task of a cgroup at @cvtime should preempt it. */
-static void maybe_preempt(s32 cpu, u64 cgid, u64 cvtime)
+/* Should a waking task of a cgroup at @cvtime preempt what runs on @cpu? */
+static bool owed_cpu(s32 cpu, u64 cgid, u64 cvtime)
 {
 	struct cpu_ctx *cpuc;
 	u32 zero = 0;
-	u64 cur;
 
 	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
 	if (!cpuc || !cpuc->run_cgid || cpuc->run_cgid == cgid)
-		return;
-	cur = cpuc->run_cvtime +
-	      scale_by_hweight(bpf_ktime_get_ns() - cpuc->run_at, cpuc->run_hweight);
-	if (vtime_before(cvtime + slice_ns / 8, cur)) {
-		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
-		gstat_inc(AGCG_GS_PREEMPT);
-	}
+		return false;
+	return vtime_before(cvtime + slice_ns / 8, cpuc->run_cvtime +
+			    scale_by_hweight(bpf_ktime_get_ns() - cpuc->run_at, cpuc->run_hweight));
 }
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_struct *waker = (void *)bpf_get_current_task_btf();
 	s32 cpu = bpf_get_smp_processor_id();
+	struct agcg_cgrp_ctx *cgc;
 	bool is_idle;
 
 	/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
@@ -434,6 +432,11 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 	if (is_idle) {
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+	} else if (p->nr_cpus_allowed > 1 && task_ctxs_of(p, &cgc) && cgc &&
+		   owed_cpu(cpu, cgc->cgid, cgc->cvtime)) {
+		/* what a kick and a dispatch would pick, without the round trip */
+		gstat_inc(AGCG_GS_PREEMPT);
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, SCX_ENQ_PREEMPT);
 	}
 	return cpu;
 }
@@ -484,8 +487,11 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
-		maybe_preempt(p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) :
-			      scx_bpf_task_cpu(p), tctx->cgid, cgc->cvtime);
+		cpu = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
+		if (owed_cpu(cpu, tctx->cgid, cgc->cvtime)) {
+			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+			gstat_inc(AGCG_GS_PREEMPT);
+		}
 	}
 }
 
@@ -907,8 +913,8 @@ s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_a
 	return 0;
 }
 
-/* Claim the lowest free slot for @cgid: the loader reads up to slot_hw. */
-static s32 alloc_slot(u64 cgid)
+/* Claim the lowest free slot for @cgid (the loader reads up to slot_hw): its context. */
+static struct agcg_cgrp_ctx *alloc_slot(u64 cgid, u32 *slotp)
 {
 	u32 slot;
 
@@ -918,10 +924,11 @@ static s32 alloc_slot(u64 cgid)
 		if (cgc && !cgc->cgid && !__sync_val_compare_and_swap(&cgc->cgid, 0, cgid)) {
 			if (slot_hw <= slot)
 				slot_hw = slot + 1;
-			return slot;
+			*slotp = slot;
+			return cgc;
 		}
 	}
-	return -ENOSPC;
+	return NULL;
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
@@ -932,7 +939,7 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	struct agcg_cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
 	u32 *slotp, parent = 0;
-	s32 slot, ret;
+	s32 ret;
 
 	/* the walks up the tree are bounded; cgroups this deep are refused */
 	if (cgrp->level >= MAX_DEPTH)
@@ -949,14 +956,10 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	slotp = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!slotp)
 		return -ENOMEM;
-	slot = alloc_slot(cgid);
-	if (slot < 0)
-		return slot;
-	*slotp = slot;
-	cgc = ctx_at(slot, cgid);
+	cgc = alloc_slot(cgid, slotp);
 	if (!cgc)
-		return -ENOENT;
-	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : slot,
+		return -ENOSPC;
+	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : *slotp,
 				  .level = cgrp->level, .weight = args->weight,
 				  .nr_active = !cgrp->level, .hweight = AGCG_HWEIGHT_ONE,
 				  .cvtime = cvtime_now };
@@ -976,7 +979,7 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 		goto err_slot;
 	}
 	node->cgid = cgid;
-	node->slot = slot;
+	node->slot = *slotp;
 	/* a gone cgroup's node, retired into its freed, reused element */
 	node = bpf_kptr_xchg(&stash->node, node);
 	if (node)
