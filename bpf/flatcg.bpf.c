@@ -34,9 +34,10 @@
  * waking task whose cgroup is behind the running one's by over slice / 8
  * preempts it: from ops.select_cpu() straight onto that CPU's local DSQ
  * (what a kick and a dispatch would pick, without the round trip), a
- * single-CPU task by a kick from ops.enqueue(). A single-CPU task that waited starve_slices slices is
- * served first: cvtime order alone starves it where a cgroup confined to
- * its CPU stays below its share for good (38-sched-cpuset). ops.enqueue()
+ * single-CPU task by a kick from ops.enqueue(). A single-CPU task that
+ * waited starve_slices slices is served first: cvtime order alone starves
+ * it where a cgroup confined to its CPU stays below its share for good
+ * (38-sched-cpuset). ops.enqueue()
  * does not rely on ops.select_cpu(): the loader allows queued wake-ups, so
  * a remote wake-up may be enqueued by its target CPU without one.
  *
