@@ -268,9 +268,11 @@ impl Leaves {
     }
 
     /// Run the batch of removals if it is due; returns how many leaves
-    /// went. A leaf something went into since it emptied is left alone; one
-    /// the kernel refuses while empty (it still tears down what left, or a
-    /// cgroup someone made inside holds it) waits for the next batch.
+    /// went. One the kernel refuses waits for the next batch: a process
+    /// went in since it emptied (a placement by a target cached before the
+    /// leaf was given up: its watch is gone, so nothing else would ever
+    /// remove it), the kernel still tears down what left, or a cgroup
+    /// someone made inside holds it.
     pub fn remove_due(&mut self) -> usize {
         let now = std::time::Instant::now();
         if self.doomed.is_empty() || self.last_batch.is_some_and(|t| now < t + REMOVE_EVERY) {
@@ -282,9 +284,6 @@ impl Leaves {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) if cgroup::populated(&dir).unwrap_or(true) => {
-                    log::debug!("leaf {} in use again, kept: {e}", dir.display());
-                }
                 Err(e) => {
                     log::debug!("leaf {} not removed: {e}: trying again", dir.display());
                     self.doomed.push(dir);
@@ -720,6 +719,60 @@ mod tests {
             "the leaf was not removed on the retry"
         );
         assert!(leaves.retry_at().is_none());
+    }
+
+    /// A leaf given up and then populated again through a target cached
+    /// before (its watch is gone, so no notice will come) is removed by a
+    /// later batch once it is empty, not forgotten.
+    #[test]
+    fn repopulated_leaf_is_removed_once_empty() {
+        let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("again", 4246)
+        else {
+            return;
+        };
+        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
+        // A cgroup inside holds the first rmdir off.
+        std::fs::create_dir(dir.join("inner")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut gone_agent = false;
+        for _ in 0..200 {
+            gone_agent |= !leaves.reap().agents_gone.is_empty();
+            if gone_agent {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // A late placement through the cached target fills it again.
+        let mut late = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        leaf.admit(late.id()).unwrap();
+        std::fs::remove_dir(dir.join("inner")).unwrap();
+        let reap_until = |leaves: &mut Leaves, ms: u64| {
+            let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < end && dir.exists() {
+                if leaves
+                    .retry_at()
+                    .is_some_and(|t| t <= std::time::Instant::now())
+                {
+                    leaves.reap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        // A batch finds it populated: refused, and kept for later.
+        reap_until(&mut leaves, 1500);
+        let held = dir.is_dir() && leaves.retry_at().is_some();
+        late.kill().unwrap();
+        late.wait().unwrap();
+        reap_until(&mut leaves, 3000);
+        let gone = !dir.exists();
+        cgroup::remove_scratch(&tree);
+        assert!(gone_agent, "no notice gave the agent up");
+        assert!(held, "the repopulated leaf was dropped from the removals");
+        assert!(gone, "the leaf was not removed once empty again");
     }
 
     /// While agents come and go, leaves are removed in batches at most
