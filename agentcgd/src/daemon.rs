@@ -516,6 +516,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut last_publish = Instant::now();
     let quiet_flush = d.monitor.quiet_flush();
     'run: loop {
+        // What the last step opened and moved nothing into is watched or
+        // given up before anything else (startup's scan included).
+        if let Some(l) = &mut d.leaves {
+            l.settle_unarmed();
+        }
         notify.watchdog_tick();
         let mut wait: Option<Duration> = None;
         if let Some(w) = notify.watchdog_interval() {
@@ -1368,21 +1373,15 @@ impl Daemon {
                 // Its exit event (pending, or still to come: it stays
                 // seeded) takes the entry out, as it was, with the exit
                 // status an OOM kill is attributed by.
+                // (A leaf made for it and left empty is given up when
+                // this step ends: Leaves::settle_unarmed.)
                 if let Some(prev) = before {
                     self.tracker.insert(prev);
                 }
-                if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
-                    l.drop_if_empty(decision.priority, a);
-                }
             }
             _ => {
-                // Exiting before it was ever tracked, or gone: a leaf made
-                // for it would never be populated, so no notice would
-                // remove it.
+                // Exiting before it was ever tracked, or gone.
                 self.untrack(info.pid, info.start_ticks);
-                if let (Some(l), Some(a)) = (&mut self.leaves, agent) {
-                    l.drop_if_empty(decision.priority, a);
-                }
             }
         }
     }

@@ -115,11 +115,13 @@ pub struct Leaves {
     pending: HashMap<u64, Pending>,
 }
 
-/// What a new agent leaf still needs once its first process is in it.
+/// A leaf opened in this placing step, waiting for its first move: its
+/// settings and watch come after it ([`Leaves::arm`]), or it is given up
+/// when the step ends with nothing in it ([`Leaves::settle_unarmed`]).
 #[derive(Debug)]
 struct Pending {
-    p: Priority,
-    key: AgentKey,
+    owner: Owner,
+    created: bool,
     weight: Option<u32>,
 }
 
@@ -189,29 +191,32 @@ impl Leaves {
         // A leaf given up but not removed yet is taken back (a reused pid).
         self.doomed.retain(|d| *d != dir);
         let (target, created) = self.tree.open_leaf(p, name)?;
-        if let (true, Owner::Agent(key, _)) = (created, &owner) {
-            // A new agent's leaf: its first process goes in before the
-            // rest of its set-up (the watch would only report that the
-            // move populated it; a new cgroup's settings can wait a move).
-            self.pending.insert(
-                target.id,
-                Pending {
-                    p,
-                    key: *key,
-                    weight,
-                },
-            );
-            return Ok(Leaf {
-                target,
-                dir,
-                wd: None,
-            });
+        // Its first process goes in before the rest of its set-up (a watch
+        // would only report that the move populated it; a new cgroup's
+        // settings can wait a move). Whatever this step moves in or not,
+        // it ends watched or given up: nothing else would remove it.
+        self.pending.insert(
+            target.id,
+            Pending {
+                owner,
+                created,
+                weight,
+            },
+        );
+        Ok(Leaf {
+            target,
+            dir,
+            wd: None,
+        })
+    }
+
+    /// The registered leaf of `owner`.
+    fn leaf_mut(&mut self, owner: &Owner) -> Option<&mut Leaf> {
+        match owner {
+            Owner::Agent(k, s) => self.agents.get_mut(k)?.leaves[*s].as_mut(),
+            Owner::Shared(f, s) => self.shared.get_mut(&(f.clone(), *s)),
+            Owner::Unsorted(s) => self.unsorted[*s].as_mut(),
         }
-        if let Err(e) = self.tree.configure_leaf(&dir, created, weight) {
-            log::warn!("{e}");
-        }
-        let wd = self.watch_leaf(&dir, owner);
-        Ok(Leaf { target, dir, wd })
     }
 
     fn watch_leaf(&mut self, dir: &std::path::Path, owner: Owner) -> Option<WatchDescriptor> {
@@ -232,12 +237,12 @@ impl Leaves {
         }
     }
 
-    /// A process was just written into the cgroup `id`: if that is a new
-    /// agent leaf, watch it and give it its settings now. A notice comes
-    /// when it empties from here on; if what was moved has `exited`
-    /// meanwhile (asked after the watch is in place), it may be empty
-    /// already, so it is looked at on the next pass. True if it was a new
-    /// agent leaf.
+    /// A process was just written into the cgroup `id`: if that is a leaf
+    /// opened in this step, watch it and give it its settings now. A
+    /// notice comes when it empties from here on; if what was moved has
+    /// `exited` meanwhile (asked after the watch is in place), it may be
+    /// empty already, so it is looked at on the next pass. True if it was
+    /// waiting for its first move.
     pub fn arm(&mut self, id: u64, exited: impl FnOnce() -> bool) -> bool {
         if self.pending.is_empty() {
             return false;
@@ -245,20 +250,18 @@ impl Leaves {
         let Some(pd) = self.pending.remove(&id) else {
             return false;
         };
-        let s = slot(pd.p);
-        let Some(dir) = self.agents.get(&pd.key).and_then(|a| a.leaf_dir(pd.p)) else {
+        let Some(dir) = self
+            .leaf_mut(&pd.owner)
+            .filter(|l| l.target.id == id)
+            .map(|l| l.dir.clone())
+        else {
             return false;
         };
-        let dir = dir.to_path_buf();
-        if let Err(e) = self.tree.configure_leaf(&dir, true, pd.weight) {
+        if let Err(e) = self.tree.configure_leaf(&dir, pd.created, pd.weight) {
             log::warn!("{e}");
         }
-        let wd = self.watch_leaf(&dir, Owner::Agent(pd.key, s));
-        if let Some(l) = self
-            .agents
-            .get_mut(&pd.key)
-            .and_then(|a| a.leaves[s].as_mut())
-        {
+        let wd = self.watch_leaf(&dir, pd.owner.clone());
+        if let Some(l) = self.leaf_mut(&pd.owner) {
             l.wd = wd.clone();
         }
         if let (Some(wd), true) = (wd, exited()) {
@@ -267,12 +270,79 @@ impl Leaves {
         true
     }
 
+    /// End of a placing step: a leaf opened in it that no move armed is
+    /// watched if something is in it anyway (adopted, or taken back with
+    /// its processes), and given up if it is empty (its process vanished
+    /// before the move, or was decided but not moved: an exiting one,
+    /// listed in the leaf it left). No notice would ever come for it.
+    pub fn settle_unarmed(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            let Some(owner) = self.pending.get(&id).map(|pd| pd.owner.clone()) else {
+                continue;
+            };
+            let Some(dir) = self
+                .leaf_mut(&owner)
+                .filter(|l| l.target.id == id)
+                .map(|l| l.dir.clone())
+            else {
+                self.pending.remove(&id);
+                continue;
+            };
+            match cgroup::populated(&dir) {
+                Ok(false) => {
+                    self.pending.remove(&id);
+                    log::debug!("leaf {}: nothing moved in; given up", dir.display());
+                    self.give_up(owner, dir);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.pending.remove(&id);
+                    self.give_up(owner, dir);
+                }
+                _ => {
+                    self.arm(id, || false);
+                }
+            }
+        }
+    }
+
+    /// Take the leaf of `owner` (at `dir`) out of the registry and put it
+    /// in the next batch of removals; the agent goes with its last leaf.
+    fn give_up(&mut self, owner: Owner, dir: PathBuf) -> Option<Agent> {
+        if dir.exists() {
+            self.doomed.push(dir);
+        }
+        match owner {
+            Owner::Agent(k, s) => {
+                let a = self.agents.get_mut(&k)?;
+                a.leaves[s] = None;
+                if a.leaves.iter().any(Option::is_some) {
+                    return None;
+                }
+                let a = self.agents.remove(&k)?;
+                self.names.remove(&a.id);
+                Some(a)
+            }
+            Owner::Shared(f, s) => {
+                self.shared.remove(&(f, s));
+                None
+            }
+            Owner::Unsorted(s) => {
+                self.unsorted[s] = None;
+                None
+            }
+        }
+    }
+
     /// Run the batch of removals if it is due; returns how many leaves
-    /// went. One the kernel refuses waits for the next batch: a process
-    /// went in since it emptied (a placement by a target cached before the
-    /// leaf was given up: its watch is gone, so nothing else would ever
-    /// remove it), the kernel still tears down what left, or a cgroup
-    /// someone made inside holds it.
+    /// went. One the kernel refuses waits for the next batch, populated or
+    /// not (its watch is gone, so nothing else would ever remove it): an
+    /// exiting task can keep a cgroup busy (EBUSY, and listed in
+    /// cgroup.procs) for a while after `populated 0`, someone may have
+    /// written a pid into it since, or a cgroup made inside holds it.
     pub fn remove_due(&mut self) -> usize {
         let now = std::time::Instant::now();
         if self.doomed.is_empty() || self.last_batch.is_some_and(|t| now < t + REMOVE_EVERY) {
@@ -512,23 +582,14 @@ impl Leaves {
         let Some(owner) = self.by_wd.get(&wd).cloned() else {
             return;
         };
-        let dir = match &owner {
-            Owner::Agent(k, s) => self
-                .agents
-                .get(k)
-                .and_then(|a| a.leaves[*s].as_ref())
-                .map(|l| l.dir.clone()),
-            Owner::Shared(f, s) => self.shared.get(&(f.clone(), *s)).map(|l| l.dir.clone()),
-            Owner::Unsorted(s) => self.unsorted[*s].as_ref().map(|l| l.dir.clone()),
-        };
-        let Some(dir) = dir else {
+        let Some(dir) = self.leaf_mut(&owner).map(|l| l.dir.clone()) else {
             self.by_wd.remove(&wd);
             return;
         };
-        // An agent leaf is watched from after its first process went in:
-        // not populated now means every process of it has left.
+        // A leaf is watched from after its first process went in: not
+        // populated now means every process of it has left.
         match cgroup::populated(&dir) {
-            Ok(false) => self.doomed.push(dir),
+            Ok(false) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Still populated (a process came, or one of two left).
             Ok(true) => return,
@@ -539,53 +600,9 @@ impl Leaves {
         }
         let _ = self.watch.watches().remove(wd.clone());
         self.by_wd.remove(&wd);
-        match owner {
-            Owner::Agent(k, s) => {
-                let gone = self.agents.get_mut(&k).map(|a| {
-                    a.leaves[s] = None;
-                    a.leaves.iter().all(Option::is_none)
-                });
-                if gone == Some(true) {
-                    if let Some(a) = self.agents.remove(&k) {
-                        self.names.remove(&a.id);
-                        log::debug!("agent {}: no processes left; leaves removed", a.id);
-                        out.agents_gone.push(a);
-                    }
-                }
-            }
-            Owner::Shared(f, s) => {
-                self.shared.remove(&(f, s));
-            }
-            Owner::Unsorted(s) => self.unsorted[s] = None,
-        }
-    }
-
-    /// A leaf just created for a process that vanished before the move, or
-    /// that had exited (a zombie's move succeeds and moves nothing): give it
-    /// up if nothing is in it (no notice comes for a leaf that was never
-    /// populated).
-    pub fn drop_if_empty(&mut self, p: Priority, agent: AgentKey) {
-        let s = slot(p);
-        let Some(a) = self.agents.get_mut(&agent) else {
-            return;
-        };
-        let Some(l) = &a.leaves[s] else { return };
-        if cgroup::populated(&l.dir).unwrap_or(true) {
-            return;
-        }
-        let id = l.target.id;
-        let Some(l) = a.leaves[s].take() else { return };
-        let last = a.leaves.iter().all(Option::is_none);
-        self.pending.remove(&id);
-        if let Some(wd) = l.wd {
-            let _ = self.watch.watches().remove(wd.clone());
-            self.by_wd.remove(&wd);
-        }
-        self.doomed.push(l.dir);
-        if last {
-            if let Some(a) = self.agents.remove(&agent) {
-                self.names.remove(&a.id);
-            }
+        if let Some(a) = self.give_up(owner, dir) {
+            log::debug!("agent {}: no processes left; leaves removed", a.id);
+            out.agents_gone.push(a);
         }
     }
 
@@ -721,9 +738,9 @@ mod tests {
         assert!(leaves.retry_at().is_none());
     }
 
-    /// A leaf given up and then populated again through a target cached
-    /// before (its watch is gone, so no notice will come) is removed by a
-    /// later batch once it is empty, not forgotten.
+    /// A leaf given up and then populated again from outside the registry
+    /// (a pid written into it; its watch is gone, so no notice will come)
+    /// is removed by a later batch once it is empty, not forgotten.
     #[test]
     fn repopulated_leaf_is_removed_once_empty() {
         let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("again", 4246)
@@ -743,7 +760,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        // A late placement through the cached target fills it again.
+        // A pid written into it after the give-up fills it again.
         let mut late = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
@@ -876,5 +893,117 @@ mod tests {
             "the emptied leaf was not removed ({removed})"
         );
         assert!(leaves.agents.is_empty(), "the agent outlived its only leaf");
+    }
+
+    /// A leaf opened for a move that never happened (the process vanished
+    /// first) is given up when the step ends, and removed.
+    #[test]
+    fn unarmed_leaf_is_given_up() {
+        let Some(tree) = cgroup::scratch_tree("leaf-unarmed", Priority::High) else {
+            return;
+        };
+        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let key = AgentKey {
+            pid: 4247,
+            start_ticks: 1,
+        };
+        let fam = FamilyName::try_from("unarmed".to_string()).unwrap();
+        leaves
+            .target(Priority::High, Some(key), &fam, 100, 0)
+            .unwrap();
+        let dir = tree.session_dir(Priority::High).join("unarmed-4247");
+        let made = dir.is_dir();
+        leaves.settle_unarmed();
+        let gone_agent = leaves.agents.is_empty() && leaves.pending.is_empty();
+        let removed = leaves.reap().removed;
+        let gone = !dir.exists();
+        cgroup::remove_scratch(&tree);
+        assert!(made, "no leaf was made");
+        assert!(gone_agent, "the agent of an unused leaf stayed");
+        assert!(removed == 1 && gone, "the unused leaf was not removed");
+    }
+
+    /// A given-up leaf not removed yet and taken back for a process that
+    /// is not moved (an exiting one, still listed in it) is given up again
+    /// at the step's end: it was watched and registered before, with no
+    /// notice to come, and stayed for good.
+    #[test]
+    fn leaf_taken_back_with_nothing_moved_is_given_up_again() {
+        let Some((tree, mut leaves, leaf, dir, mut child)) = agent_leaf_with_sleeper("back", 4248)
+        else {
+            return;
+        };
+        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
+        // A cgroup inside holds the removal off, as an exiting task would.
+        std::fs::create_dir(dir.join("inner")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut gone_agent = false;
+        for _ in 0..200 {
+            gone_agent |= !leaves.reap().agents_gone.is_empty();
+            if gone_agent {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // The same agent decided again (its leaf's name): taken back.
+        let key = AgentKey {
+            pid: 4248,
+            start_ticks: 1,
+        };
+        let fam = FamilyName::try_from("back".to_string()).unwrap();
+        let again = leaves
+            .target(Priority::High, Some(key), &fam, 100, 0)
+            .unwrap();
+        let taken_back = again.id == leaf.id && leaves.doomed.is_empty();
+        leaves.settle_unarmed();
+        let given_up = leaves.agents.is_empty() && leaves.retry_at().is_some();
+        std::fs::remove_dir(dir.join("inner")).unwrap();
+        for _ in 0..300 {
+            if leaves
+                .retry_at()
+                .is_some_and(|t| t <= std::time::Instant::now())
+            {
+                leaves.reap();
+            }
+            if !dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let gone = !dir.exists();
+        cgroup::remove_scratch(&tree);
+        assert!(gone_agent, "no notice gave the agent up");
+        assert!(taken_back, "the doomed leaf was not taken back");
+        assert!(given_up, "the leaf taken back with nothing moved was kept");
+        assert!(gone, "the leaf was not removed");
+    }
+
+    /// An adopted leaf with processes in it is watched once the step ends,
+    /// and removed when they are gone.
+    #[test]
+    fn adopted_populated_leaf_is_watched() {
+        let Some((tree, _, _, dir, mut child)) = agent_leaf_with_sleeper("adopt", 4249) else {
+            return;
+        };
+        // A restarted daemon: a new registry over the same tree.
+        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let n = leaves.adopt(&HashMap::new(), |f| f == "adopt", |_| Some(1));
+        leaves.settle_unarmed();
+        let watched = !leaves.by_wd.is_empty() && leaves.pending.is_empty();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for _ in 0..200 {
+            leaves.reap();
+            if !dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let gone = !dir.exists();
+        cgroup::remove_scratch(&tree);
+        assert_eq!(n, 1, "the leaf was not adopted");
+        assert!(watched, "the adopted leaf was not watched");
+        assert!(gone, "the adopted leaf was not removed once empty");
     }
 }

@@ -100,7 +100,12 @@ for run in $(seq 20); do
     t0=$(cut -d' ' -f1 /proc/uptime)
     for try in $(seq 750); do [ "$(leaves)" = 0 ] && break; usleep 20000; done
     left=$(leaves)
-    [ "$left" = 0 ] || fail "run $run: $left leaves left 15 s after the agents exited: $(ls -d $R/session_*/forker-* 2>&1)"
+    if [ "$left" != 0 ]; then
+        for l in $R/session_*/forker-*; do
+            echo "$l: $(grep populated $l/cgroup.events) procs: $(cat $l/cgroup.procs | tr '\n' ' ')"
+        done
+        fail "run $run: $left leaves left 15 s after the agents exited"
+    fi
     ms=$(awk -v a=$t0 -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN { printf "%d", (b - a) * 1000 }')
     [ $ms -gt $worst_rm ] && worst_rm=$ms
 done
