@@ -1343,6 +1343,8 @@ impl Daemon {
         // Seed the lineage before the move: a fork from here on is either
         // inherited in the kernel or already in the children list below.
         self.seed(tracked, target.id);
+        // A leaf made for this move and left empty (nothing moved) is
+        // given up when this step ends (Leaves::settle_unarmed).
         match self.move_to(info.pid, info.start_ticks, &target) {
             Moved::Yes { threads } => {
                 self.counters.placed += 1;
@@ -1373,8 +1375,6 @@ impl Daemon {
                 // Its exit event (pending, or still to come: it stays
                 // seeded) takes the entry out, as it was, with the exit
                 // status an OOM kill is attributed by.
-                // (A leaf made for it and left empty is given up when
-                // this step ends: Leaves::settle_unarmed.)
                 if let Some(prev) = before {
                     self.tracker.insert(prev);
                 }
