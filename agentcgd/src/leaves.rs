@@ -686,6 +686,45 @@ mod tests {
         Some((tree, leaves, leaf, dir, child))
     }
 
+    /// Arm the leaf at `dir`, hold its removal off with a cgroup made
+    /// inside (as an exiting task can), end its process and take notices
+    /// until its agent is given up. True if it was.
+    fn give_up_held(
+        leaves: &mut Leaves,
+        leaf: &Target,
+        dir: &std::path::Path,
+        child: &mut std::process::Child,
+    ) -> bool {
+        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
+        std::fs::create_dir(dir.join("inner")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for _ in 0..200 {
+            if !leaves.reap().agents_gone.is_empty() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Run each batch of removals as it falls due, until `dir` is gone or
+    /// `ms` have passed; returns the leaves removed.
+    fn reap_until_gone(leaves: &mut Leaves, dir: &std::path::Path, ms: u64) -> usize {
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        let mut removed = 0;
+        while std::time::Instant::now() < end && dir.exists() {
+            if leaves
+                .retry_at()
+                .is_some_and(|t| t <= std::time::Instant::now())
+            {
+                removed += leaves.reap().removed;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        removed
+    }
+
     /// An empty leaf whose rmdir is refused (here: a cgroup someone made
     /// inside it) is removed once it can be, with no further notice, by a
     /// later batch.
@@ -695,35 +734,12 @@ mod tests {
         else {
             return;
         };
-        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
-        std::fs::create_dir(dir.join("inner")).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
         // The notice comes; the agent is gone, the rmdir refused (EBUSY)
         // and kept for the next batch.
-        let mut gone_agent = false;
-        for _ in 0..200 {
-            gone_agent |= !leaves.reap().agents_gone.is_empty();
-            if gone_agent {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let gone_agent = give_up_held(&mut leaves, &leaf, &dir, &mut child);
         let refused = leaves.retry_at().is_some() && dir.is_dir();
         std::fs::remove_dir(dir.join("inner")).unwrap();
-        let mut removed = 0;
-        for _ in 0..300 {
-            if leaves
-                .retry_at()
-                .is_some_and(|t| t <= std::time::Instant::now())
-            {
-                removed += leaves.reap().removed;
-            }
-            if !dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let removed = reap_until_gone(&mut leaves, &dir, 3000);
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
         assert!(gone_agent, "no notice gave the agent up");
@@ -747,19 +763,7 @@ mod tests {
         else {
             return;
         };
-        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
-        // A cgroup inside holds the first rmdir off.
-        std::fs::create_dir(dir.join("inner")).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let mut gone_agent = false;
-        for _ in 0..200 {
-            gone_agent |= !leaves.reap().agents_gone.is_empty();
-            if gone_agent {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let gone_agent = give_up_held(&mut leaves, &leaf, &dir, &mut child);
         // A pid written into it after the give-up fills it again.
         let mut late = std::process::Command::new("sleep")
             .arg("30")
@@ -767,24 +771,12 @@ mod tests {
             .unwrap();
         leaf.admit(late.id()).unwrap();
         std::fs::remove_dir(dir.join("inner")).unwrap();
-        let reap_until = |leaves: &mut Leaves, ms: u64| {
-            let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-            while std::time::Instant::now() < end && dir.exists() {
-                if leaves
-                    .retry_at()
-                    .is_some_and(|t| t <= std::time::Instant::now())
-                {
-                    leaves.reap();
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        };
         // A batch finds it populated: refused, and kept for later.
-        reap_until(&mut leaves, 1500);
+        reap_until_gone(&mut leaves, &dir, 1500);
         let held = dir.is_dir() && leaves.retry_at().is_some();
         late.kill().unwrap();
         late.wait().unwrap();
-        reap_until(&mut leaves, 3000);
+        reap_until_gone(&mut leaves, &dir, 3000);
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
         assert!(gone_agent, "no notice gave the agent up");
@@ -933,19 +925,7 @@ mod tests {
         else {
             return;
         };
-        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
-        // A cgroup inside holds the removal off, as an exiting task would.
-        std::fs::create_dir(dir.join("inner")).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let mut gone_agent = false;
-        for _ in 0..200 {
-            gone_agent |= !leaves.reap().agents_gone.is_empty();
-            if gone_agent {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let gone_agent = give_up_held(&mut leaves, &leaf, &dir, &mut child);
         // The same agent decided again (its leaf's name): taken back.
         let key = AgentKey {
             pid: 4248,
@@ -959,18 +939,7 @@ mod tests {
         leaves.settle_unarmed();
         let given_up = leaves.agents.is_empty() && leaves.retry_at().is_some();
         std::fs::remove_dir(dir.join("inner")).unwrap();
-        for _ in 0..300 {
-            if leaves
-                .retry_at()
-                .is_some_and(|t| t <= std::time::Instant::now())
-            {
-                leaves.reap();
-            }
-            if !dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        reap_until_gone(&mut leaves, &dir, 3000);
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
         assert!(gone_agent, "no notice gave the agent up");
