@@ -103,6 +103,7 @@ for run in $(seq 20); do
     if [ "$left" != 0 ]; then
         for l in $R/session_*/forker-*; do
             echo "$l: $(grep populated $l/cgroup.events) procs: $(cat $l/cgroup.procs | tr '\n' ' ')"
+            grep -F "${l##*/}" $W/log | tail -8
         done
         fail "run $run: $left leaves left 15 s after the agents exited"
     fi
