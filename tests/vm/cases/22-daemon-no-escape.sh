@@ -139,4 +139,5 @@ grep -q '"tree_rebuilds": [1-9]' $W/st.json || fail "status does not count the r
 echo "tree rebuilt after about $((i * 10)) ms: $(grep '"tree_error"' $W/st.json)"
 kill $rn 2>/dev/null
 kill -TERM $D; wait $D; D=
+echo "leaves opened and given up with nothing moved in: $(grep -c 'nothing moved in; given up' $W/log)"
 echo "PASS: forked workers, renames and a lost tree are all placed"
