@@ -219,6 +219,14 @@ impl Leaves {
         }
     }
 
+    /// The directory of `owner`'s leaf if it is still the cgroup `id`
+    /// opened for it (not replaced or given up since).
+    fn opened_dir(&mut self, owner: &Owner, id: u64) -> Option<PathBuf> {
+        self.leaf_mut(owner)
+            .filter(|l| l.target.id == id)
+            .map(|l| l.dir.clone())
+    }
+
     fn watch_leaf(&mut self, dir: &std::path::Path, owner: Owner) -> Option<WatchDescriptor> {
         match self
             .watch
@@ -250,11 +258,7 @@ impl Leaves {
         let Some(pd) = self.pending.remove(&id) else {
             return false;
         };
-        let Some(dir) = self
-            .leaf_mut(&pd.owner)
-            .filter(|l| l.target.id == id)
-            .map(|l| l.dir.clone())
-        else {
+        let Some(dir) = self.opened_dir(&pd.owner, id) else {
             return false;
         };
         if let Err(e) = self.tree.configure_leaf(&dir, pd.created, pd.weight) {
@@ -284,11 +288,7 @@ impl Leaves {
             let Some(owner) = self.pending.get(&id).map(|pd| pd.owner.clone()) else {
                 continue;
             };
-            let Some(dir) = self
-                .leaf_mut(&owner)
-                .filter(|l| l.target.id == id)
-                .map(|l| l.dir.clone())
-            else {
+            let Some(dir) = self.opened_dir(&owner, id) else {
                 self.pending.remove(&id);
                 continue;
             };
