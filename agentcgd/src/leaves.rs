@@ -247,11 +247,14 @@ impl Leaves {
 
     /// A process was just written into the cgroup `id`: if that is a leaf
     /// opened in this step, watch it and give it its settings now. A
-    /// notice comes when it empties from here on; if what was moved has
-    /// `exited` meanwhile (asked after the watch is in place), it may be
-    /// empty already, so it is looked at on the next pass. True if it was
-    /// waiting for its first move.
-    pub fn arm(&mut self, id: u64, exited: impl FnOnce() -> bool) -> bool {
+    /// notice comes when it empties from here on; one that emptied before
+    /// the watch was in place (what moved exited at once) sends none, so a
+    /// leaf found unpopulated once watched is looked at on the next pass.
+    /// (The moved process's pidfd cannot tell: the kernel marks a cgroup
+    /// empty in `cgroup_exit()`, before the exiting process becomes a
+    /// zombie and its pidfd readable; the soak run caught a leaf left so.)
+    /// True if it was waiting for its first move.
+    pub fn arm(&mut self, id: u64) -> bool {
         if self.pending.is_empty() {
             return false;
         }
@@ -268,8 +271,10 @@ impl Leaves {
         if let Some(l) = self.leaf_mut(&pd.owner) {
             l.wd = wd.clone();
         }
-        if let (Some(wd), true) = (wd, exited()) {
-            self.recheck.push(wd);
+        if let Some(wd) = wd {
+            if !matches!(cgroup::populated(&dir), Ok(true)) {
+                self.recheck.push(wd);
+            }
         }
         true
     }
@@ -303,7 +308,7 @@ impl Leaves {
                     self.give_up(owner, dir);
                 }
                 _ => {
-                    self.arm(id, || false);
+                    self.arm(id);
                 }
             }
         }
@@ -695,7 +700,7 @@ mod tests {
         dir: &std::path::Path,
         child: &mut std::process::Child,
     ) -> bool {
-        assert!(leaves.arm(leaf.id, || false), "a new agent leaf to arm");
+        assert!(leaves.arm(leaf.id), "a new agent leaf to arm");
         std::fs::create_dir(dir.join("inner")).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -807,7 +812,7 @@ mod tests {
             .spawn()
             .unwrap();
         leaf2.admit(child2.id()).unwrap();
-        assert!(leaves.arm(leaf.id, || false) && leaves.arm(leaf2.id, || false));
+        assert!(leaves.arm(leaf.id) && leaves.arm(leaf2.id));
         let empty = |leaves: &mut Leaves, dir: &std::path::Path| {
             // until its notice came and was taken (or kept for the batch)
             for _ in 0..200 {
@@ -868,8 +873,8 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         let unwatched = leaves.by_wd.is_empty();
-        let armed = leaves.arm(leaf.id, || true);
-        let again = leaves.arm(leaf.id, || true);
+        let armed = leaves.arm(leaf.id);
+        let again = leaves.arm(leaf.id);
         let due = leaves.retry_at().is_some();
         let removed = leaves.reap().removed;
         let gone = !dir.exists();

@@ -1,7 +1,7 @@
 //! Placement: from an exec or fork event (or a scan) to a decision, and
 //! from a decision to the process in its cgroup, tracked with its lineage.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -448,7 +448,7 @@ impl Daemon {
         if admitted.is_ok() {
             // A new agent leaf is watched from now on (see Leaves::arm).
             if let Some(l) = &mut self.leaves {
-                l.arm(target.id, || pidfd_exited(&pidfd));
+                l.arm(target.id);
             }
         }
         match admitted {
@@ -635,12 +635,4 @@ fn pidfd_alive(pidfd: &OwnedFd) -> bool {
         )
     };
     rc == 0
-}
-
-/// The process behind `pidfd` has exited (a zombie included): its pidfd
-/// polls readable.
-fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
