@@ -616,6 +616,102 @@ fn per_agent_leaves_hold_each_agent_and_go_when_empty() {
 /// with sleep is seen going idle and active again (status, per agent and
 /// per family), its CPU and memory are accounted with their source, and
 /// its root's exit is recorded with the exit code.
+/// The soft limit on open files a shell or systemd hands the daemon (1024)
+/// holds about 500 agent leaves (two descriptors each): the daemon raises
+/// it to the hard limit, so each agent still gets its own leaf. Here with
+/// a soft limit of 64 and 30 agents at once.
+#[test]
+fn agents_get_their_own_leaves_past_a_low_soft_fd_limit() {
+    use std::os::unix::process::CommandExt;
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("fdlimit", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon_with(&["--no-scheduler", "--no-memcg"], |c| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 4096)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    fx.wait_ready();
+    let limits = fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    let pids: Vec<u32> = (0..30)
+        .map(|_| fx.spawn(Command::new(&agent).args(["-c", "sleep 30"])))
+        .collect();
+    let want = |pid: u32| format!("{}/fake-agent-{pid}", fx.session("session_high"));
+    let placed = wait_for(Duration::from_secs(10), || {
+        pids.iter().all(|&p| cgroup_of(p) == want(p))
+    });
+    let elsewhere: Vec<String> = pids
+        .iter()
+        .filter(|&&p| cgroup_of(p) != want(p))
+        .map(|&p| format!("{p}: {}", cgroup_of(p)))
+        .collect();
+    stop(daemon);
+    assert!(
+        placed,
+        "agents not in their own leaves: {elsewhere:?}; log:\n{}",
+        fx.log()
+    );
+    assert_eq!(
+        open_files, "4096 4096",
+        "the daemon's soft limit was not raised"
+    );
+}
+
+/// Where even the hard limit on open files is too low for the agents, the
+/// daemon says so at start, and a placement it cannot make for want of a
+/// descriptor is an error in `status`, not a process that "vanished".
+#[test]
+fn too_low_a_hard_fd_limit_is_reported_not_taken_for_exits() {
+    use std::os::unix::process::CommandExt;
+    let Some(mount) = env_or_skip() else { return };
+    let mut fx = Fixture::new("fdhard", mount);
+    fx.policy("10-fake.yaml", &families(fx.tag()));
+    let daemon = fx.daemon_with(&["--no-scheduler", "--no-memcg"], |c| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    fx.wait_ready();
+    let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
+    for _ in 0..30 {
+        fx.spawn(Command::new(&agent).args(["-c", "sleep 30"]));
+    }
+    let errors = |st: &serde_json::Value| st["counters"]["errors"].as_u64().unwrap_or(0);
+    let counted = wait_for(Duration::from_secs(10), || errors(&fx.status_json()) > 0);
+    let st = fx.status_json();
+    let log = fx.log();
+    stop(daemon);
+    assert!(
+        log.contains("open files limited to 64"),
+        "no warning about the limit at start; log:\n{log}"
+    );
+    assert!(counted, "no placement counted as an error; log:\n{log}");
+    assert_eq!(
+        st["counters"]["vanished"], 0,
+        "sleeping agents counted as vanished; log:\n{log}"
+    );
+}
+
 #[test]
 fn agents_are_observed_idle_active_accounted_and_their_exit_recorded() {
     let Some(mount) = env_or_skip() else { return };

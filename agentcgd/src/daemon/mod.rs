@@ -51,7 +51,9 @@ mod snapshot;
 mod startup;
 
 use repair::idle_thresholds;
-use startup::{setup_tree, short_slice_for_this_thread, start_monitor, start_reactions};
+use startup::{
+    raise_fd_limit, setup_tree, short_slice_for_this_thread, start_monitor, start_reactions,
+};
 
 /// Which process-event source to use (`--events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -225,6 +227,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             "cannot raise priority to nice {DAEMON_NICE}: {}",
             std::io::Error::last_os_error()
         );
+    }
+
+    if cfg.sessions.per_agent {
+        raise_fd_limit(cfg.sessions.max_agents);
     }
 
     // Block the signals we handle before any thread starts, so that every

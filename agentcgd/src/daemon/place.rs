@@ -33,8 +33,7 @@ impl Daemon {
             match self.procfs.cmdline(info.pid) {
                 Ok(argv) => info.argv = argv,
                 Err(e) => {
-                    log::debug!("pid {}: cmdline: {e}: vanished", info.pid);
-                    self.counters.vanished += 1;
+                    self.unreadable(info.pid, "cmdline", &e);
                     return;
                 }
             }
@@ -43,8 +42,7 @@ impl Daemon {
             match self.procfs.exe(info.pid) {
                 Ok(exe) => info.exe = exe,
                 Err(e) => {
-                    log::debug!("pid {}: exe: {e}: vanished", info.pid);
-                    self.counters.vanished += 1;
+                    self.unreadable(info.pid, "exe", &e);
                     return;
                 }
             }
@@ -410,17 +408,28 @@ impl Daemon {
         }
     }
 
+    /// Reading `what` of `pid` failed: it vanished (counted), or the daemon
+    /// could not look (counted as an error and logged, so that running out
+    /// of descriptors is not taken for processes exiting).
+    fn unreadable(&mut self, pid: u32, what: &str, e: &std::io::Error) -> Moved {
+        if process_gone(e) {
+            log::debug!("pid {pid}: {what}: {e}: vanished");
+            self.counters.vanished += 1;
+            Moved::Vanished
+        } else {
+            log::warn!("cannot place pid {pid}: {what}: {e}");
+            self.counters.errors += 1;
+            Moved::Failed
+        }
+    }
+
     /// Move `pid` (the process that started at `start`) into `target`. A
     /// pidfd held from before the identity check until after the write
     /// makes sure the write moved that process and not a reused pid.
     pub(super) fn move_to(&mut self, pid: u32, start: u64, target: &Target) -> Moved {
-        let Some(pidfd) = pidfd_open(pid) else {
-            log::debug!(
-                "pid {pid}: pidfd_open: {}: vanished",
-                std::io::Error::last_os_error()
-            );
-            self.counters.vanished += 1;
-            return Moved::Vanished;
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => return self.unreadable(pid, "pidfd_open", &e),
         };
         let stat = match self.procfs.stat(pid) {
             // Seeded before this read: an exit from here on is reported.
@@ -435,11 +444,7 @@ impl Daemon {
                 log::debug!("pid {pid} was reused before placement; skipped");
                 return Moved::Reused;
             }
-            Err(e) => {
-                log::debug!("pid {pid}: stat: {e}: vanished");
-                self.counters.vanished += 1;
-                return Moved::Vanished;
-            }
+            Err(e) => return self.unreadable(pid, "stat", &e),
         };
         let admitted = target.admit(pid);
         // Alive right after the write: the pid was still its, so the write
@@ -615,11 +620,20 @@ fn monotonic_ns() -> u64 {
 }
 
 /// pidfd_open(2): a handle on one process that a reused pid cannot alias.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success the fd is ours (nix has no wrapper).
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: a fresh descriptor we own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The process is gone (ENOENT from /proc, ESRCH from a read or a pidfd):
+/// not an error, unlike the daemon's own trouble (EMFILE, ENOMEM, EACCES).
+fn process_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
 }
 
 /// The process behind `pidfd` has not exited.

@@ -121,6 +121,44 @@ pub(super) fn start_monitor(source: EventSource) -> anyhow::Result<Monitor> {
     Ok(mon)
 }
 
+/// Descriptors an agent leaf holds open: its cgroup.procs (moves) and its
+/// directory (the activity monitor's storage is keyed by it).
+const FDS_PER_LEAF: u64 = 2;
+
+/// Raise the soft limit on open files to the hard one. The usual soft
+/// limit, 1024 (also systemd's for a service), holds about 500 agent
+/// leaves; `sessions.max_agents` agents may have twice that many (one per
+/// session), and a move into a leaf whose cgroup.procs cannot be opened
+/// falls back to its family's shared leaf. systemd's advice for programs
+/// that need many descriptors is this: raise the soft limit to the hard.
+pub(super) fn raise_fd_limit(max_agents: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let need = (max_agents as u64 + 1) * 2 * FDS_PER_LEAF + 256;
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("cannot read the open-files limit: {e}");
+            return;
+        }
+    };
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => log::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}"),
+        }
+    }
+    if limit < need {
+        log::warn!(
+            "open files limited to {limit}: {max_agents} agents (sessions.max_agents) may \
+             need about {need} (two per agent leaf); raise the hard limit \
+             (LimitNOFILE= for the service, ulimit -Hn) or lower sessions.max_agents"
+        );
+    } else {
+        log::debug!("open-files limit {limit} (was {soft})");
+    }
+}
+
 /// The placing thread's EEVDF slice. An exec event wakes it from the
 /// exec'ing task, nearly always onto that task's CPU; with the default
 /// slice (3 ms) the woken thread waited there until the new program

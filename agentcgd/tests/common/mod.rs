@@ -118,8 +118,13 @@ impl Fixture {
     }
 
     pub fn daemon(&self, extra: &[&str]) -> Child {
-        Command::new(BIN)
-            .arg(&self.root)
+        self.daemon_with(extra, |_| {})
+    }
+
+    /// [`Fixture::daemon`], its command adjusted first (limits, env).
+    pub fn daemon_with(&self, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Child {
+        let mut cmd = Command::new(BIN);
+        cmd.arg(&self.root)
             .arg("--policies")
             .arg(self.policies())
             .arg("--config")
@@ -131,8 +136,9 @@ impl Fixture {
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 fs::File::create(self.dir.path().join("daemon.log")).unwrap(),
-            ))
-            .spawn()
+            ));
+        adjust(&mut cmd);
+        cmd.spawn()
             .inspect(|c| self.daemons.borrow_mut().push(c.id()))
             .unwrap()
     }
