@@ -6,7 +6,7 @@
 //! emptied within the same [`REMOVE_EVERY`]; past `max_agents`, new agents
 //! share `<family>-shared`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -19,6 +19,8 @@ use crate::policy::{FamilyName, Priority};
 
 /// Suffix of the leaves agents share past the cap.
 const SHARED: &str = "shared";
+/// Agents over the cap remembered as counted (see `Leaves::over_cap_seen`).
+const OVER_CAP_MEMO: usize = 4096;
 
 fn slot(p: Priority) -> usize {
     match p {
@@ -100,6 +102,11 @@ pub struct Leaves {
     by_wd: HashMap<WatchDescriptor, Owner>,
     /// Agents put in a shared leaf because the cap was reached.
     pub over_cap: u64,
+    /// Those already counted: each of an agent's processes asks for its
+    /// leaf. Forgotten past OVER_CAP_MEMO (nothing tells when an agent
+    /// without a leaf is gone), so one seen again after that many others
+    /// counts twice.
+    over_cap_seen: HashSet<AgentKey>,
     /// Leaves removed because they were empty.
     pub removed: u64,
     /// Watched leaves that may have emptied with no notice to come (what
@@ -148,6 +155,7 @@ impl Leaves {
             watch: Inotify::init()?,
             by_wd: HashMap::new(),
             over_cap: 0,
+            over_cap_seen: HashSet::new(),
             removed: 0,
             recheck: Vec::new(),
             doomed: Vec::new(),
@@ -416,14 +424,19 @@ impl Leaves {
                 );
                 return Ok(t);
             }
-            self.over_cap += 1;
-            if self.over_cap == 1 || self.over_cap.is_power_of_two() {
-                log::warn!(
-                    "{} agent instances (sessions.max_agents): agent {family}-{} shares {family}-{SHARED} ({} so far)",
-                    self.agents.len(),
-                    key.pid,
-                    self.over_cap
-                );
+            if self.over_cap_seen.len() >= OVER_CAP_MEMO {
+                self.over_cap_seen.clear();
+            }
+            if self.over_cap_seen.insert(key) {
+                self.over_cap += 1;
+                if self.over_cap.is_power_of_two() {
+                    log::warn!(
+                        "{} agent instances (the cap: sessions.max_agents, or what the open-files limit holds): agent {family}-{} shares {family}-{SHARED} ({} so far)",
+                        self.agents.len(),
+                        key.pid,
+                        self.over_cap
+                    );
+                }
             }
         }
         let k = (family.to_string(), s);
