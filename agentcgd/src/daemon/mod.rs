@@ -52,7 +52,7 @@ mod startup;
 
 use repair::idle_thresholds;
 use startup::{
-    raise_fd_limit, setup_tree, short_slice_for_this_thread, start_monitor, start_reactions,
+    agents_within_fd_limit, setup_tree, short_slice_for_this_thread, start_monitor, start_reactions,
 };
 
 /// Which process-event source to use (`--events`).
@@ -229,9 +229,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
 
-    if cfg.sessions.per_agent {
-        raise_fd_limit(cfg.sessions.max_agents);
-    }
+    // Agents with leaves of their own: as many as the open-files limit holds.
+    let max_agents = if cfg.sessions.per_agent {
+        agents_within_fd_limit(cfg.sessions.max_agents)
+    } else {
+        cfg.sessions.max_agents
+    };
 
     // Block the signals we handle before any thread starts, so that every
     // thread inherits the mask and they arrive only through the signalfd.
@@ -392,10 +395,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let needs_exe = policies_need_exe(&policies);
     let leaves = if cfg.sessions.per_agent && !opts.dry_run {
-        Some(
-            Leaves::new(tree.clone(), cfg.sessions.max_agents)
-                .context("inotify for the agent leaves")?,
-        )
+        Some(Leaves::new(tree.clone(), max_agents).context("inotify for the agent leaves")?)
     } else {
         None
     };

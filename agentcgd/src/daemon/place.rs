@@ -552,7 +552,7 @@ impl Daemon {
     fn forget_if_exited(&mut self, pid: u32, start: u64) {
         let gone = match self.procfs.stat(pid) {
             Ok(s) => s.start_ticks != start || s.exiting(),
-            Err(_) => true,
+            Err(e) => process_gone(&e),
         };
         if gone {
             self.untrack(pid, start);

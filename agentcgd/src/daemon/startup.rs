@@ -124,21 +124,24 @@ pub(super) fn start_monitor(source: EventSource) -> anyhow::Result<Monitor> {
 /// Descriptors an agent leaf holds open: its cgroup.procs (moves) and its
 /// directory (the activity monitor's storage is keyed by it).
 const FDS_PER_LEAF: u64 = 2;
+/// Descriptors kept for everything else: BPF objects, epoll, the event
+/// sources, the shared leaves, the /proc and cgroup files read and closed.
+const FD_RESERVE: u64 = 128;
 
-/// Raise the soft limit on open files to the hard one. The usual soft
-/// limit, 1024 (also systemd's for a service), holds about 500 agent
-/// leaves; `sessions.max_agents` agents may have twice that many (one per
-/// session), and a move into a leaf whose cgroup.procs cannot be opened
-/// falls back to its family's shared leaf. systemd's advice for programs
-/// that need many descriptors is this: raise the soft limit to the hard.
-pub(super) fn raise_fd_limit(max_agents: usize) {
+/// Raise the soft limit on open files to the hard one, and return how
+/// many agents can have leaves of their own within it (at most
+/// `max_agents`). The usual soft limit, 1024 (also systemd's for a
+/// service), holds about 220 agents with a leaf in each session; systemd's
+/// advice for programs that need many descriptors is this: raise the soft
+/// limit to the hard. Agents past the cap share their family's leaf, as
+/// past `sessions.max_agents`, instead of failing to be placed.
+pub(super) fn agents_within_fd_limit(max_agents: usize) -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let need = (max_agents as u64 + 1) * 2 * FDS_PER_LEAF + 256;
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(l) => l,
         Err(e) => {
             log::warn!("cannot read the open-files limit: {e}");
-            return;
+            return max_agents;
         }
     };
     let mut limit = soft;
@@ -148,15 +151,24 @@ pub(super) fn raise_fd_limit(max_agents: usize) {
             Err(e) => log::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}"),
         }
     }
-    if limit < need {
+    let cap = leaf_cap(max_agents, limit);
+    if cap < max_agents {
         log::warn!(
-            "open files limited to {limit}: {max_agents} agents (sessions.max_agents) may \
-             need about {need} (two per agent leaf); raise the hard limit \
-             (LimitNOFILE= for the service, ulimit -Hn) or lower sessions.max_agents"
+            "open files limited to {limit}: {cap} agents get leaves of their own, not \
+             {max_agents} (sessions.max_agents); the others share their family's leaf. \
+             Raise the hard limit (LimitNOFILE= for the service, ulimit -Hn) for more"
         );
     } else {
-        log::debug!("open-files limit {limit} (was {soft})");
+        log::debug!("open-files limit {limit} (was {soft}): room for {cap} agents' leaves");
     }
+    cap
+}
+
+/// Agents whose two leaves (one per session) fit in `limit` descriptors
+/// beside [`FD_RESERVE`], at most `max_agents`.
+fn leaf_cap(max_agents: usize, limit: u64) -> usize {
+    let fit = limit.saturating_sub(FD_RESERVE) / (2 * FDS_PER_LEAF);
+    max_agents.min(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
 /// The placing thread's EEVDF slice. An exec event wakes it from the
@@ -294,6 +306,16 @@ mod tests {
         };
         assert_eq!(rc, 0, "sched_getattr: {}", std::io::Error::last_os_error());
         attr[3]
+    }
+
+    #[test]
+    fn agents_with_leaves_fit_the_fd_limit() {
+        use super::leaf_cap;
+        assert_eq!(leaf_cap(1024, 524_288), 1024);
+        assert_eq!(leaf_cap(1024, 1024), 224);
+        assert_eq!(leaf_cap(10, 1024), 10);
+        assert_eq!(leaf_cap(1024, 168), 10);
+        assert_eq!(leaf_cap(1024, 64), 0);
     }
 
     #[test]
