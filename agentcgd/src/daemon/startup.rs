@@ -127,6 +127,9 @@ const FDS_PER_LEAF: u64 = 2;
 /// Descriptors kept for everything else: BPF objects, epoll, the event
 /// sources, the shared leaves, the /proc and cgroup files read and closed.
 const FD_RESERVE: u64 = 128;
+/// Below this many agents with leaves, a cap lowered by the open-files
+/// limit is a warning.
+const NOTABLE_CAP: usize = 256;
 
 /// Raise the soft limit on open files to the hard one, and return how
 /// many agents can have leaves of their own within it (at most
@@ -153,7 +156,15 @@ pub(super) fn agents_within_fd_limit(max_agents: usize) -> usize {
     }
     let cap = leaf_cap(max_agents, limit);
     if cap < max_agents {
-        log::warn!(
+        // The kernel's default hard limit (4096) holds 992: a note, not a
+        // warning, unless the cap is one a busy host may reach.
+        let level = if cap < NOTABLE_CAP {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "open files limited to {limit}: {cap} agents get leaves of their own, not \
              {max_agents} (sessions.max_agents); the others share their family's leaf. \
              Raise the hard limit (LimitNOFILE= for the service, ulimit -Hn) for more"
