@@ -612,30 +612,36 @@ fn per_agent_leaves_hold_each_agent_and_go_when_empty() {
     stop(daemon);
 }
 
-/// The observers at work in the daemon: an agent that alternates CPU work
-/// with sleep is seen going idle and active again (status, per agent and
-/// per family), its CPU and memory are accounted with their source, and
-/// its root's exit is recorded with the exit code.
+/// The fixture's daemon started with RLIMIT_NOFILE `soft`/`hard`, ready.
+fn daemon_with_fd_limit(fx: &Fixture, soft: u64, hard: u64) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let daemon = fx.daemon_with(&["--no-scheduler", "--no-memcg"], |c| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    });
+    fx.wait_ready();
+    daemon
+}
+
 /// The soft limit on open files a shell or systemd hands the daemon (1024)
 /// holds about 220 agents (two leaves of two descriptors each): the daemon
 /// raises it to the hard limit, so each agent still gets its own leaf.
 /// Here with a soft limit of 64 and 30 agents at once.
 #[test]
 fn agents_get_their_own_leaves_past_a_low_soft_fd_limit() {
-    use std::os::unix::process::CommandExt;
     let Some(mount) = env_or_skip() else { return };
     let mut fx = Fixture::new("fdlimit", mount);
     fx.policy("10-fake.yaml", &families(fx.tag()));
-    let daemon = fx.daemon_with(&["--no-scheduler", "--no-memcg"], |c| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            c.pre_exec(|| {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 4096)
-                    .map_err(std::io::Error::from)
-            });
-        }
-    });
-    fx.wait_ready();
+    let daemon = daemon_with_fd_limit(&fx, 64, 4096);
     let limits = fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
     let open_files = limits
         .lines()
@@ -680,20 +686,10 @@ fn agents_get_their_own_leaves_past_a_low_soft_fd_limit() {
 /// descriptors kept for the rest.
 #[test]
 fn agents_past_what_the_fd_limit_holds_share_their_family_leaf() {
-    use std::os::unix::process::CommandExt;
     let Some(mount) = env_or_skip() else { return };
     let mut fx = Fixture::new("fdhard", mount);
     fx.policy("10-fake.yaml", &families(fx.tag()));
-    let daemon = fx.daemon_with(&["--no-scheduler", "--no-memcg"], |c| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            c.pre_exec(|| {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 168, 168)
-                    .map_err(std::io::Error::from)
-            });
-        }
-    });
-    fx.wait_ready();
+    let daemon = daemon_with_fd_limit(&fx, 168, 168);
     let agent = fx.tool(&format!("agent-{}", fx.tag()), "/bin/bash");
     let pids: Vec<u32> = (0..30)
         .map(|_| fx.spawn(Command::new(&agent).args(["-c", "sleep 30"])))
@@ -728,6 +724,10 @@ fn agents_past_what_the_fd_limit_holds_share_their_family_leaf() {
     assert_eq!(st["counters"]["vanished"], 0, "log:\n{log}");
 }
 
+/// The observers at work in the daemon: an agent that alternates CPU work
+/// with sleep is seen going idle and active again (status, per agent and
+/// per family), its CPU and memory are accounted with their source, and
+/// its root's exit is recorded with the exit code.
 #[test]
 fn agents_are_observed_idle_active_accounted_and_their_exit_recorded() {
     let Some(mount) = env_or_skip() else { return };
