@@ -260,7 +260,7 @@ impl Leaves {
     /// leaf found unpopulated once watched is looked at on the next pass.
     /// (The moved process's pidfd cannot tell: the kernel marks a cgroup
     /// empty in `cgroup_exit()`, before the exiting process becomes a
-    /// zombie and its pidfd readable; the soak run caught a leaf left so.)
+    /// zombie and its pidfd readable; docs/soak.md.)
     /// True if it was waiting for its first move.
     pub fn arm(&mut self, id: u64) -> bool {
         if self.pending.is_empty() {
