@@ -550,11 +550,7 @@ impl Daemon {
     /// so an exit from here on is reported. (The soak run found ~2,800
     /// dead tools tracked after 20 minutes.)
     fn forget_if_exited(&mut self, pid: u32, start: u64) {
-        let gone = match self.procfs.stat(pid) {
-            Ok(s) => s.start_ticks != start || s.exiting(),
-            Err(e) => process_gone(&e),
-        };
-        if gone {
+        if matches!(look(&self.procfs, pid, start), Seen::Gone | Seen::Exiting) {
             self.untrack(pid, start);
         }
     }
@@ -630,6 +626,27 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// What /proc says of the process that started at `start`.
+pub(super) enum Seen {
+    Running,
+    Exiting,
+    /// Exited, or `pid` is another process now.
+    Gone,
+    /// The daemon could not look (EMFILE, ENOMEM): its own trouble, which
+    /// must not drop a live process.
+    Unknown,
+}
+
+pub(super) fn look(procfs: &procmon::ProcFs, pid: u32, start: u64) -> Seen {
+    match procfs.stat(pid) {
+        Ok(s) if s.start_ticks != start => Seen::Gone,
+        Ok(s) if s.exiting() => Seen::Exiting,
+        Ok(_) => Seen::Running,
+        Err(e) if process_gone(&e) => Seen::Gone,
+        Err(_) => Seen::Unknown,
+    }
+}
+
 /// The process is gone (ENOENT from /proc, ESRCH from a read or a pidfd):
 /// not an error, unlike the daemon's own trouble (EMFILE, ENOMEM, EACCES).
 fn process_gone(e: &std::io::Error) -> bool {
@@ -649,4 +666,45 @@ fn pidfd_alive(pidfd: &OwnedFd) -> bool {
         )
     };
     rc == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{look, Seen};
+    use std::fs;
+
+    /// A stat line as the kernel writes it: pid, (comm), state, then the
+    /// fields up to 24; `flags` is field 9, threads 20, start time 22.
+    fn stat_line(pid: u32, state: char, flags: u64, start: u64) -> String {
+        let mut f = vec!["0".to_string(); 22];
+        f[0] = state.to_string(); // field 3
+        f[6] = flags.to_string(); // field 9
+        f[17] = "1".into(); // field 20
+        f[19] = start.to_string(); // field 22
+        format!("{pid} (agent) {}\n", f.join(" "))
+    }
+
+    #[test]
+    fn only_a_process_proc_says_is_gone_counts_as_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = procmon::ProcFs::new(root.path());
+        let put = |pid: u32, text: &str| {
+            fs::create_dir_all(root.path().join(pid.to_string())).unwrap();
+            fs::write(root.path().join(format!("{pid}/stat")), text).unwrap();
+        };
+        put(10, &stat_line(10, 'S', 0, 500));
+        // PF_EXITING
+        put(11, &stat_line(11, 'R', 0x4, 500));
+        // pid 12 is another process now
+        put(12, &stat_line(12, 'S', 0, 900));
+        // A stat the daemon cannot read (here a directory: EISDIR; in life
+        // EMFILE or ENOMEM) says nothing about the process.
+        fs::create_dir_all(root.path().join("13/stat")).unwrap();
+
+        assert!(matches!(look(&procfs, 10, 500), Seen::Running));
+        assert!(matches!(look(&procfs, 11, 500), Seen::Exiting));
+        assert!(matches!(look(&procfs, 12, 500), Seen::Gone));
+        assert!(matches!(look(&procfs, 13, 500), Seen::Unknown));
+        assert!(matches!(look(&procfs, 14, 500), Seen::Gone)); // ENOENT
+    }
 }

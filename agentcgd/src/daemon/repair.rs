@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::leaves::Reaped;
 use crate::state::{now_ms, Tracked};
 
-use super::place::as_lineage;
+use super::place::{as_lineage, look, Seen};
 use super::startup::setup_tree;
 use super::{policies_need_exe, Daemon, Moved, Walk};
 
@@ -112,16 +112,17 @@ impl Daemon {
     /// Bring the tracker in line with /proc: drop the dead, place the rest.
     pub(super) fn reconcile(&mut self, why: &str) {
         let procfs = self.procfs.clone();
+        // An exiting process stays: its exit event ends its tracking.
         let gone = self
             .tracker
-            .take_dead(|t| procfs.start_ticks(t.pid) == Some(t.start_ticks));
+            .take_dead(|t| !matches!(look(&procfs, t.pid, t.start_ticks), Seen::Gone));
         let dropped = gone.len();
         // Their exit events may still be queued behind this scan.
         for t in gone {
             self.park_departing(t);
         }
         self.agents
-            .retain(|pid, (start, _)| procfs.start_ticks(*pid) == Some(*start));
+            .retain(|pid, (start, _)| !matches!(look(&procfs, *pid, *start), Seen::Gone));
         let all = match self.procfs.scan() {
             Ok(all) => all,
             Err(e) => {
