@@ -13,6 +13,15 @@
 //! consumer's handling, p50/p99/max in µs), the consumer thread's CPU time
 //! per event (CLOCK_THREAD_CPUTIME_ID: the loop's own cost with a handler
 //! that does nothing) and its context switches per event.
+//!
+//! `--loop epoll-move` is the floor of a placing daemon: the same epoll
+//! loop, whose handler does per event what issue 7 asks of a placement
+//! and nothing else: `pidfd_open` of a process, one read of its
+//! `/proc/PID/stat` (the PID-reuse guard), its pid written to a
+//! `cgroup.procs` kept open (two cgroups made under the cgroup2 mount, in
+//! turn), `pidfd_send_signal(0)`, close. The process is a `sleep` child.
+//! Needs root. Its CPU per event is what any daemon that wakes per event
+//! and moves one process pays on this host, with no decision at all.
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -89,6 +98,112 @@ fn consume_epoll(fd: &EventFd, sh: &Shared, count: usize) -> Seen {
     seen
 }
 
+/// Two cgroups to move a process between, made for the run and removed
+/// after it; the moved process is a child that sleeps.
+struct MoveFloor {
+    dir: std::path::PathBuf,
+    procs: [std::fs::File; 2],
+    child: std::process::Child,
+    stat: std::path::PathBuf,
+    moves: usize,
+}
+
+impl MoveFloor {
+    fn new() -> Result<Self, String> {
+        let mounts =
+            std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
+        let mnt = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| f[1].to_string())
+            .ok_or("no cgroup2 mount")?;
+        let dir = std::path::Path::new(&mnt)
+            .join(format!("agentcg-bench-eventloop-{}", std::process::id()));
+        let open = |name: &str| -> Result<std::fs::File, String> {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.procs"))
+                .map_err(|e| format!("{}/cgroup.procs: {e}", d.display()))
+        };
+        let procs = [open("a")?, open("b")?];
+        let child = std::process::Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .map_err(|e| format!("sleep: {e}"))?;
+        let stat = format!("/proc/{}/stat", child.id()).into();
+        Ok(MoveFloor {
+            dir,
+            procs,
+            child,
+            stat,
+            moves: 0,
+        })
+    }
+
+    /// One guarded move: pidfd, stat, write, alive?, close.
+    fn place(&mut self) {
+        use std::io::{Read, Write};
+        let pid = self.child.id();
+        // SAFETY: plain syscalls on a pid and the fd they return.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+        let mut buf = [0u8; 1024];
+        if let Ok(mut f) = std::fs::File::open(&self.stat) {
+            let _ = f.read(&mut buf);
+        }
+        let _ = write!(self.procs[self.moves % 2], "{pid}");
+        self.moves += 1;
+        if pidfd >= 0 {
+            // SAFETY: signal 0 only checks; the fd is ours and closed once.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    0,
+                    std::ptr::null::<u8>(),
+                    0,
+                );
+                libc::close(pidfd);
+            }
+        }
+    }
+}
+
+impl Drop for MoveFloor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for d in ["a", "b", ""] {
+            let _ = std::fs::remove_dir(self.dir.join(d));
+        }
+    }
+}
+
+fn consume_epoll_move(fd: &EventFd, sh: &Shared, count: usize, floor: &mut MoveFloor) -> Seen {
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
+    ep.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+        .expect("epoll add");
+    let mut events = [EpollEvent::empty(); 8];
+    let mut seen = Seen::default();
+    while seen.lat_ns.len() < count {
+        let n = ep
+            .wait(&mut events, EpollTimeout::from(1000u16))
+            .unwrap_or(0);
+        if n == 0 {
+            continue;
+        }
+        let _ = fd.read();
+        let before = seen.lat_ns.len();
+        seen.take(sh);
+        for _ in before..seen.lat_ns.len() {
+            floor.place();
+        }
+    }
+    seen
+}
+
 fn consume_tokio(fd: EventFd, sh: &Shared, count: usize) -> Seen {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -126,7 +241,9 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         let v = args.next();
         match (a.as_str(), v) {
-            ("--loop", Some(v)) if v == "epoll" || v == "tokio" => which = v,
+            ("--loop", Some(v)) if ["epoll", "tokio", "epoll-move"].contains(&v.as_str()) => {
+                which = v
+            }
             ("--rate", Some(v)) if v.parse::<f64>().is_ok_and(|r| r > 0.0) => {
                 rate = v.parse().unwrap()
             }
@@ -135,12 +252,22 @@ fn main() -> ExitCode {
             }
             _ => {
                 eprintln!(
-                    "usage: agentcg-bench-eventloop --loop epoll|tokio [--rate PER_SECOND] [--count N]"
+                    "usage: agentcg-bench-eventloop --loop epoll|tokio|epoll-move [--rate PER_SECOND] [--count N]"
                 );
                 return ExitCode::from(2);
             }
         }
     }
+    let mut floor = match which.as_str() {
+        "epoll-move" => match MoveFloor::new() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("agentcg-bench-eventloop: --loop epoll-move (needs root): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
         .expect("eventfd");
     // The producer writes through its own descriptor of the same eventfd:
@@ -174,8 +301,9 @@ fn main() -> ExitCode {
         thread_switches(),
         Instant::now(),
     );
-    let seen = match which.as_str() {
-        "tokio" => consume_tokio(fd, &sh, count),
+    let seen = match (which.as_str(), floor.as_mut()) {
+        ("tokio", _) => consume_tokio(fd, &sh, count),
+        (_, Some(floor)) => consume_epoll_move(&fd, &sh, count, floor),
         _ => consume_epoll(&fd, &sh, count),
     };
     let (cpu1, sw1, wall) = (
