@@ -93,6 +93,9 @@ pub enum Msg {
     Launch(crate::launch::Request),
     /// The policy loader thread read and parsed the policies (loader.rs).
     Loaded(Box<crate::loader::Loaded>),
+    /// The leaf remover's thread removed a batch of leaves (its count is
+    /// in the next state).
+    LeavesRemoved,
 }
 
 /// Sends messages to the daemon thread and wakes it.
@@ -395,7 +398,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let needs_exe = policies_need_exe(&policies);
     let leaves = if cfg.sessions.per_agent && !opts.dry_run {
-        Some(Leaves::new(tree.clone(), max_agents).context("inotify for the agent leaves")?)
+        let mailbox = mailbox.clone();
+        let on_removed = Box::new(move || {
+            let _ = mailbox.send(Msg::LeavesRemoved);
+        });
+        Some(
+            Leaves::new(tree.clone(), max_agents, on_removed)
+                .context("the agent leaves (inotify, the leaf remover's thread)")?,
+        )
     } else {
         None
     };
@@ -648,6 +658,7 @@ impl Daemon {
             Msg::Reconcile(why) => self.reconcile(why),
             Msg::Launch(req) => self.handle_launch(req),
             Msg::Loaded(l) => self.reload(*l),
+            Msg::LeavesRemoved => self.dirty = true,
         }
     }
 }

@@ -25,10 +25,7 @@ impl Daemon {
             let Some(l) = &mut self.leaves else { return };
             l.settle(wd, &mut r);
         }
-        if let Some(l) = &mut self.leaves {
-            r.removed += l.remove_due();
-        }
-        if r.removed > 0 || !r.agents_gone.is_empty() {
+        if !r.agents_gone.is_empty() {
             self.dirty = true;
         }
     }

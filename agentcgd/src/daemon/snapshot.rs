@@ -44,7 +44,7 @@ impl Daemon {
         s.processes = self.tracker.iter().cloned().collect();
         if let Some(l) = &self.leaves {
             s.counters.agents_over_cap = l.over_cap;
-            s.counters.leaves_removed = l.removed;
+            s.counters.leaves_removed = l.removed();
             s.agents = l
                 .agents()
                 .map(|a| AgentStatus {

@@ -3,8 +3,10 @@
 //! its tools sent low. A leaf is created at its first placement, watched
 //! through its `cgroup.events` (inotify, no polling) and removed once it is
 //! empty: at once, or, while agents come and go, with the others that
-//! emptied within the same [`REMOVE_EVERY`]; past `max_agents`, new agents
-//! share `<family>-shared`.
+//! emptied within the same [`REMOVE_EVERY`], by the leaf remover's thread
+//! ([`remover`]); past `max_agents`, new agents share `<family>-shared`.
+
+mod remover;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -84,8 +86,6 @@ enum Owner {
 /// What `reap` found.
 #[derive(Debug, Default)]
 pub struct Reaped {
-    /// Leaves removed.
-    pub removed: usize,
     /// Agents whose last leaf went (gone from the registry).
     pub agents_gone: Vec<Agent>,
 }
@@ -107,15 +107,15 @@ pub struct Leaves {
     /// without a leaf is gone), so one seen again after that many others
     /// counts twice.
     over_cap_seen: HashSet<AgentKey>,
-    /// Leaves removed because they were empty.
-    pub removed: u64,
     /// Watched leaves that may have emptied with no notice to come (what
     /// moved in had exited before its watch): looked at on the next pass.
     recheck: Vec<WatchDescriptor>,
-    /// Emptied leaves, given up, to be removed with the next batch
-    /// (REMOVE_EVERY after the last one).
-    doomed: Vec<PathBuf>,
-    last_batch: Option<std::time::Instant>,
+    /// Removes the emptied leaves given up, in batches (REMOVE_EVERY
+    /// apart), off the placing thread.
+    remover: remover::Remover,
+    /// What [`Leaves::reap`] last saw removed.
+    #[cfg(test)]
+    reaped: u64,
     /// Agent leaves created for a first move that has not happened yet,
     /// by cgroup id: their watch and settings come after it (see
     /// [`Leaves::arm`]).
@@ -144,7 +144,13 @@ struct Pending {
 pub const REMOVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Leaves {
-    pub fn new(tree: Tree, max_agents: usize) -> io::Result<Leaves> {
+    /// `on_removed` is called from the remover's thread after a batch that
+    /// removed leaves.
+    pub fn new(
+        tree: Tree,
+        max_agents: usize,
+        on_removed: Box<dyn Fn() + Send + Sync>,
+    ) -> io::Result<Leaves> {
         Ok(Leaves {
             tree,
             max_agents,
@@ -156,23 +162,23 @@ impl Leaves {
             by_wd: HashMap::new(),
             over_cap: 0,
             over_cap_seen: HashSet::new(),
-            removed: 0,
             recheck: Vec::new(),
-            doomed: Vec::new(),
-            last_batch: None,
+            remover: remover::Remover::spawn(on_removed)?,
+            #[cfg(test)]
+            reaped: 0,
             pending: HashMap::new(),
         })
     }
 
-    /// When the daemon should reap without a new notice (a leaf to look
-    /// at again, the next batch of removals).
+    /// When the daemon should reap without a new notice: now, if a leaf
+    /// is to be looked at again.
     pub fn retry_at(&self) -> Option<std::time::Instant> {
-        let now = std::time::Instant::now();
-        if !self.recheck.is_empty() {
-            return Some(now);
-        }
-        // A time in the past is due now.
-        (!self.doomed.is_empty()).then(|| self.last_batch.map_or(now, |t| t + REMOVE_EVERY))
+        (!self.recheck.is_empty()).then(std::time::Instant::now)
+    }
+
+    /// Leaves removed because they were empty.
+    pub fn removed(&self) -> u64 {
+        self.remover.removed()
     }
 
     /// Readable when a watched leaf's `cgroup.events` changed.
@@ -197,7 +203,7 @@ impl Leaves {
     ) -> Result<Leaf, CgroupError> {
         let dir = self.tree.session_dir(p).join(name);
         // A leaf given up but not removed yet is taken back (a reused pid).
-        self.doomed.retain(|d| *d != dir);
+        self.remover.take_back(&dir);
         let (target, created) = self.tree.open_leaf(p, name)?;
         // Its first process goes in before the rest of its set-up (a watch
         // would only report that the move populated it; a new cgroup's
@@ -324,9 +330,15 @@ impl Leaves {
 
     /// Take the leaf of `owner` (at `dir`) out of the registry and put it
     /// in the next batch of removals; the agent goes with its last leaf.
+    /// A leaf the kernel refuses to remove waits for the next batch,
+    /// populated or not (its watch is gone, so nothing else would ever
+    /// remove it): an exiting task can keep a cgroup busy (EBUSY, and
+    /// listed in cgroup.procs) for a while after `populated 0`, someone
+    /// may have written a pid into it since, or a cgroup made inside holds
+    /// it.
     fn give_up(&mut self, owner: Owner, dir: PathBuf) -> Option<Agent> {
         if dir.exists() {
-            self.doomed.push(dir);
+            self.remover.doom(dir);
         }
         match owner {
             Owner::Agent(k, s) => {
@@ -348,33 +360,6 @@ impl Leaves {
                 None
             }
         }
-    }
-
-    /// Run the batch of removals if it is due; returns how many leaves
-    /// went. One the kernel refuses waits for the next batch, populated or
-    /// not (its watch is gone, so nothing else would ever remove it): an
-    /// exiting task can keep a cgroup busy (EBUSY, and listed in
-    /// cgroup.procs) for a while after `populated 0`, someone may have
-    /// written a pid into it since, or a cgroup made inside holds it.
-    pub fn remove_due(&mut self) -> usize {
-        let now = std::time::Instant::now();
-        if self.doomed.is_empty() || self.last_batch.is_some_and(|t| now < t + REMOVE_EVERY) {
-            return 0;
-        }
-        self.last_batch = Some(now);
-        let mut removed = 0;
-        for dir in std::mem::take(&mut self.doomed) {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    log::debug!("leaf {} not removed: {e}: trying again", dir.display());
-                    self.doomed.push(dir);
-                }
-            }
-        }
-        self.removed += removed as u64;
-        removed
     }
 
     /// Where a process of `family` in session `p` goes: its agent's leaf
@@ -505,9 +490,7 @@ impl Leaves {
                 }
                 let dir = e.path();
                 if !cgroup::populated(&dir).unwrap_or(true) {
-                    if std::fs::remove_dir(&dir).is_ok() {
-                        self.removed += 1;
-                    }
+                    self.remover.doom(dir);
                     continue;
                 }
                 if name == UNSORTED {
@@ -550,22 +533,24 @@ impl Leaves {
         adopted
     }
 
-    /// Take the leaves' change notices: give up each leaf that is empty,
-    /// and run the batch of removals if due (reap_leaves, for the tests).
+    /// Take the leaves' change notices and give up each leaf that is
+    /// empty (reap_leaves, for the tests); then wait for the batch of
+    /// removals if one is due, and return the leaves removed since the
+    /// last call.
     #[cfg(test)]
-    pub fn reap(&mut self) -> Reaped {
+    pub fn reap(&mut self) -> (Reaped, u64) {
         let mut out = Reaped::default();
         for wd in self.notices() {
             self.settle(wd, &mut out);
         }
-        out.removed += self.remove_due();
-        out
+        let now = self.remover.removed_when_idle();
+        let removed = now - std::mem::replace(&mut self.reaped, now);
+        (out, removed)
     }
 
     /// The leaves to look at: those whose cgroup.events changed, and those
     /// to look at again. Each goes to [`Leaves::settle`] (the daemon places
-    /// what arrives between two of them first), then the batch of
-    /// removals, [`Leaves::remove_due`].
+    /// what arrives between two of them first).
     pub fn notices(&mut self) -> Vec<WatchDescriptor> {
         let mut buf = [0u8; 4096];
         let mut changed = std::mem::take(&mut self.recheck);
@@ -632,7 +617,7 @@ impl Leaves {
         self.by_wd.clear();
         self.pending.clear();
         self.recheck.clear();
-        self.doomed.clear();
+        self.remover.forget_all();
         self.shared.clear();
         self.unsorted = [None, None];
         for a in self.agents.values_mut() {
@@ -677,6 +662,10 @@ mod tests {
         assert_eq!(parse_leaf_name("hog-12", fams), None);
     }
 
+    fn registry(tree: &Tree) -> Leaves {
+        Leaves::new(tree.clone(), 10, Box::new(|| {})).unwrap()
+    }
+
     /// A scratch tree with one new agent leaf `<family>-<pid>` in
     /// session_high, and a `sleep` written into it (not yet armed).
     fn agent_leaf_with_sleeper(
@@ -684,7 +673,7 @@ mod tests {
         pid: u32,
     ) -> Option<(Tree, Leaves, Target, PathBuf, std::process::Child)> {
         let tree = cgroup::scratch_tree(&format!("leaf-{family}"), Priority::High)?;
-        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let mut leaves = registry(&tree);
         let key = AgentKey {
             pid,
             start_ticks: 1,
@@ -718,7 +707,7 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         for _ in 0..200 {
-            if !leaves.reap().agents_gone.is_empty() {
+            if !leaves.reap().0.agents_gone.is_empty() {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -726,21 +715,17 @@ mod tests {
         false
     }
 
-    /// Run each batch of removals as it falls due, until `dir` is gone or
-    /// `ms` have passed; returns the leaves removed.
-    fn reap_until_gone(leaves: &mut Leaves, dir: &std::path::Path, ms: u64) -> usize {
+    /// Wait for each batch of removals as it falls due, until `dir` is
+    /// gone or `ms` have passed; returns the leaves removed.
+    fn reap_until_gone(leaves: &mut Leaves, dir: &std::path::Path, ms: u64) -> u64 {
         let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
         let mut removed = 0;
         while std::time::Instant::now() < end && dir.exists() {
-            if leaves
-                .retry_at()
-                .is_some_and(|t| t <= std::time::Instant::now())
-            {
-                removed += leaves.reap().removed;
-            }
+            removed += leaves.reap().1;
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        removed
+        // the batch that removed it may have run since the last look
+        removed + leaves.reap().1
     }
 
     /// An empty leaf whose rmdir is refused (here: a cgroup someone made
@@ -755,7 +740,8 @@ mod tests {
         // The notice comes; the agent is gone, the rmdir refused (EBUSY)
         // and kept for the next batch.
         let gone_agent = give_up_held(&mut leaves, &leaf, &dir, &mut child);
-        let refused = leaves.retry_at().is_some() && dir.is_dir();
+        leaves.remover.removed_when_idle();
+        let refused = leaves.remover.queued() > 0 && dir.is_dir();
         std::fs::remove_dir(dir.join("inner")).unwrap();
         let removed = reap_until_gone(&mut leaves, &dir, 3000);
         let gone = !dir.exists();
@@ -767,9 +753,9 @@ mod tests {
         );
         assert!(
             gone && removed == 1,
-            "the leaf was not removed on the retry"
+            "the leaf was not removed on the retry (gone {gone}, removed {removed})"
         );
-        assert!(leaves.retry_at().is_none());
+        assert_eq!(leaves.remover.queued(), 0);
     }
 
     /// A leaf given up and then populated again from outside the registry
@@ -791,7 +777,7 @@ mod tests {
         std::fs::remove_dir(dir.join("inner")).unwrap();
         // A batch finds it populated: refused, and kept for later.
         reap_until_gone(&mut leaves, &dir, 1500);
-        let held = dir.is_dir() && leaves.retry_at().is_some();
+        let held = dir.is_dir() && leaves.remover.queued() > 0;
         late.kill().unwrap();
         late.wait().unwrap();
         reap_until_gone(&mut leaves, &dir, 3000);
@@ -829,8 +815,8 @@ mod tests {
         let empty = |leaves: &mut Leaves, dir: &std::path::Path| {
             // until its notice came and was taken (or kept for the batch)
             for _ in 0..200 {
-                let r = leaves.reap().removed;
-                if r > 0 || leaves.retry_at().is_some() || !dir.exists() {
+                let r = leaves.reap().1;
+                if r > 0 || leaves.remover.queued() > 0 || !dir.exists() {
                     return r;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -844,16 +830,11 @@ mod tests {
         child2.kill().unwrap();
         child2.wait().unwrap();
         let second_at_once = empty(&mut leaves, &dir2);
-        let due = leaves.retry_at();
+        let due = leaves.remover.next_batch();
         let kept = dir2.is_dir();
         let mut second = 0;
         while second == 0 && t0.elapsed() < REMOVE_EVERY * 3 {
-            if leaves
-                .retry_at()
-                .is_some_and(|t| t <= std::time::Instant::now())
-            {
-                second += leaves.reap().removed;
-            }
+            second += leaves.reap().1;
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let gone = !dir2.exists();
@@ -871,7 +852,7 @@ mod tests {
             second == 1 && gone,
             "the second leaf was not removed at its batch"
         );
-        assert!(leaves.agents.is_empty() && leaves.retry_at().is_none());
+        assert!(leaves.agents.is_empty() && leaves.remover.queued() == 0);
     }
 
     /// A new agent leaf is watched from its first move on; if what moved
@@ -889,7 +870,7 @@ mod tests {
         let armed = leaves.arm(leaf.id);
         let again = leaves.arm(leaf.id);
         let due = leaves.retry_at().is_some();
-        let removed = leaves.reap().removed;
+        let removed = leaves.reap().1;
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
         assert!(
@@ -912,7 +893,7 @@ mod tests {
         let Some(tree) = cgroup::scratch_tree("leaf-unarmed", Priority::High) else {
             return;
         };
-        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let mut leaves = registry(&tree);
         let key = AgentKey {
             pid: 4247,
             start_ticks: 1,
@@ -925,7 +906,7 @@ mod tests {
         let made = dir.is_dir();
         leaves.settle_unarmed();
         let gone_agent = leaves.agents.is_empty() && leaves.pending.is_empty();
-        let removed = leaves.reap().removed;
+        let removed = leaves.reap().1;
         let gone = !dir.exists();
         cgroup::remove_scratch(&tree);
         assert!(made, "no leaf was made");
@@ -953,9 +934,9 @@ mod tests {
         let again = leaves
             .target(Priority::High, Some(key), &fam, 100, 0)
             .unwrap();
-        let taken_back = again.id == leaf.id && leaves.doomed.is_empty();
+        let taken_back = again.id == leaf.id && leaves.remover.queued() == 0;
         leaves.settle_unarmed();
-        let given_up = leaves.agents.is_empty() && leaves.retry_at().is_some();
+        let given_up = leaves.agents.is_empty() && leaves.remover.queued() > 0;
         std::fs::remove_dir(dir.join("inner")).unwrap();
         reap_until_gone(&mut leaves, &dir, 3000);
         let gone = !dir.exists();
@@ -974,7 +955,7 @@ mod tests {
             return;
         };
         // A restarted daemon: a new registry over the same tree.
-        let mut leaves = Leaves::new(tree.clone(), 10).unwrap();
+        let mut leaves = registry(&tree);
         let n = leaves.adopt(&HashMap::new(), |f| f == "adopt", |_| Some(1));
         leaves.settle_unarmed();
         let watched = !leaves.by_wd.is_empty() && leaves.pending.is_empty();
