@@ -79,7 +79,13 @@ impl Seen {
     }
 }
 
-fn consume_epoll(fd: &EventFd, sh: &Shared, count: usize) -> Seen {
+/// The epoll loop; with `floor`, one guarded move per event taken.
+fn consume_epoll(
+    fd: &EventFd,
+    sh: &Shared,
+    count: usize,
+    mut floor: Option<&mut MoveFloor>,
+) -> Seen {
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
     ep.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
         .expect("epoll add");
@@ -93,7 +99,13 @@ fn consume_epoll(fd: &EventFd, sh: &Shared, count: usize) -> Seen {
             continue;
         }
         let _ = fd.read();
+        let before = seen.lat_ns.len();
         seen.take(sh);
+        if let Some(f) = floor.as_deref_mut() {
+            for _ in before..seen.lat_ns.len() {
+                f.place();
+            }
+        }
     }
     seen
 }
@@ -179,29 +191,6 @@ impl Drop for MoveFloor {
             let _ = std::fs::remove_dir(self.dir.join(d));
         }
     }
-}
-
-fn consume_epoll_move(fd: &EventFd, sh: &Shared, count: usize, floor: &mut MoveFloor) -> Seen {
-    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
-    ep.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
-        .expect("epoll add");
-    let mut events = [EpollEvent::empty(); 8];
-    let mut seen = Seen::default();
-    while seen.lat_ns.len() < count {
-        let n = ep
-            .wait(&mut events, EpollTimeout::from(1000u16))
-            .unwrap_or(0);
-        if n == 0 {
-            continue;
-        }
-        let _ = fd.read();
-        let before = seen.lat_ns.len();
-        seen.take(sh);
-        for _ in before..seen.lat_ns.len() {
-            floor.place();
-        }
-    }
-    seen
 }
 
 fn consume_tokio(fd: EventFd, sh: &Shared, count: usize) -> Seen {
@@ -301,10 +290,9 @@ fn main() -> ExitCode {
         thread_switches(),
         Instant::now(),
     );
-    let seen = match (which.as_str(), floor.as_mut()) {
-        ("tokio", _) => consume_tokio(fd, &sh, count),
-        (_, Some(floor)) => consume_epoll_move(&fd, &sh, count, floor),
-        _ => consume_epoll(&fd, &sh, count),
+    let seen = match which.as_str() {
+        "tokio" => consume_tokio(fd, &sh, count),
+        _ => consume_epoll(&fd, &sh, count, floor.as_mut()),
     };
     let (cpu1, sw1, wall) = (
         clock_ns(libc::CLOCK_THREAD_CPUTIME_ID),
