@@ -122,15 +122,8 @@ struct MoveFloor {
 
 impl MoveFloor {
     fn new() -> Result<Self, String> {
-        let mounts =
-            std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
-        let mnt = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[2] == "cgroup2")
-            .map(|f| f[1].to_string())
-            .ok_or("no cgroup2 mount")?;
-        let dir = std::path::Path::new(&mnt)
+        let dir = cgroupfs::find_mount()
+            .ok_or("no cgroup2 mount")?
             .join(format!("agentcg-bench-eventloop-{}", std::process::id()));
         let open = |name: &str| -> Result<std::fs::File, String> {
             let d = dir.join(name);
