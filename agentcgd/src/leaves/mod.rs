@@ -330,12 +330,6 @@ impl Leaves {
 
     /// Take the leaf of `owner` (at `dir`) out of the registry and put it
     /// in the next batch of removals; the agent goes with its last leaf.
-    /// A leaf the kernel refuses to remove waits for the next batch,
-    /// populated or not (its watch is gone, so nothing else would ever
-    /// remove it): an exiting task can keep a cgroup busy (EBUSY, and
-    /// listed in cgroup.procs) for a while after `populated 0`, someone
-    /// may have written a pid into it since, or a cgroup made inside holds
-    /// it.
     fn give_up(&mut self, owner: Owner, dir: PathBuf) -> Option<Agent> {
         if dir.exists() {
             self.remover.doom(dir);

@@ -9,7 +9,7 @@
 //! the work it queues) holds the hierarchy's kernfs lock, which the
 //! placer's mkdir of a new leaf and its path lookups take too.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,8 +33,9 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// Given up, for the next batch.
-    doomed: VecDeque<PathBuf>,
+    /// Given up, for the next batch (a set: the placer asks whether a
+    /// leaf it opens is here for every new leaf).
+    doomed: HashSet<PathBuf>,
     /// Refused by the kernel in this batch: tried again with the next.
     refused: Vec<PathBuf>,
     /// The leaf whose rmdir is in flight.
@@ -68,7 +69,7 @@ impl Remover {
 
     /// Remove `dir` with the next batch.
     pub fn doom(&self, dir: PathBuf) {
-        self.lock().doomed.push_back(dir);
+        self.lock().doomed.insert(dir);
         self.shared.cv.notify_all();
     }
 
@@ -80,7 +81,7 @@ impl Remover {
         while q.claimed.as_deref() == Some(dir) {
             q = self.shared.cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
-        q.doomed.retain(|d| d != dir);
+        q.doomed.remove(dir);
         q.refused.retain(|d| d != dir);
     }
 
@@ -161,7 +162,8 @@ fn run(sh: &Shared) {
         let mut removed = 0u64;
         // One at a time under the lock's eye: what take_back() takes out
         // meanwhile is not removed, and a leaf queued meanwhile goes too.
-        while let Some(dir) = q.doomed.pop_front() {
+        while let Some(dir) = q.doomed.iter().next().cloned() {
+            q.doomed.remove(&dir);
             q.claimed = Some(dir.clone());
             drop(q);
             let r = std::fs::remove_dir(&dir);
@@ -170,6 +172,12 @@ fn run(sh: &Shared) {
             match r {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Tried again with the next batch, populated or not (its
+                // watch is gone, so nothing else would remove it): an
+                // exiting task can keep a cgroup busy (EBUSY, and listed
+                // in cgroup.procs) for a while after `populated 0`, someone
+                // may have written a pid into it since, or a cgroup made
+                // inside holds it.
                 Err(e) => {
                     log::debug!("leaf {} not removed: {e}: trying again", dir.display());
                     q.refused.push(dir);
@@ -177,8 +185,7 @@ fn run(sh: &Shared) {
             }
             sh.cv.notify_all();
         }
-        // A refused rmdir waits for the next batch, populated or not (see
-        // Leaves::give_up); when stopping, it stays.
+        // When stopping, a refused leaf stays.
         let refused = std::mem::take(&mut q.refused);
         if !q.stop {
             q.doomed.extend(refused);
@@ -194,5 +201,43 @@ fn run(sh: &Shared) {
             (sh.on_batch)();
             q = lock();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory given up, then wanted again before its batch, is not
+    /// removed; one given up twice is removed once. (Plain directories:
+    /// the remover only rmdirs.)
+    #[test]
+    fn taken_back_stays_and_doomed_twice_goes_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let [first, back, twice] = ["first", "back", "twice"].map(|n| tmp.path().join(n));
+        for d in [&first, &back, &twice] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let r = Remover::spawn(Box::new(|| {})).unwrap();
+        // The first batch runs at once; the next is REMOVE_EVERY later.
+        r.doom(first.clone());
+        let after_first = r.removed_when_idle();
+        r.doom(back.clone());
+        r.doom(twice.clone());
+        r.doom(twice.clone());
+        r.take_back(&back);
+        let queued = r.queued();
+        std::thread::sleep(REMOVE_EVERY + std::time::Duration::from_millis(200));
+        let after_second = r.removed_when_idle();
+        assert_eq!(after_first, 1, "the first batch did not run at once");
+        assert!(!first.exists());
+        assert_eq!(
+            queued, 1,
+            "the taken-back leaf stayed queued, or the twice-doomed one counted twice"
+        );
+        assert!(back.is_dir(), "a leaf taken back was removed");
+        assert!(!twice.exists());
+        assert_eq!(after_second, 2);
+        assert_eq!(r.queued(), 0);
     }
 }
