@@ -110,8 +110,9 @@ impl Default for SessionConfig {
     }
 }
 
-/// `activity:` is accepted so the documented file validates; the activity
-/// monitor itself is not part of this release and `status` says so.
+/// `activity:`: whether the activity monitor (sched_switch/sched_wakeup
+/// BPF, observing only) runs, and how long a family stays quiet before
+/// it counts as idle. With `enabled: false`, `status` says it is off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActivityConfig {
