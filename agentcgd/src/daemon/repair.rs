@@ -6,7 +6,6 @@ use std::time::Duration;
 use procmon::{Ancestor, Seed};
 
 use crate::config::Config;
-use crate::leaves::Reaped;
 use crate::state::{now_ms, Tracked};
 
 use super::place::{as_lineage, look, Seen};
@@ -17,16 +16,14 @@ impl Daemon {
     /// Remove the agent leaves that became empty.
     pub(super) fn reap_leaves(&mut self) {
         let Some(l) = &mut self.leaves else { return };
-        let mut r = Reaped::default();
         for wd in l.notices() {
             // An exec that came meanwhile is placed before the next leaf's
             // read (a removal is housekeeping, a placement is not).
             self.drain_events();
             let Some(l) = &mut self.leaves else { return };
-            l.settle(wd, &mut r);
-        }
-        if !r.agents_gone.is_empty() {
-            self.dirty = true;
+            if l.settle(wd).is_some() {
+                self.dirty = true;
+            }
         }
     }
 

@@ -83,13 +83,6 @@ enum Owner {
     Unsorted(usize),
 }
 
-/// What `reap` found.
-#[derive(Debug, Default)]
-pub struct Reaped {
-    /// Agents whose last leaf went (gone from the registry).
-    pub agents_gone: Vec<Agent>,
-}
-
 pub struct Leaves {
     tree: Tree,
     max_agents: usize,
@@ -529,17 +522,18 @@ impl Leaves {
 
     /// Take the leaves' change notices and give up each leaf that is
     /// empty (reap_leaves, for the tests); then wait for the batch of
-    /// removals if one is due, and return the leaves removed since the
-    /// last call.
+    /// removals if one is due. Returns the agents gone and the leaves
+    /// removed since the last call.
     #[cfg(test)]
-    pub fn reap(&mut self) -> (Reaped, u64) {
-        let mut out = Reaped::default();
-        for wd in self.notices() {
-            self.settle(wd, &mut out);
-        }
+    pub fn reap(&mut self) -> (Vec<Agent>, u64) {
+        let gone = self
+            .notices()
+            .into_iter()
+            .filter_map(|wd| self.settle(wd))
+            .collect();
         let now = self.remover.removed_when_idle();
         let removed = now - std::mem::replace(&mut self.reaped, now);
-        (out, removed)
+        (gone, removed)
     }
 
     /// The leaves to look at: those whose cgroup.events changed, and those
@@ -573,15 +567,13 @@ impl Leaves {
     }
 
     /// Give up the leaf of `wd` if it is empty (one of [`Leaves::notices`]):
-    /// it leaves the registry now (its agent is gone if it was its last)
-    /// and its directory goes with the next batch of removals.
-    pub fn settle(&mut self, wd: WatchDescriptor, out: &mut Reaped) {
-        let Some(owner) = self.by_wd.get(&wd).cloned() else {
-            return;
-        };
+    /// it leaves the registry now and its directory goes with the next
+    /// batch of removals. Returns its agent if that was its last leaf.
+    pub fn settle(&mut self, wd: WatchDescriptor) -> Option<Agent> {
+        let owner = self.by_wd.get(&wd).cloned()?;
         let Some(dir) = self.leaf_mut(&owner).map(|l| l.dir.clone()) else {
             self.by_wd.remove(&wd);
-            return;
+            return None;
         };
         // A leaf is watched from after its first process went in: not
         // populated now means every process of it has left.
@@ -589,18 +581,17 @@ impl Leaves {
             Ok(false) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Still populated (a process came, or one of two left).
-            Ok(true) => return,
+            Ok(true) => return None,
             Err(e) => {
                 log::warn!("leaf {}: {e}: kept", dir.display());
-                return;
+                return None;
             }
         }
         let _ = self.watch.watches().remove(wd.clone());
         self.by_wd.remove(&wd);
-        if let Some(a) = self.give_up(owner, dir) {
-            log::debug!("agent {}: no processes left; leaves removed", a.id);
-            out.agents_gone.push(a);
-        }
+        let gone = self.give_up(owner, dir)?;
+        log::debug!("agent {}: no processes left; leaves removed", gone.id);
+        Some(gone)
     }
 
     /// The tree was removed under us: every leaf is gone with it.
@@ -701,7 +692,7 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         for _ in 0..200 {
-            if !leaves.reap().0.agents_gone.is_empty() {
+            if !leaves.reap().0.is_empty() {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
