@@ -207,14 +207,33 @@ pub fn inherit(
 /// Apply AGENTCG_PRIORITY from an agent root's environment: only to a
 /// decision by the family's own rule, only that variable is read, and its
 /// value is never logged. Asking for high needs `up`'s permission.
-pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &Path) -> Decision {
+///
+/// `previous` is the choice taken when the process was placed, if it is
+/// decided again (a rename, a reconciling scan): it stands when the
+/// environment has nothing to show now. A process past its exit's release
+/// of its memory, or one the OOM killer chose and reaped, reads empty; on
+/// the policy's priority alone it would be moved to the other session as
+/// it dies.
+pub fn user_priority(
+    d: Decision,
+    p: &ProcInfo,
+    up: &UserPriority,
+    proc_root: &Path,
+    previous: Option<Priority>,
+) -> Decision {
     let Reason::Rule { file, block, .. } = &d.reason else {
         return d;
     };
-    let Some(want) = env_priority(proc_root, p.pid) else {
-        return d;
+    let (want, checked) = match env_priority(proc_root, p.pid) {
+        Ok(Some(want)) => (want, false),
+        Ok(None) => return d,
+        // Checked against user_priority when it was taken.
+        Err(Unreadable) => match previous {
+            Some(want) => (want, true),
+            None => return d,
+        },
     };
-    if want == Priority::High && !up.may_ask_high(p.uid, &groups(proc_root, p.pid)) {
+    if want == Priority::High && !checked && !up.may_ask_high(p.uid, &groups(proc_root, p.pid)) {
         log::info!(
             "pid {} ({}): uid {} may not ask for session_high (user_priority in agentcgd.yaml); {PRIORITY_ENV} ignored",
             p.pid,
@@ -234,23 +253,34 @@ pub fn user_priority(d: Decision, p: &ProcInfo, up: &UserPriority, proc_root: &P
     }
 }
 
+/// The environment could not be read, or read empty (no memory behind it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
 /// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
-/// to `high` or `low`. Any other value is ignored (and not logged).
-pub fn env_priority(proc_root: &Path, pid: u32) -> Option<Priority> {
+/// to `high` or `low`. Any other value is ignored (and logged).
+fn env_priority(proc_root: &Path, pid: u32) -> Result<Option<Priority>, Unreadable> {
     let path = proc_root.join(pid.to_string()).join("environ");
     let value = with_environ(&path, |raw| {
+        if raw.is_empty() {
+            return Err(Unreadable);
+        }
         let key = [PRIORITY_ENV.as_bytes(), b"="].concat();
-        raw.split(|&b| b == 0)
+        Ok(raw
+            .split(|&b| b == 0)
             .find_map(|kv| kv.strip_prefix(key.as_slice()))
-            .map(<[u8]>::to_vec)
+            .map(<[u8]>::to_vec))
     })
-    .ok()??;
+    .map_err(|_| Unreadable)??;
+    let Some(value) = value else {
+        return Ok(None);
+    };
     match value.as_slice() {
-        b"high" => Some(Priority::High),
-        b"low" => Some(Priority::Low),
+        b"high" => Ok(Some(Priority::High)),
+        b"low" => Ok(Some(Priority::Low)),
         _ => {
             log::warn!("pid {pid}: {PRIORITY_ENV} is neither `high` nor `low`: ignored");
-            None
+            Ok(None)
         }
     }
 }
@@ -310,7 +340,7 @@ pub fn decide_chain(
         .iter()
         .map(|p| {
             let own = own_match(set, p, parents)
-                .map(|d| user_priority(d, p, up, proc_root))
+                .map(|d| user_priority(d, p, up, proc_root, None))
                 .filter(|d| crate::trust::gate(trust, set, d, p, proc_root).is_ok());
             let d = match own {
                 Some(d) => Some(d),
@@ -604,7 +634,7 @@ mod tests {
             "Gid:\t5\t5\t5\t5\nGroups:\t5 6\n",
         );
         let up = UserPriority::default();
-        let got = user_priority(d.clone(), &claude, &up, root.path());
+        let got = user_priority(d.clone(), &claude, &up, root.path(), None);
         assert_eq!(got.priority, Priority::Low);
         assert!(
             got.reason.to_string().contains("AGENTCG_PRIORITY=low"),
@@ -614,18 +644,18 @@ mod tests {
         // Not set, or a bad value: the family's priority.
         let none = fake_proc(50, b"HOME=/h\0NOT_AGENTCG_PRIORITY=low\0", "");
         assert_eq!(
-            user_priority(d.clone(), &claude, &up, none.path()).priority,
+            user_priority(d.clone(), &claude, &up, none.path(), None).priority,
             Priority::High
         );
         let bad = fake_proc(50, b"AGENTCG_PRIORITY=urgent\0", "");
-        assert_eq!(user_priority(d.clone(), &claude, &up, bad.path()), d);
+        assert_eq!(user_priority(d.clone(), &claude, &up, bad.path(), None), d);
         // Found past the first read's 16 KiB (a 40 KiB environment).
         let mut big = b"PAD=".to_vec();
         big.resize(40 << 10, b'x');
         big.extend_from_slice(b"\0AGENTCG_PRIORITY=low\0");
         let big = fake_proc(50, &big, "");
         assert_eq!(
-            user_priority(d.clone(), &claude, &up, big.path()).priority,
+            user_priority(d.clone(), &claude, &up, big.path(), None).priority,
             Priority::Low
         );
         // Asking for high needs permission (uid 0 always has it).
@@ -649,11 +679,11 @@ mod tests {
             high_groups: vec!["7".into()],
         };
         assert_eq!(
-            user_priority(low_fam.clone(), &user, &only_6, high.path()).priority,
+            user_priority(low_fam.clone(), &user, &only_6, high.path(), None).priority,
             Priority::High
         );
         assert_eq!(
-            user_priority(low_fam.clone(), &user, &only_7, high.path()).priority,
+            user_priority(low_fam.clone(), &user, &only_7, high.path(), None).priority,
             Priority::Low
         );
         // Descendants never read it: only an agent root's own rule does.
@@ -661,7 +691,45 @@ mod tests {
             reason: Reason::Inherited { ancestor: 1 },
             ..d.clone()
         };
-        assert_eq!(user_priority(desc.clone(), &claude, &up, root.path()), desc);
+        assert_eq!(
+            user_priority(desc.clone(), &claude, &up, root.path(), None),
+            desc
+        );
+    }
+
+    #[test]
+    fn priority_picked_at_placement_stands_when_the_environment_reads_empty() {
+        let set = set();
+        let claude = p("claude", &["claude"]);
+        let d = own_match(&set, &claude, &NoParents).unwrap();
+        let up = UserPriority::default();
+        // An exiting (or OOM-reaped) process: its environ reads empty.
+        let empty = fake_proc(50, b"", "");
+        let got = user_priority(d.clone(), &claude, &up, empty.path(), Some(Priority::Low));
+        assert_eq!(got.priority, Priority::Low);
+        assert!(
+            got.reason.to_string().contains("AGENTCG_PRIORITY=low"),
+            "{}",
+            got.reason
+        );
+        // Never picked: the family's priority, as before.
+        assert_eq!(
+            user_priority(d.clone(), &claude, &up, empty.path(), None),
+            d
+        );
+        // No environ file at all (EACCES, ENOENT): the same.
+        let gone = tempfile::tempdir().unwrap();
+        assert_eq!(
+            user_priority(d.clone(), &claude, &up, gone.path(), Some(Priority::Low)).priority,
+            Priority::Low
+        );
+        // A readable environment still decides: the variable taken away by
+        // a re-exec gives the family's priority back.
+        let unset = fake_proc(50, b"HOME=/h\0", "");
+        assert_eq!(
+            user_priority(d.clone(), &claude, &up, unset.path(), Some(Priority::Low)),
+            d
+        );
     }
 
     #[test]

@@ -560,8 +560,9 @@ pub fn explain(pid: u32, policies: &Path, config: &Path, state: &Path) -> Result
     }
     // The trust verdict is on the process's own match (the chain's decision
     // already fell back to its lineage where strict mode refused it).
-    let own = crate::classify::own_match(&set, &info, &procfs)
-        .map(|d| crate::classify::user_priority(d, &info, &cfg.user_priority, Path::new("/proc")));
+    let own = crate::classify::own_match(&set, &info, &procfs).map(|d| {
+        crate::classify::user_priority(d, &info, &cfg.user_priority, Path::new("/proc"), None)
+    });
     print_trust(&cfg, &set, own.as_ref(), &info);
     if std::fs::read(format!("/proc/{pid}/environ")).is_err() {
         println!(

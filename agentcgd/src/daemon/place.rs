@@ -177,8 +177,22 @@ impl Daemon {
     ) -> Option<(Decision, Option<AgentKey>)> {
         let parents = self.procfs.clone();
         if let Some(d) = own_match(&self.policies, info, &parents) {
-            // An agent root may pick its session (AGENTCG_PRIORITY).
-            let d = user_priority(d, info, &self.cfg.user_priority, Path::new("/proc"));
+            // An agent root may pick its session (AGENTCG_PRIORITY); decided
+            // again, it keeps the pick when its environment reads empty.
+            let previous =
+                self.tracker
+                    .get(info.pid, info.start_ticks)
+                    .and_then(|t| match t.reason {
+                        Reason::Rule { env, .. } => env,
+                        _ => None,
+                    });
+            let d = user_priority(
+                d,
+                info,
+                &self.cfg.user_priority,
+                Path::new("/proc"),
+                previous,
+            );
             // Strict trust: a name is not enough for session_high.
             match crate::trust::gate(
                 &self.cfg.trust,

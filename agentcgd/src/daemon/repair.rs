@@ -126,6 +126,14 @@ impl Daemon {
         };
         let before = self.counters.placed;
         for p in all {
+            // A tracked process on its way out stays as it is: with its
+            // memory gone its cmdline and environment read empty, and a
+            // decision on those would move it or drop it as it dies.
+            if self.tracker.get(p.pid, p.start_ticks).is_some()
+                && matches!(look(&procfs, p.pid, p.start_ticks), Seen::Exiting)
+            {
+                continue;
+            }
             // Parents come first, so walks find them tracked.
             if let Some((d, agent)) = self.decide(&p, None) {
                 self.apply(p, d, agent, None, Walk::Children);
