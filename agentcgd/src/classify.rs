@@ -224,7 +224,7 @@ pub fn user_priority(
     let Reason::Rule { file, block, .. } = &d.reason else {
         return d;
     };
-    let (want, checked) = match env_priority(proc_root, p.pid) {
+    let (want, allowed_before) = match env_priority(proc_root, p.pid) {
         Ok(Some(want)) => (want, false),
         Ok(None) => return d,
         // Checked against user_priority when it was taken.
@@ -233,7 +233,10 @@ pub fn user_priority(
             None => return d,
         },
     };
-    if want == Priority::High && !checked && !up.may_ask_high(p.uid, &groups(proc_root, p.pid)) {
+    if want == Priority::High
+        && !allowed_before
+        && !up.may_ask_high(p.uid, &groups(proc_root, p.pid))
+    {
         log::info!(
             "pid {} ({}): uid {} may not ask for session_high (user_priority in agentcgd.yaml); {PRIORITY_ENV} ignored",
             p.pid,
@@ -258,7 +261,8 @@ pub fn user_priority(
 pub struct Unreadable;
 
 /// AGENTCG_PRIORITY of `pid` as it was at exec (/proc/PID/environ), if set
-/// to `high` or `low`. Any other value is ignored (and logged).
+/// to `high` or `low`. Any other value is ignored (the value itself is
+/// never logged).
 fn env_priority(proc_root: &Path, pid: u32) -> Result<Option<Priority>, Unreadable> {
     let path = proc_root.join(pid.to_string()).join("environ");
     let value = with_environ(&path, |raw| {
