@@ -30,7 +30,9 @@
  * to its local DSQ, another single-CPU task to its CPU's per-CPU DSQ (the
  * CPU kicked or preempted), everything else to its cgroup's DSQ: a CPU
  * takes the first task it may run and passes over a cgroup with none, so
- * subset-restricted cgroups are served in cvtime order on their CPUs. A
+ * subset-restricted cgroups are served in cvtime order on their CPUs.
+ * Where the waker has just woken an idle CPU, that CPU enqueues the rest
+ * of its burst from its wake list, so the waker does not. A
  * waking task whose cgroup is behind the running one's by over slice / 8
  * preempts it: from ops.select_cpu() straight onto that CPU's local DSQ
  * (what a kick and a dispatch would pick, without the round trip), a
@@ -94,6 +96,7 @@ struct cpu_ctx {
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
+	s32 woke_cpu;		/* + 1: idle CPU the running task woke a task on */
 };
 
 struct {
@@ -419,8 +422,10 @@ static bool owed_cpu(s32 cpu, u64 cgid, u64 cvtime)
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_struct *waker = (void *)bpf_get_current_task_btf();
-	s32 cpu = bpf_get_smp_processor_id();
+	s32 this_cpu = bpf_get_smp_processor_id(), cpu = this_cpu;
 	struct agcg_cgrp_ctx *cgc;
+	struct cpu_ctx *cpuc;
+	u32 zero = 0;
 	bool is_idle;
 
 	/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
@@ -430,14 +435,25 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 		  !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu));
 	if (!is_idle)
 		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
+	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (is_idle) {
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+		if (cpuc && cpu != this_cpu)
+			cpuc->woke_cpu = cpu + 1;
 	} else if (p->nr_cpus_allowed > 1 && task_ctxs_of(p, &cgc) && cgc &&
 		   owed_cpu(cpu, cgc->cgid, cgc->cvtime)) {
 		/* what a kick and a dispatch would pick, without the round trip */
 		gstat_inc(AGCG_GS_PREEMPT);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, SCX_ENQ_PREEMPT);
+	} else if (cpuc && cpuc->woke_cpu && bpf_cpumask_test_cpu(cpuc->woke_cpu - 1, p->cpus_ptr)) {
+		/*
+		 * Bound for its cgroup's DSQ, which any CPU takes from: let the
+		 * CPU this waker just woke enqueue it with the wake-up queued
+		 * there, instead of the waker before its next step.
+		 */
+		gstat_inc(AGCG_GS_WAKE_LIST);
+		cpu = cpuc->woke_cpu - 1;
 	}
 	return cpu;
 }
@@ -587,6 +603,7 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 			cpuc->res_cgid = 0;
 		}
 		cpuc->run_cgid = tctx->cgid;
+		cpuc->woke_cpu = 0;	/* stale if the idle task ran before */
 		/* as dispatch() will see it: the reservation settles then */
 		cpuc->run_cvtime = cgc->cvtime - tctx->reserved;
 		cpuc->run_hweight = cgc->hweight;
@@ -603,8 +620,10 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	u32 zero = 0;
 
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
-	if (cpuc)
+	if (cpuc) {
 		cpuc->run_cgid = 0;
+		cpuc->woke_cpu = 0;
+	}
 	if (!tctx || !cgc)
 		return;
 	charge(p, tctx, cgc, bpf_ktime_get_ns());

@@ -1,8 +1,9 @@
 #!/bin/sh
 # 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg", queued
 # wake-ups allowed), its statistics name our cgroups, `scx_agentcg
-# --monitor` reads its counters from its scx_stats socket, and SIGTERM hands
-# the CPU back to the kernel's own scheduler (state disabled).
+# --monitor` reads its counters from its scx_stats socket, a burst of
+# wake-ups is enqueued by the CPU its waker woke, and SIGTERM hands the CPU
+# back to the kernel's own scheduler (state disabled).
 CG=/sys/fs/cgroup
 SX=/sys/kernel/sched_ext
 SCHED=
@@ -61,6 +62,24 @@ kill $MON 2>/dev/null; wait $MON 2>/dev/null
 head -n 2 /tmp/mon31.log
 grep -q "hweight_updates=[1-9].* pick_budget=0" /tmp/mon31.log ||
     fail "scx_agentcg --monitor did not read the counters from the stats socket"
+
+# A waker that wakes one task on the idle CPU and then more that find no
+# idle CPU: those are enqueued by the CPU it woke, from that CPU's wake
+# list (counter wake_list), not by the waker (docs/scheduler.md).
+kill -9 $HOGS; HOGS=
+wake_list() {
+    scx_agentcg --monitor -i 0.5 >/tmp/wl31.log 2>&1 &
+    m=$!; usleep 1500000; kill $m; wait $m 2>/dev/null
+    grep -o "wake_list=[0-9]*" /tmp/wl31.log | tail -n 1 | cut -d= -f2
+}
+w0=$(wake_list)
+sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; exec agentcg-schedbench wakeup 2 4" >/tmp/wake31.txt ||
+    fail "wake-up workload failed"
+w1=$(wake_list)
+n=$(awk '{ print $3 }' /tmp/wake31.txt)
+echo "4 workers woken every 2 ms (p50 p99 samples, us): $(cat /tmp/wake31.txt); wake_list ${w0:-?} -> ${w1:-?}"
+[ -n "$w0" ] && [ -n "$w1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
+[ $((w1 - w0)) -ge $((n / 8)) ] || fail "$((w1 - w0)) wake-list enqueues for $n wake-ups"
 
 kill -TERM $SCHED
 wait $SCHED; rc=$?
