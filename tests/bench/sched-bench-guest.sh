@@ -8,8 +8,8 @@
 # session_low, under both (and under agentcg-schedfloor, sched_ext's floor,
 # when SCHEDFLOOR names it).
 # Prints "BENCH ..." lines that the host side turns into tables and JSON.
-# CG, SX, WARM, WINDOW, HOGS, SCHED, wait_state, hogs and usage come from
-# the scheduler cases' shared helpers.
+# CG, SX, WARM, WINDOW, HOGS, SCHED, wait_state, hogs, usage and mkcg come
+# from the scheduler cases' shared helpers.
 . /vm/lib/sched.sh
 NCPU=$(nproc)
 die() { echo "bench: $*"; stop_hogs; stop_sched; exit 1; }
@@ -20,13 +20,6 @@ start_sched() {
     SCHED=$!
     CUR=agentcg
     wait_state enabled 30 || { cat /tmp/bench-scx.log; die "scx_agentcg did not attach"; }
-}
-mkcg() { # PATH WEIGHT: create under an existing parent, cpu enabled there
-    parent=${1%/*}
-    [ "$parent" = "$1" ] && parent=.
-    [ -d $CG/$parent ] || die "mkcg $1: create $parent first"
-    echo +cpu > $CG/$parent/cgroup.subtree_control || die "cannot enable cpu in $parent"
-    mkdir -p $CG/$1 && echo $2 > $CG/$1/cpu.weight || die "cannot set $1 cpu.weight"
 }
 # fair SCHEDNAME WORKLOAD CG:TARGET...: hogs in each leaf, measure, report
 fair() {

@@ -5,11 +5,8 @@
 . /vm/lib/sched.sh
 ROUNDS=${ROUNDS:-2}
 SECS=${SECS:-2}
-echo +cpu > $CG/cgroup.subtree_control || fail "cannot enable the cpu controller"
-mkdir -p $CG/bf && echo +cpu > $CG/bf/cgroup.subtree_control
-mkdir -p $CG/bf/sh $CG/bf/sl
-echo 150 > $CG/bf/sh/cpu.weight
-echo 50 > $CG/bf/sl/cpu.weight
+# the cgroups of sched-fairness's latency rounds
+mkcg bf 100; mkcg bf/sh 150; mkcg bf/sl 50
 T=/sys/kernel/tracing
 [ -d $T/events ] || T=/sys/kernel/debug/tracing
 [ -d $T/events/sched ] || fail "no tracefs sched events in the guest"

@@ -29,6 +29,13 @@ hogs() { # CGROUP N: N busy loops in CGROUP
         n=$((n + 1))
     done
 }
+mkcg() { # PATH WEIGHT: create under an existing parent, cpu enabled there
+    parent=${1%/*}
+    [ "$parent" = "$1" ] && parent=.
+    [ -d $CG/$parent ] || fail "mkcg $1: create $parent first"
+    echo +cpu > $CG/$parent/cgroup.subtree_control || fail "cannot enable cpu in $parent"
+    mkdir -p $CG/$1 && echo $2 > $CG/$1/cpu.weight || fail "cannot set $1 cpu.weight"
+}
 # leaf CGROUP: a leaf cgroup made the way agentcgd makes an agent's leaf
 # (a session enables controllers for its leaves, so nothing can be written
 # into the session itself): mkdir, memory.min/low "max" so that it claims
