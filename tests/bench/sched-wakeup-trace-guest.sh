@@ -2,6 +2,7 @@
 # Guest side of tests/bench/sched-wakeup-trace: the wake-up latency workload
 # traced under each scheduler; each trace goes to the console gzipped and
 # base64-encoded between "=== TRACE <label>" and "=== END <label>".
+WITH_HOGS=${HOGS:-0}	# the helpers below keep their hogs' PIDs in HOGS
 . /vm/lib/sched.sh
 ROUNDS=${ROUNDS:-2}
 SECS=${SECS:-2}
@@ -12,7 +13,7 @@ T=/sys/kernel/tracing
 [ -d $T/events/sched ] || fail "no tracefs sched events in the guest"
 echo 8192 > $T/buffer_size_kb
 for e in sched_switch sched_waking sched_wakeup; do echo 1 > $T/events/sched/$e/enable; done
-[ "${HOGS:-0}" = 1 ] && hogs bf/sl "$(nproc)"
+[ "$WITH_HOGS" = 1 ] && hogs bf/sl "$(nproc)"
 traced() { # LABEL
     echo 0 > $T/tracing_on; echo > $T/trace; echo 1 > $T/tracing_on
     sh -c "echo \$\$ > $CG/bf/sh/cgroup.procs; exec agentcg-schedbench wakeup $SECS 4" >/tmp/r.txt ||
