@@ -26,7 +26,11 @@
  * settled cvtime (less what is charged ahead) of a cgroup a dispatch chose.
  *
  * Placement: a synchronous wake-up goes to the waker's CPU if nothing
- * waits there, a wake-up with an idle CPU to that CPU, a per-CPU kthread
+ * waits there, unless its waker fans out (woke several tasks before it
+ * last slept, so it will not sleep after this one) and it is owed the
+ * waker's CPU (below): then an idle CPU, another CPU it may preempt, or
+ * else the waker's CPU, preempting the waker. A wake-up with an idle CPU
+ * goes to that CPU, a per-CPU kthread
  * to its local DSQ, another single-CPU task to its CPU's per-CPU DSQ (the
  * CPU kicked or preempted), everything else to its cgroup's DSQ: a CPU
  * takes the first task it may run and passes over a cgroup with none, so
@@ -34,7 +38,9 @@
  * Where the waker has just woken an idle CPU, that CPU enqueues the rest
  * of its burst from its wake list, so the waker does not. A
  * waking task whose cgroup is behind the running one's by over slice / 8
- * preempts it: from ops.select_cpu() straight onto that CPU's local DSQ
+ * (of the same cgroup: whose vtime is behind the running task's by as
+ * much) preempts it, on its previous CPU or one of the next few, which
+ * then counts as running it for the wake-ups that follow: from ops.select_cpu() straight onto that CPU's local DSQ
  * (what a kick and a dispatch would pick, without the round trip), a
  * single-CPU task by a kick from ops.enqueue(). A single-CPU task that
  * waited starve_slices slices is served first: cvtime order alone starves
@@ -68,6 +74,7 @@ char _license[] SEC("license") = "GPL";
 #define MAX_CPUS	1024
 #define MAX_CGRPS	16384	/* cgroups with a cpu controller */
 #define MAX_DEPTH	64	/* levels a walk up the tree covers */
+#define MAX_VICTIMS	4	/* CPUs a wake-up looks at for one to preempt */
 
 const volatile u32 nr_online = 1;		/* set by the loader */
 const volatile u64 slice_ns = 5ULL * 1000 * 1000;	/* set by the loader */
@@ -92,11 +99,15 @@ struct cpu_ctx {
 	u64 run_cgid;		/* cgroup of the running task, 0 for none */
 	u64 run_cvtime;		/* its cvtime when it started */
 	u64 run_hweight;
+	u64 run_tvtime;		/* the running task's vtime when it started */
+	u64 run_weight;		/* ... and its weight */
 	u64 run_at;
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
 	s32 woke_cpu;		/* + 1: idle CPU the running task woke a task on */
+	u32 sync_wakes;		/* synchronous wake-ups by the running task */
+	bool fans_out;		/* it woke several tasks before it last slept */
 };
 
 struct {
@@ -167,6 +178,8 @@ struct task_ctx {
 	u64 reserved;		/* cvtime charged ahead for its current run */
 	u64 run_ns;		/* length of its current run so far */
 	u64 last_run_ns;	/* length of its last run: what a dispatch reserves */
+	u32 sync_wakes;		/* synchronous wake-ups since it last slept */
+	bool fans_out;		/* it woke several tasks before it last slept */
 };
 
 struct {
@@ -406,47 +419,128 @@ static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 	tree_add(node);
 }
 
-/* Should a waking task of a cgroup at @cvtime preempt what runs on @cpu? */
-static bool owed_cpu(s32 cpu, u64 cgid, u64 cvtime)
+/* A waking task's vtime: one that slept keeps at most one slice of credit. */
+static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
+{
+	u64 tvtime = p->scx.dsq_vtime;
+
+	if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
+		tvtime = cgc->tvtime_now - slice_ns;
+	return tvtime;
+}
+
+/*
+ * Should waking @p preempt what runs on @cpu? Of another cgroup: if @p's
+ * cgroup is behind by over slice / 8 in cvtime; of its own: if @p is
+ * behind the running task by as much in task vtime.
+ */
+static bool owed_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
+{
+	struct cpu_ctx *cpuc;
+	u32 zero = 0;
+	u64 ran;
+
+	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
+	if (!cpuc || !cpuc->run_cgid)
+		return false;
+	ran = bpf_ktime_get_ns() - cpuc->run_at;
+	if (cpuc->run_cgid == cgc->cgid)
+		return vtime_before(wake_vtime(p, cgc) + slice_ns / 8, cpuc->run_tvtime +
+				    ran * 100 / (cpuc->run_weight ?: 1));
+	return vtime_before(cgc->cvtime + slice_ns / 8, cpuc->run_cvtime +
+			    scale_by_hweight(ran, cpuc->run_hweight));
+}
+
+/*
+ * @p will preempt what runs on @cpu: the next wake-up compares itself with
+ * @p there, and does not pick the same CPU for the same reason.
+ */
+static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
 	struct cpu_ctx *cpuc;
 	u32 zero = 0;
 
+	if (!cgc)
+		return;
 	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
-	if (!cpuc || !cpuc->run_cgid || cpuc->run_cgid == cgid)
-		return false;
-	return vtime_before(cvtime + slice_ns / 8, cpuc->run_cvtime +
-			    scale_by_hweight(bpf_ktime_get_ns() - cpuc->run_at, cpuc->run_hweight));
+	if (!cpuc)
+		return;
+	cpuc->run_cgid = cgc->cgid;
+	cpuc->run_cvtime = cgc->cvtime;
+	cpuc->run_hweight = cgc->hweight;
+	cpuc->run_tvtime = wake_vtime(p, cgc);
+	cpuc->run_weight = p->scx.weight;
+	cpuc->run_at = bpf_ktime_get_ns();
+}
+
+/*
+ * A CPU @p may preempt, other than @skip: its previous CPU, then the next
+ * few; -1 for none. For a synchronous wake-up the waker's CPU is left to
+ * last: the waker goes on with work of @p's cgroup.
+ */
+static s32 owed_cpu_near(struct task_struct *p, struct agcg_cgrp_ctx *cgc, s32 prev_cpu,
+			 s32 skip)
+{
+	u32 nr_ids = scx_bpf_nr_cpu_ids();
+	s32 cpu = prev_cpu;
+	int i;
+
+	bpf_for(i, 0, MAX_VICTIMS) {
+		if (i >= nr_ids)
+			break;
+		if (cpu != skip && bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
+		    owed_cpu(cpu, p, cgc))
+			return cpu;
+		cpu = cpu + 1 < nr_ids ? cpu + 1 : 0;
+	}
+	return -1;
 }
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_struct *waker = (void *)bpf_get_current_task_btf();
 	s32 this_cpu = bpf_get_smp_processor_id(), cpu = this_cpu;
-	struct agcg_cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc = NULL;
 	struct cpu_ctx *cpuc;
+	bool is_idle, sync, owed_here = false;
+	s32 victim = -1;
 	u32 zero = 0;
-	bool is_idle;
 
-	/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
-	is_idle = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
-		  bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
-		  !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
-		  !scx_bpf_dsq_nr_queued(PCPU_DSQ(cpu));
-	if (!is_idle)
-		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
+	if (!cpuc || !task_ctxs_of(p, &cgc) || !cgc)
+		return prev_cpu;
+	if (p->nr_cpus_allowed == 1)
+		cgc = NULL;	/* single-CPU tasks: ops.enqueue() decides */
+	sync = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+	       bpf_cpumask_test_cpu(this_cpu, p->cpus_ptr);
+	if (sync) {
+		/* a waker that wakes several tasks does not sleep after the first */
+		owed_here = (cpuc->fans_out || cpuc->sync_wakes) && cgc &&
+			    owed_cpu(this_cpu, p, cgc);
+		cpuc->sync_wakes++;
+		/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
+		if (!owed_here && !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
+		    !scx_bpf_dsq_nr_queued(PCPU_DSQ(this_cpu))) {
+			gstat_inc(AGCG_GS_LOCAL);
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+			return this_cpu;
+		}
+	}
+	/* owed its waker's CPU: an idle CPU first, so that the waker goes on */
+	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, owed_here ? wake_flags & ~SCX_WAKE_SYNC : wake_flags,
+				     &is_idle);
 	if (is_idle) {
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-		if (cpuc && cpu != this_cpu)
+		if (cpu != this_cpu)
 			cpuc->woke_cpu = cpu + 1;
-	} else if (p->nr_cpus_allowed > 1 && task_ctxs_of(p, &cgc) && cgc &&
-		   owed_cpu(cpu, cgc->cgid, cgc->cvtime)) {
+	} else if ((cgc && (victim = owed_cpu_near(p, cgc, cpu, sync ? this_cpu : -1)) >= 0) || owed_here) {
 		/* what a kick and a dispatch would pick, without the round trip */
+		cpu = victim >= 0 ? victim : this_cpu;
+		claim_cpu(cpu, p, cgc);
 		gstat_inc(AGCG_GS_PREEMPT);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, SCX_ENQ_PREEMPT);
-	} else if (cpuc && cpuc->woke_cpu && bpf_cpumask_test_cpu(cpuc->woke_cpu - 1, p->cpus_ptr)) {
+	} else if (cpuc->woke_cpu && bpf_cpumask_test_cpu(cpuc->woke_cpu - 1, p->cpus_ptr)) {
 		/*
 		 * Bound for its cgroup's DSQ, which any CPU takes from: let the
 		 * CPU this waker just woke enqueue it with the wake-up queued
@@ -486,10 +580,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		if (!scx_bpf_test_and_clear_cpu_idle(cpu))
 			cpu = -1;
 	} else {
-		/* a task that slept keeps at most one slice of credit */
-		tvtime = p->scx.dsq_vtime;
-		if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
-			tvtime = cgc->tvtime_now - slice_ns;
+		tvtime = wake_vtime(p, cgc);
 		/* counted before the insertion, which the kernel completes later */
 		__sync_fetch_and_add(&cgc->nr_queued, 1);
 		tctx->queued_cgid = tctx->cgid;
@@ -505,7 +596,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
 		cpu = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
-		if (owed_cpu(cpu, tctx->cgid, cgc->cvtime)) {
+		if (owed_cpu(cpu, p, cgc)) {
 			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 			gstat_inc(AGCG_GS_PREEMPT);
 		}
@@ -607,7 +698,11 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 		/* as dispatch() will see it: the reservation settles then */
 		cpuc->run_cvtime = cgc->cvtime - tctx->reserved;
 		cpuc->run_hweight = cgc->hweight;
+		cpuc->run_tvtime = p->scx.dsq_vtime;
+		cpuc->run_weight = p->scx.weight;
 		cpuc->run_at = now;
+		cpuc->sync_wakes = 0;
+		cpuc->fans_out = tctx->fans_out || tctx->sync_wakes;
 	}
 	__sync_fetch_and_add(&cgc->dispatches, 1);
 }
@@ -623,6 +718,14 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 	if (cpuc) {
 		cpuc->run_cgid = 0;
 		cpuc->woke_cpu = 0;
+		if (tctx) {
+			tctx->sync_wakes += cpuc->sync_wakes;
+			if (!runnable && tctx->sync_wakes) {
+				tctx->fans_out = tctx->sync_wakes > 1;
+				tctx->sync_wakes = 0;
+			}
+		}
+		cpuc->sync_wakes = 0;
 	}
 	if (!tctx || !cgc)
 		return;
@@ -848,6 +951,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	if (prev && (prev->scx.flags & SCX_TASK_QUEUED) &&
 	    cand_of(prev, &best, true, now) && cpuc->run_cgid) {
 		cpuc->run_cvtime = best.cvtime;
+		cpuc->run_tvtime = best.tvtime;
 		cpuc->run_at = now;
 	}
 

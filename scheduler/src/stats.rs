@@ -113,7 +113,7 @@ global_counters! {
     credit_caps = agcg_gstat_AGCG_GS_CREDIT_CAP;
     /// Idle CPUs kicked after a queueing.
     idle_kicks = agcg_gstat_AGCG_GS_KICK;
-    /// CPUs preempted for a waking task whose cgroup was behind.
+    /// CPUs preempted for a waking task whose cgroup (or, in one cgroup, vtime) was behind.
     preempts = agcg_gstat_AGCG_GS_PREEMPT;
     /// Woke up with no idle CPU: enqueued by the CPU its waker had just woken.
     wake_list = agcg_gstat_AGCG_GS_WAKE_LIST;

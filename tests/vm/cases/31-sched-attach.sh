@@ -63,23 +63,24 @@ head -n 2 /tmp/mon31.log
 grep -q "hweight_updates=[1-9].* pick_budget=0" /tmp/mon31.log ||
     fail "scx_agentcg --monitor did not read the counters from the stats socket"
 
-# A waker that wakes one task on the idle CPU and then more that find no
-# idle CPU: those are enqueued by the CPU it woke, from that CPU's wake
-# list (counter wake_list), not by the waker (docs/scheduler.md).
+# A waker that wakes several tasks of its own cgroup (a fan-out) does not
+# sleep after the first: its wakees, behind it in vtime, take the idle CPU
+# or preempt (counter preempts; with no other cgroup running, only this
+# rule preempts), instead of waiting for it to sleep (docs/scheduler.md).
 kill -9 $HOGS; HOGS=
-wake_list() {
+counter() { # NAME
     scx_agentcg --monitor -i 0.5 >/tmp/wl31.log 2>&1 &
     m=$!; usleep 1500000; kill $m; wait $m 2>/dev/null
-    grep -o "wake_list=[0-9]*" /tmp/wl31.log | tail -n 1 | cut -d= -f2
+    grep -o "$1=[0-9]*" /tmp/wl31.log | tail -n 1 | cut -d= -f2
 }
-w0=$(wake_list)
+p0=$(counter preempts)
 sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; exec agentcg-schedbench wakeup 2 4" >/tmp/wake31.txt ||
     fail "wake-up workload failed"
-w1=$(wake_list)
+p1=$(counter preempts)
 n=$(awk '{ print $3 }' /tmp/wake31.txt)
-echo "4 workers woken every 2 ms (p50 p99 samples, us): $(cat /tmp/wake31.txt); wake_list ${w0:-?} -> ${w1:-?}"
-[ -n "$w0" ] && [ -n "$w1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
-[ $((w1 - w0)) -ge $((n / 8)) ] || fail "$((w1 - w0)) wake-list enqueues for $n wake-ups"
+echo "4 workers woken every 2 ms (p50 p99 samples, us): $(cat /tmp/wake31.txt); preempts ${p0:-?} -> ${p1:-?}"
+[ -n "$p0" ] && [ -n "$p1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
+[ $((p1 - p0)) -ge $((n / 8)) ] || fail "$((p1 - p0)) preemptions for $n wake-ups of a fan-out"
 
 kill -TERM $SCHED
 wait $SCHED; rc=$?
