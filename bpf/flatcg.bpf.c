@@ -40,7 +40,9 @@
  * waking task whose cgroup is behind the running one's by over slice / 8
  * (of the same cgroup: whose vtime is behind the running task's by as
  * much) preempts it, on its previous CPU or one of the next few, which
- * then counts as running it for the wake-ups that follow: from ops.select_cpu() straight onto that CPU's local DSQ
+ * then counts as running it for the wake-ups that follow (a hint, not an
+ * invariant: that CPU's ops.running() overwrites it): from
+ * ops.select_cpu() straight onto that CPU's local DSQ
  * (what a kick and a dispatch would pick, without the round trip), a
  * single-CPU task by a kick from ops.enqueue(). A single-CPU task that
  * waited starve_slices slices is served first: cvtime order alone starves
@@ -460,7 +462,7 @@ static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 	struct cpu_ctx *cpuc;
 	u32 zero = 0;
 
-	if (!cgc)
+	if (!cgc)	/* for the verifier: the callers have one */
 		return;
 	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
 	if (!cpuc)
@@ -526,7 +528,7 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 			return this_cpu;
 		}
 	}
-	/* owed its waker's CPU: an idle CPU first, so that the waker goes on */
+	/* an idle CPU; without the sync hint where the waker would be preempted */
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, owed_here ? wake_flags & ~SCX_WAKE_SYNC : wake_flags,
 				     &is_idle);
 	if (is_idle) {
