@@ -2,62 +2,53 @@
 /*
  * agentcg: agentcgd's flattened-cgroup sched_ext scheduler.
  *
- * Shares. The cgroup tree is flattened: every cgroup with runnable tasks
- * competes with every other one with its hierarchical weight (hweight),
- * the product over its ancestors of its share among active siblings:
+ * Shares. Every cgroup with runnable tasks competes with every other one
+ * with its hierarchical weight (hweight), the product over its ancestors
+ * of its share among active siblings:
  *
  *   root + t (100) + a (200) + x (100)     x: 1 * 200/300 * 100/400 = 1/6
  *                  |         \ y (300)     y: 1 * 200/300 * 300/400 = 1/2
  *                  \ b (100)               b: 1 * 100/300           = 1/3
  *
- * Activity and weight changes bump a generation; a cached hweight is
- * recomputed when a task of the cgroup next runs or is charged.
+ * Activity and weight changes bump a generation that expires the cached
+ * hweights; a cgroup's is recomputed when one of its tasks runs or is charged.
  *
- * Cgroup virtual time. Every nanosecond a task runs is charged to its
- * cgroup's cvtime as ran / hweight, so the lowest cvtime is owed CPU.
- * ops.dispatch() serves, of three candidates, the one whose cgroup has the
- * lowest cvtime (of one cgroup, the lower task vtime): the first cgroup of
- * an rbtree of the cgroups with queued tasks (keyed by cvtime; a stale key
- * is refreshed first), this CPU's per-CPU DSQ, the previous task if still
- * runnable. A dispatch charges the task's last run (at most a slice) /
- * hweight ahead, settled by the runtime or refunded, so CPUs deciding at
- * once see each other's choices. A cgroup back from idle keeps at most
- * nr_cpus / 2 slices of credit against the cgroup clock: the highest
- * settled cvtime (less what is charged ahead) of a cgroup a dispatch chose.
+ * Virtual time. A task's runtime is charged to its cgroup's cvtime as
+ * ran / hweight and to its own vtime as ran * 100 / weight. ops.dispatch()
+ * serves the lowest cvtime (within a cgroup, task vtime) of: the first
+ * cgroup of an rbtree of the cgroups with queued tasks, keyed by cvtime (a
+ * stale key is refreshed first); this CPU's per-CPU DSQ; the previous task.
+ * A dispatch charges its task's last run (at most a slice) ahead, settled
+ * by the runtime or refunded, so CPUs deciding at once see each other's
+ * choices. A cgroup back from idle keeps at most nr_cpus / 2 slices of
+ * credit against the clock: the highest settled cvtime a dispatch chose.
  *
- * Placement: a synchronous wake-up goes to the waker's CPU if nothing
- * waits there, unless its waker fans out (woke several tasks before it
- * last slept, so it will not sleep after this one) and it is owed the
- * waker's CPU (below): then an idle CPU, another CPU it may preempt, or
- * else the waker's CPU, preempting the waker. A wake-up with an idle CPU
- * goes to that CPU, a per-CPU kthread
- * to its local DSQ, another single-CPU task to its CPU's per-CPU DSQ (the
- * CPU kicked or preempted), everything else to its cgroup's DSQ: a CPU
- * takes the first task it may run and passes over a cgroup with none, so
- * subset-restricted cgroups are served in cvtime order on their CPUs.
- * Where the waker has just woken an idle CPU, that CPU enqueues the rest
- * of its burst from its wake list, so the waker does not. A
- * waking task whose cgroup is behind the running one's by over slice / 8
- * (of the same cgroup: whose vtime is behind the running task's by as
- * much) preempts it, on its previous CPU or one of the next few, which
- * then counts as running it for the wake-ups that follow (a hint, not an
- * invariant: that CPU's ops.running() overwrites it): from
- * ops.select_cpu() straight onto that CPU's local DSQ
- * (what a kick and a dispatch would pick, without the round trip), a
- * single-CPU task by a kick from ops.enqueue(). A single-CPU task that
- * waited starve_slices slices is served first: cvtime order alone starves
- * it where a cgroup confined to its CPU stays below its share for good
- * (38-sched-cpuset). ops.enqueue()
- * does not rely on ops.select_cpu(): the loader allows queued wake-ups, so
- * a remote wake-up may be enqueued by its target CPU without one.
+ * Placement. A synchronous wake-up (a pipe write) goes to the waker's CPU
+ * if nothing waits there, to run when the waker sleeps; but a waker that
+ * fans out (woke several tasks between two sleeps) will not sleep next, so
+ * a wakee owed the waker's CPU is placed as any other wake-up: on an idle
+ * CPU, else preempting a CPU it is owed. A per-CPU kthread goes to its
+ * local DSQ, another single-CPU task to its CPU's per-CPU DSQ, the rest to
+ * its cgroup's DSQ, from which a CPU takes the first task it may run (so a
+ * cgroup confined to some CPUs is served in cvtime order on those). A
+ * single-CPU task that waited starve_slices slices is served first: cvtime
+ * order alone starves it where a cgroup confined to its CPU stays below its
+ * share.
+ *
+ * Preemption. A waking task is owed a CPU whose running task's cgroup is
+ * ahead of its own by over slice / 8 in cvtime (of its own cgroup: ahead
+ * in task vtime). It preempts its previous CPU or one of the next few,
+ * from ops.select_cpu() straight onto that CPU's local DSQ, and that CPU
+ * counts as running it for the rest of the waker's burst (a hint that its
+ * ops.running() overwrites). ops.enqueue() kicks a CPU owed itself, as the
+ * kernel may skip ops.select_cpu() (queued wake-ups).
  *
  * Contexts. A cgroup's context sits in an array slot claimed in
  * ops.cgroup_init() and linked to its parent's slot; a task keeps its
- * cgroup's id and slot. The hot callbacks walk the hierarchy by array
- * lookups, with no cgroup reference to take and drop. What can outlive a
- * cgroup (a tree node, a reservation, a queued count) holds its slot and
- * id, checked against the slot's owner. Cgroups deeper than MAX_DEPTH are
- * refused.
+ * cgroup's id and slot, so the hot callbacks walk the hierarchy by array
+ * lookups, with no cgroup reference to take. What can outlive a cgroup (a
+ * tree node, a reservation, a queued count) holds its slot and id, checked
+ * against the slot's owner. Cgroups deeper than MAX_DEPTH are refused.
  *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
@@ -107,7 +98,6 @@ struct cpu_ctx {
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
-	s32 woke_cpu;		/* + 1: idle CPU the running task woke a task on */
 	u32 sync_wakes;		/* synchronous wake-ups by the running task */
 	bool fans_out;		/* it woke several tasks before it last slept */
 };
@@ -118,6 +108,14 @@ struct {
 	__type(value, struct cpu_ctx);
 	__uint(max_entries, 1);
 } cpu_ctxs SEC(".maps");
+
+/* @cpu's context (a branch on @cpu here would make the victim loop's cpu precise) */
+static struct cpu_ctx *cpu_ctx(s32 cpu)
+{
+	u32 zero = 0;
+
+	return bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
+}
 
 /* cgroup contexts by slot (see Contexts above; flatcg_intf.h) */
 struct {
@@ -231,10 +229,7 @@ static struct agcg_cgrp_ctx *ctx_at(u32 slot, u64 cgid)
 	return cgc;
 }
 
-/*
- * @p's context, and its cgroup's in *@cgcp: both exist while @p is ours
- * (its cgroup cannot exit while @p is in it).
- */
+/* @p's context, and its cgroup's in *@cgcp: its cgroup cannot exit while it holds @p. */
 static struct task_ctx *task_ctxs_of(struct task_struct *p, struct agcg_cgrp_ctx **cgcp)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
@@ -277,6 +272,12 @@ static u64 scale_by_hweight(u64 ns, u64 hweight)
 	return ns * AGCG_HWEIGHT_ONE / (hweight ?: 1);
 }
 
+/* a CPU time as task vtime: time * 100 / weight */
+static u64 scale_by_weight(u64 ns, u64 weight)
+{
+	return ns * 100 / (weight ?: 1);
+}
+
 /* The clock follows what a cgroup has run, not what is charged ahead. */
 static void advance_clock(u32 slot, u64 cgid)
 {
@@ -289,25 +290,20 @@ static void advance_clock(u32 slot, u64 cgid)
 /* Charge @delta of cvtime ahead to @cgc (negative: settle or refund it). */
 static void add_reserved(struct agcg_cgrp_ctx *cgc, s64 delta)
 {
+	if (!cgc)
+		return;
 	__sync_fetch_and_add(&cgc->cvtime, delta);
 	if (__sync_add_and_fetch(&cgc->reserved, delta) < 0)
 		scx_bpf_error("cgroup %llu: cvtime charged ahead went negative", cgc->cgid);
 }
 
-/*
- * With @amount 0, charge @run_ns / hweight to @cgid ahead of the run a
- * dispatch starts, so that a CPU deciding meanwhile sees it (the task's
- * charges settle it) and return it; else refund @amount, unused.
- */
-static u64 reserve(u32 slot, u64 cgid, u64 amount, u64 run_ns)
+/* Charge @run_ns / hweight ahead to the cgroup a dispatch serves; return it. */
+static u64 reserve(u32 slot, u64 cgid, u64 run_ns)
 {
 	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
-	u64 r;
+	u64 r = cgc ? scale_by_hweight(run_ns, cgc->hweight) : 0;
 
-	if (!cgc)
-		return 0;
-	r = amount ?: scale_by_hweight(run_ns, cgc->hweight);
-	add_reserved(cgc, amount ? -amount : r);
+	add_reserved(cgc, r);
 	return r;
 }
 
@@ -336,10 +332,8 @@ static void unqueue(struct task_ctx *tctx)
 }
 
 /*
- * Recompute the hweight of @cgc and its ancestors if the generation moved,
- * top down: a level's is its parent's times weight / (sum of the active
- * siblings'). Each pass walks up to the highest stale level and refreshes
- * it: quadratic in the depth, each step an array lookup.
+ * Recompute @cgc's and its stale ancestors' hweights top down, each its parent's *
+ * weight / the active siblings' sum: quadratic in the depth, each step a lookup.
  */
 static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 {
@@ -396,7 +390,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	if (!ran)
 		return;
 
-	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + ran * 100 / (p->scx.weight ?: 1));
+	scx_bpf_task_set_dsq_vtime(p, p->scx.dsq_vtime + scale_by_weight(ran, p->scx.weight));
 	__sync_fetch_and_add(&cgc->cpu_time_ns, ran);
 }
 
@@ -432,53 +426,48 @@ static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 }
 
 /*
- * Should waking @p preempt what runs on @cpu? Of another cgroup: if @p's
- * cgroup is behind by over slice / 8 in cvtime; of its own: if @p is
- * behind the running task by as much in task vtime.
+ * Is waking @p owed @cpu? If its cgroup is behind the running task's by over
+ * slice / 8 in cvtime, or, in the same cgroup, @p is as far behind in vtime.
  */
 static bool owed_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
-	struct cpu_ctx *cpuc;
-	u32 zero = 0;
+	struct cpu_ctx *cpuc = cpu_ctx(cpu);
 	u64 ran;
 
-	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
 	if (!cpuc || !cpuc->run_cgid)
 		return false;
 	ran = bpf_ktime_get_ns() - cpuc->run_at;
 	if (cpuc->run_cgid == cgc->cgid)
-		return vtime_before(wake_vtime(p, cgc) + slice_ns / 8, cpuc->run_tvtime +
-				    ran * 100 / (cpuc->run_weight ?: 1));
+		return vtime_before(wake_vtime(p, cgc) + slice_ns / 8,
+				    cpuc->run_tvtime + scale_by_weight(ran, cpuc->run_weight));
 	return vtime_before(cgc->cvtime + slice_ns / 8, cpuc->run_cvtime +
 			    scale_by_hweight(ran, cpuc->run_hweight));
 }
 
-/*
- * @p will preempt what runs on @cpu: the next wake-up compares itself with
- * @p there, and does not pick the same CPU for the same reason.
- */
+/* @cpuc's CPU runs @p of @cgc from @now, at these vtimes: what owed_cpu() reads. */
+static void set_running(struct cpu_ctx *cpuc, struct task_struct *p, struct agcg_cgrp_ctx *cgc,
+			u64 cvtime, u64 tvtime, u64 now)
+{
+	cpuc->run_cgid = cgc->cgid;
+	cpuc->run_cvtime = cvtime;
+	cpuc->run_hweight = cgc->hweight;
+	cpuc->run_tvtime = tvtime;
+	cpuc->run_weight = p->scx.weight;
+	cpuc->run_at = now;
+}
+
+/* @p preempts @cpu: the rest of the burst compares itself with @p there. */
 static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
-	struct cpu_ctx *cpuc;
-	u32 zero = 0;
+	struct cpu_ctx *cpuc = cpu_ctx(cpu);
 
-	if (!cgc)	/* for the verifier: the callers have one */
-		return;
-	cpuc = bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
-	if (!cpuc)
-		return;
-	cpuc->run_cgid = cgc->cgid;
-	cpuc->run_cvtime = cgc->cvtime;
-	cpuc->run_hweight = cgc->hweight;
-	cpuc->run_tvtime = wake_vtime(p, cgc);
-	cpuc->run_weight = p->scx.weight;
-	cpuc->run_at = bpf_ktime_get_ns();
+	if (cpuc && cgc)	/* cgc: for the verifier, the callers have one */
+		set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), bpf_ktime_get_ns());
 }
 
 /*
- * A CPU @p may preempt, other than @skip: its previous CPU, then the next
- * few; -1 for none. For a synchronous wake-up the waker's CPU is left to
- * last: the waker goes on with work of @p's cgroup.
+ * A CPU @p is owed other than @skip (a sync waker's, left to last: the waker goes
+ * on with work of @p's cgroup): its previous CPU or one of the next few; -1 for none.
  */
 static s32 owed_cpu_near(struct task_struct *p, struct agcg_cgrp_ctx *cgc, s32 prev_cpu,
 			 s32 skip)
@@ -500,20 +489,16 @@ static s32 owed_cpu_near(struct task_struct *p, struct agcg_cgrp_ctx *cgc, s32 p
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
-	struct task_struct *waker = (void *)bpf_get_current_task_btf();
-	s32 this_cpu = bpf_get_smp_processor_id(), cpu = this_cpu;
+	s32 this_cpu = bpf_get_smp_processor_id(), cpu, victim = -1;
+	struct cpu_ctx *cpuc = cpu_ctx(this_cpu);
 	struct agcg_cgrp_ctx *cgc = NULL;
-	struct cpu_ctx *cpuc;
 	bool is_idle, sync, owed_here = false;
-	s32 victim = -1;
-	u32 zero = 0;
 
-	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
 	if (!cpuc || !task_ctxs_of(p, &cgc) || !cgc)
 		return prev_cpu;
 	if (p->nr_cpus_allowed == 1)
 		cgc = NULL;	/* single-CPU tasks: ops.enqueue() decides */
-	sync = (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+	sync = (wake_flags & SCX_WAKE_SYNC) && !(bpf_get_current_task_btf()->flags & PF_EXITING) &&
 	       bpf_cpumask_test_cpu(this_cpu, p->cpus_ptr);
 	if (sync) {
 		/* a waker that wakes several tasks does not sleep after the first */
@@ -534,22 +519,12 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 	if (is_idle) {
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-		if (cpu != this_cpu)
-			cpuc->woke_cpu = cpu + 1;
 	} else if ((cgc && (victim = owed_cpu_near(p, cgc, cpu, sync ? this_cpu : -1)) >= 0) || owed_here) {
 		/* what a kick and a dispatch would pick, without the round trip */
 		cpu = victim >= 0 ? victim : this_cpu;
 		claim_cpu(cpu, p, cgc);
 		gstat_inc(AGCG_GS_PREEMPT);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, SCX_ENQ_PREEMPT);
-	} else if (cpuc->woke_cpu && bpf_cpumask_test_cpu(cpuc->woke_cpu - 1, p->cpus_ptr)) {
-		/*
-		 * Bound for its cgroup's DSQ, which any CPU takes from: let the
-		 * CPU this waker just woke enqueue it with the wake-up queued
-		 * there, instead of the waker before its next step.
-		 */
-		gstat_inc(AGCG_GS_WAKE_LIST);
-		cpu = cpuc->woke_cpu - 1;
 	}
 	return cpu;
 }
@@ -558,7 +533,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	u64 tvtime;
 	s32 cpu;
 
 	if (!tctx)
@@ -582,12 +556,11 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		if (!scx_bpf_test_and_clear_cpu_idle(cpu))
 			cpu = -1;
 	} else {
-		tvtime = wake_vtime(p, cgc);
 		/* counted before the insertion, which the kernel completes later */
 		__sync_fetch_and_add(&cgc->nr_queued, 1);
 		tctx->queued_cgid = tctx->cgid;
 		tctx->queued_slot = tctx->slot;
-		scx_bpf_dsq_insert_vtime(p, tctx->cgid, slice_ns, tvtime, enq_flags);
+		scx_bpf_dsq_insert_vtime(p, tctx->cgid, slice_ns, wake_vtime(p, cgc), enq_flags);
 		gstat_inc(p->nr_cpus_allowed < nr_online ? AGCG_GS_SUBSET : AGCG_GS_CGROUP);
 		cgrp_enqueued(cgc);
 		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
@@ -605,13 +578,15 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	}
 }
 
-/* Active counts and weight sums up the tree, as a cgroup (de)activates. */
-static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
+/* Active counts and weight sums up the tree, as @p's cgroup (de)activates. */
+static void update_active(struct task_struct *p, bool runnable)
 {
 	u64 max_credit = slice_ns * nr_online / 2;
-	struct agcg_cgrp_ctx *c;
+	struct agcg_cgrp_ctx *c, *cgc;
 	int idx;
 
+	if (!task_ctxs_of(p, &cgc) || !cgc)
+		return;
 	if (runnable ? __sync_fetch_and_add(&cgc->nr_runnable, 1) :
 		       __sync_sub_and_fetch(&cgc->nr_runnable, 1))
 		return;
@@ -652,34 +627,24 @@ static void update_active(struct agcg_cgrp_ctx *cgc, bool runnable)
 		__sync_fetch_and_add(&hweight_gen, 1);
 }
 
-static void task_active(struct task_struct *p, bool runnable)
-{
-	struct agcg_cgrp_ctx *cgc;
-
-	task_ctxs_of(p, &cgc);
-	if (cgc)
-		update_active(cgc, runnable);
-}
-
 void BPF_STRUCT_OPS(agcg_runnable, struct task_struct *p, u64 enq_flags)
 {
-	task_active(p, true);
+	update_active(p, true);
 }
 
 void BPF_STRUCT_OPS(agcg_quiescent, struct task_struct *p, u64 deq_flags)
 {
-	task_active(p, false);
+	update_active(p, false);
 }
 
 void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	struct cpu_ctx *cpuc;
+	struct cpu_ctx *cpuc = cpu_ctx(bpf_get_smp_processor_id());
 	u64 now = bpf_ktime_get_ns();
-	u32 zero = 0;
 
-	if (!tctx || !cgc)
+	if (!tctx || !cgc || !cpuc)
 		return;
 	tctx->started_at = now;
 	unqueue(tctx);
@@ -688,24 +653,15 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	if (vtime_before(cgc->tvtime_now, p->scx.dsq_vtime))
 		cgc->tvtime_now = p->scx.dsq_vtime;
 
-	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
-	if (cpuc) {
-		if (cpuc->res_cgid == tctx->cgid) {
-			tctx->reserved += cpuc->reserved;
-			cpuc->reserved = 0;
-			cpuc->res_cgid = 0;
-		}
-		cpuc->run_cgid = tctx->cgid;
-		cpuc->woke_cpu = 0;	/* stale if the idle task ran before */
-		/* as dispatch() will see it: the reservation settles then */
-		cpuc->run_cvtime = cgc->cvtime - tctx->reserved;
-		cpuc->run_hweight = cgc->hweight;
-		cpuc->run_tvtime = p->scx.dsq_vtime;
-		cpuc->run_weight = p->scx.weight;
-		cpuc->run_at = now;
-		cpuc->sync_wakes = 0;
-		cpuc->fans_out = tctx->fans_out || tctx->sync_wakes;
+	if (cpuc->res_cgid == tctx->cgid) {
+		tctx->reserved += cpuc->reserved;
+		cpuc->reserved = 0;
+		cpuc->res_cgid = 0;
 	}
+	/* its cvtime as dispatch() will see it: the reservation settles then */
+	set_running(cpuc, p, cgc, cgc->cvtime - tctx->reserved, p->scx.dsq_vtime, now);
+	cpuc->sync_wakes = 0;
+	cpuc->fans_out = tctx->fans_out || tctx->sync_wakes;
 	__sync_fetch_and_add(&cgc->dispatches, 1);
 }
 
@@ -713,24 +669,18 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	struct cpu_ctx *cpuc;
-	u32 zero = 0;
+	struct cpu_ctx *cpuc = cpu_ctx(bpf_get_smp_processor_id());
 
-	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
-	if (cpuc) {
-		cpuc->run_cgid = 0;
-		cpuc->woke_cpu = 0;
-		if (tctx) {
-			tctx->sync_wakes += cpuc->sync_wakes;
-			if (!runnable && tctx->sync_wakes) {
-				tctx->fans_out = tctx->sync_wakes > 1;
-				tctx->sync_wakes = 0;
-			}
-		}
-		cpuc->sync_wakes = 0;
-	}
-	if (!tctx || !cgc)
+	if (!tctx || !cgc || !cpuc)
 		return;
+	cpuc->run_cgid = 0;
+	/* it fans out if it woke several tasks between its last two sleeps */
+	tctx->sync_wakes += cpuc->sync_wakes;
+	cpuc->sync_wakes = 0;
+	if (!runnable && tctx->sync_wakes) {
+		tctx->fans_out = tctx->sync_wakes > 1;
+		tctx->sync_wakes = 0;
+	}
 	charge(p, tctx, cgc, bpf_ktime_get_ns());
 	tctx->started_at = 0;
 	tctx->last_run_ns = tctx->run_ns;
@@ -775,7 +725,7 @@ static void reserve_here(struct cpu_ctx *cpuc, struct cand *c, u64 run_ns)
 {
 	cpuc->res_cgid = c->cgid;
 	cpuc->res_slot = c->slot;
-	cpuc->reserved = reserve(c->slot, c->cgid, 0, run_ns);
+	cpuc->reserved = reserve(c->slot, c->cgid, run_ns);
 }
 
 enum pick_ret {
@@ -785,12 +735,10 @@ enum pick_ret {
 };
 
 /*
- * Pop the tree's first cgroup unless @best comes before it, and move one of
- * its tasks that this CPU may run to the local DSQ. A node whose key lags
- * the cgroup's cvtime goes back with the new key (if others are on the
- * tree: alone, it is compared with @best again). A cgroup with tasks none
- * of which this CPU may run is passed over (parked in @cpu's skip slots);
- * one with none is retired to its stash.
+ * Pop the tree's first cgroup unless @best comes first, and move a task of it this
+ * CPU may run to the local DSQ. A stale key is refreshed (requeued, unless alone);
+ * a cgroup with no task for this CPU is parked in its skip slots, an empty one
+ * retired to its stash.
  */
 static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_skipped)
 {
@@ -875,10 +823,9 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		(*nr_skipped)++;
 	} else {
 		/*
-		 * Empty: retire the node to its stash, then clear queued. An
-		 * enqueue that sets queued after the clear takes the node from
-		 * the stash; one that found it set counted its task before, so
-		 * the check below sees it and takes the node back.
+		 * Empty: stash the node, then clear queued. An enqueue that sets it
+		 * after takes the node from the stash; one that found it set counted
+		 * its task before, which the check below sees: the node goes back.
 		 */
 		gstat_inc(AGCG_GS_RETIRE);
 		slot = bpf_map_lookup_elem(&cg_stash, &cgid);
@@ -928,30 +875,30 @@ static struct task_ctx *cand_of(struct task_struct *p, struct cand *c, bool char
 void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 {
 	struct cand best = {}, local = {};
+	struct task_ctx *tctx, *prev_tctx = NULL;
 	struct task_struct *head;
-	struct task_ctx *tctx;
 	struct node_slot *slot;
 	struct cpu_ctx *cpuc;
 	struct cg_node *node;
 	bool from_local = false, done = false, more = false;
 	u64 now = bpf_ktime_get_ns();
-	u32 nr_skipped = 0, i, idx, zero = 0;
+	u32 nr_skipped = 0, i, idx;
 
-	cpuc = bpf_map_lookup_elem(&cpu_ctxs, &zero);
+	cpuc = cpu_ctx(cpu);
 	if (!cpuc) {
 		scx_bpf_error("no CPU context");
 		return;
 	}
 	/* the last dispatch's reservation that no task used */
 	if (cpuc->reserved) {
-		reserve(cpuc->res_slot, cpuc->res_cgid, cpuc->reserved, 0);
+		add_reserved(ctx_at(cpuc->res_slot, cpuc->res_cgid), -cpuc->reserved);
 		cpuc->reserved = 0;
 		cpuc->res_cgid = 0;
 	}
 
 	/* the previous task, still runnable: charged up to now */
 	if (prev && (prev->scx.flags & SCX_TASK_QUEUED) &&
-	    cand_of(prev, &best, true, now) && cpuc->run_cgid) {
+	    (prev_tctx = cand_of(prev, &best, true, now)) && cpuc->run_cgid) {
 		cpuc->run_cvtime = best.cvtime;
 		cpuc->run_tvtime = best.tvtime;
 		cpuc->run_at = now;
@@ -1012,13 +959,10 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
-	if (prev && (prev->scx.flags & SCX_TASK_QUEUED)) {
+	if (prev && prev_tctx) {
 		/* nothing dispatched: the kernel keeps running @prev */
 		scx_bpf_task_set_slice(prev, slice_ns);
-		tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
-		if (tctx)
-			tctx->reserved += reserve(tctx->slot, tctx->cgid, 0,
-						  expected_run(prev));
+		prev_tctx->reserved += reserve(prev_tctx->slot, prev_tctx->cgid, expected_run(prev));
 		gstat_inc(AGCG_GS_PICK_PREV);
 	}
 }

@@ -115,8 +115,6 @@ global_counters! {
     idle_kicks = agcg_gstat_AGCG_GS_KICK;
     /// CPUs preempted for a waking task whose cgroup (or, in one cgroup, vtime) was behind.
     preempts = agcg_gstat_AGCG_GS_PREEMPT;
-    /// Woke up with no idle CPU: enqueued by the CPU its waker had just woken.
-    wake_list = agcg_gstat_AGCG_GS_WAKE_LIST;
     /// Single-CPU tasks served first after waiting 25 slices.
     pcpu_aged = agcg_gstat_AGCG_GS_PCPU_AGED;
     /// Anomaly: a dispatch ran out of its pick budget (1024 cgroups).
