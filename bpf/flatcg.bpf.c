@@ -26,29 +26,26 @@
  * Placement. A synchronous wake-up (a pipe write) goes to the waker's CPU
  * if nothing waits there, to run when the waker sleeps; but a waker that
  * fans out (woke several tasks between two sleeps) will not sleep next, so
- * a wakee owed the waker's CPU is placed as any other wake-up: on an idle
- * CPU, else preempting a CPU it is owed. A per-CPU kthread goes to its
- * local DSQ, another single-CPU task to its CPU's per-CPU DSQ, the rest to
- * its cgroup's DSQ, from which a CPU takes the first task it may run (so a
- * cgroup confined to some CPUs is served in cvtime order on those). A
- * single-CPU task that waited starve_slices slices is served first: cvtime
- * order alone starves it where a cgroup confined to its CPU stays below its
- * share.
+ * a wakee owed the waker's CPU is placed as any other: on an idle CPU, else
+ * preempting a CPU it is owed. A per-CPU kthread goes to its local DSQ,
+ * another single-CPU task to its CPU's per-CPU DSQ (served first once it
+ * waited starve_slices slices: cvtime order alone starves it where a cgroup
+ * confined to its CPU stays below its share), the rest to its cgroup's DSQ,
+ * from which a CPU takes the first task it may run.
  *
  * Preemption. A waking task is owed a CPU whose running task's cgroup is
- * ahead of its own by over slice / 8 in cvtime (of its own cgroup: ahead
- * in task vtime). It preempts its previous CPU or one of the next few,
- * from ops.select_cpu() straight onto that CPU's local DSQ, and that CPU
- * counts as running it for the rest of the waker's burst (a hint that its
- * ops.running() overwrites). ops.enqueue() kicks a CPU owed itself, as the
- * kernel may skip ops.select_cpu() (queued wake-ups).
+ * ahead of its own by over slice / 8 in cvtime (in its own cgroup: in task
+ * vtime). From ops.select_cpu() it goes straight to the local DSQ of its
+ * previous CPU or one of the next few, which counts as running it for the
+ * rest of the waker's burst (a hint that ops.running() overwrites);
+ * ops.enqueue() kicks an owed CPU itself, as the kernel may skip
+ * ops.select_cpu() (queued wake-ups).
  *
  * Contexts. A cgroup's context sits in an array slot claimed in
- * ops.cgroup_init() and linked to its parent's slot; a task keeps its
- * cgroup's id and slot, so the hot callbacks walk the hierarchy by array
- * lookups, with no cgroup reference to take. What can outlive a cgroup (a
- * tree node, a reservation, a queued count) holds its slot and id, checked
- * against the slot's owner. Cgroups deeper than MAX_DEPTH are refused.
+ * ops.cgroup_init() and linked to its parent's; a task keeps its cgroup's
+ * id and slot, so the hot callbacks walk the hierarchy by array lookups.
+ * What can outlive a cgroup (a tree node, a reservation, a queued count)
+ * holds its slot and id, checked against the slot's owner.
  *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
@@ -374,10 +371,9 @@ static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 static void charge(struct task_struct *p, struct task_ctx *tctx,
 		   struct agcg_cgrp_ctx *cgc, u64 now)
 {
-	u64 ran = 0;
+	u64 ran = tctx->started_at && vtime_before(tctx->started_at, now) ?
+		  now - tctx->started_at : 0;
 
-	if (tctx->started_at && vtime_before(tctx->started_at, now))
-		ran = now - tctx->started_at;
 	tctx->started_at = now;
 	tctx->run_ns += ran;
 	/* a task kept running never passes ops.running(): refresh here too */
@@ -418,11 +414,9 @@ static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 /* A waking task's vtime: one that slept keeps at most one slice of credit. */
 static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
-	u64 tvtime = p->scx.dsq_vtime;
+	u64 floor = cgc->tvtime_now - slice_ns;
 
-	if (vtime_before(tvtime, cgc->tvtime_now - slice_ns))
-		tvtime = cgc->tvtime_now - slice_ns;
-	return tvtime;
+	return vtime_before(p->scx.dsq_vtime, floor) ? floor : p->scx.dsq_vtime;
 }
 
 /*
@@ -601,7 +595,7 @@ static void update_active(struct task_struct *p, bool runnable)
 	c = cgc;
 	bpf_for(idx, 0, MAX_DEPTH) {
 		struct agcg_cgrp_ctx *pc;
-		bool propagate = false;
+		bool propagate;
 
 		if (!c->level)
 			break;
@@ -610,13 +604,9 @@ static void update_active(struct task_struct *p, bool runnable)
 			break;
 
 		bpf_spin_lock(&cg_tree_lock);
-		if (runnable && !c->nr_active++) {
-			pc->child_weight_sum += c->weight;
-			propagate = true;
-		} else if (!runnable && c->nr_active && !--c->nr_active) {
-			pc->child_weight_sum -= c->weight;
-			propagate = true;
-		}
+		propagate = runnable ? !c->nr_active++ : c->nr_active && !--c->nr_active;
+		if (propagate)
+			pc->child_weight_sum += runnable ? c->weight : -(s64)c->weight;
 		bpf_spin_unlock(&cg_tree_lock);
 		if (!propagate)
 			break;
@@ -697,9 +687,8 @@ void BPF_STRUCT_OPS(agcg_disable, struct task_struct *p)
 
 void BPF_STRUCT_OPS(agcg_cgroup_set_weight, struct cgroup *cgrp, u32 weight)
 {
-	struct agcg_cgrp_ctx *cgc, *pc = NULL;
+	struct agcg_cgrp_ctx *pc = NULL, *cgc = cgrp_ctx_of(cgrp, NULL);
 
-	cgc = cgrp_ctx_of(cgrp, NULL);
 	if (!cgc || (cgc->level && !(pc = parent_ctx(cgc))))
 		return;
 
@@ -747,9 +736,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	struct bpf_rb_node *rb;
 	struct cg_node *node;
 	struct agcg_cgrp_ctx *cgc;
-	u32 idx = cpu * MAX_SKIP + *nr_skipped;
+	u32 idx = cpu * MAX_SKIP + *nr_skipped, cslot;
 	u64 cgid, key;
-	u32 cslot;
 	bool retire, alone;
 
 	bpf_spin_lock(&cg_tree_lock);
@@ -843,15 +831,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	if (!retire)
 		return PICK_AGAIN;
 	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
-	if (cgc->nr_queued > 0 && !__sync_val_compare_and_swap(&cgc->queued, 0, 1)) {
-		node = bpf_kptr_xchg(&slot->node, NULL);
-		if (!node) {
-			scx_bpf_error("cgroup %llu: node lost while retiring", cgid);
-			return PICK_NONE;
-		}
-		node->cvtime = cgc->cvtime;
-		tree_add(node);
-	}
+	if (cgc->nr_queued > 0)
+		cgrp_enqueued(cgc);
 	return PICK_AGAIN;
 }
 
@@ -878,13 +859,13 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct task_ctx *tctx, *prev_tctx = NULL;
 	struct task_struct *head;
 	struct node_slot *slot;
-	struct cpu_ctx *cpuc;
+	struct cpu_ctx *cpuc = cpu_ctx(cpu);
 	struct cg_node *node;
-	bool from_local = false, done = false, more = false;
+	bool from_local = false;
 	u64 now = bpf_ktime_get_ns();
 	u32 nr_skipped = 0, i, idx;
+	int ret = PICK_NONE;
 
-	cpuc = cpu_ctx(cpu);
 	if (!cpuc) {
 		scx_bpf_error("no CPU context");
 		return;
@@ -907,12 +888,11 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* the head of this CPU's single-CPU tasks */
 	head = __COMPAT_scx_bpf_dsq_peek(PCPU_DSQ(cpu));
 	if (head && (tctx = cand_of(head, &local, false, now))) {
-		if (now - tctx->queued_at > starve_slices * slice_ns) {
-			if (scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-				reserve_here(cpuc, &local, expected_run(head));
-				gstat_inc(AGCG_GS_PCPU_AGED);
-				return;
-			}
+		if (now - tctx->queued_at > starve_slices * slice_ns &&
+		    scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
+			reserve_here(cpuc, &local, expected_run(head));
+			gstat_inc(AGCG_GS_PCPU_AGED);
+			return;
 		}
 		if (!best.cgid || (best.cgid != local.cgid ?
 				   !vtime_before(best.cvtime, local.cvtime) :
@@ -925,16 +905,12 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* unlocked: a node added just after is missed with the lock too */
 	if (READ_ONCE(nr_on_tree)) {
 		bpf_for(i, 0, MAX_PICKS) {
-			int ret = pick_one(cpu, cpuc, &best, &nr_skipped);
-
-			more = ret == PICK_AGAIN;
-			if (!more) {
-				done = ret == PICK_DONE;
+			ret = pick_one(cpu, cpuc, &best, &nr_skipped);
+			if (ret != PICK_AGAIN)
 				break;
-			}
 		}
 	}
-	if (more) {
+	if (ret == PICK_AGAIN) {
 		/* more cgroups than one dispatch may look at: continue later */
 		gstat_inc(AGCG_GS_PICK_BUDGET);
 		scx_bpf_kick_cpu(cpu, 0);
@@ -951,7 +927,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 			tree_add(node);
 	}
 
-	if (done || !best.cgid)
+	if (ret == PICK_DONE || !best.cgid)
 		return;
 	advance_clock(best.slot, best.cgid);
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
@@ -969,10 +945,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 s32 BPF_STRUCT_OPS(agcg_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
-	struct task_ctx *tctx;
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	struct agcg_cgrp_ctx *cgc;
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!tctx)
 		return -ENOMEM;
 	*tctx = (struct task_ctx){ .cgid = args->cgroup->kn->id };
@@ -1065,9 +1040,8 @@ void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 {
 	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
 	u64 cgid = cgrp->kn->id;
-	struct agcg_cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc = slot ? ctx_at(*slot, cgid) : NULL;
 
-	cgc = slot ? ctx_at(*slot, cgid) : NULL;
 	if (cgc && cgc->nr_queued)
 		scx_bpf_error("cgroup %llu exits with nr_queued %lld", cgid, cgc->nr_queued);
 	/* a node still on the tree is dropped when a CPU pops it */
@@ -1081,12 +1055,10 @@ void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 		    struct cgroup *from, struct cgroup *to)
 {
-	struct agcg_cgrp_ctx *from_c, *to_c;
-	struct task_ctx *tctx;
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	struct agcg_cgrp_ctx *from_c = cgrp_ctx_of(from, NULL), *to_c;
 	u32 to_slot;
 
-	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	from_c = cgrp_ctx_of(from, NULL);
 	to_c = cgrp_ctx_of(to, &to_slot);
 	if (!tctx || !from_c || !to_c)
 		return;
@@ -1094,10 +1066,8 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 	tctx->slot = to_slot;
 
 	/* its reservation moves along; its lag against the task clock too */
-	if (tctx->reserved) {
-		add_reserved(from_c, -tctx->reserved);
-		add_reserved(to_c, tctx->reserved);
-	}
+	add_reserved(from_c, -tctx->reserved);
+	add_reserved(to_c, tctx->reserved);
 	scx_bpf_task_set_dsq_vtime(p, to_c->tvtime_now + (p->scx.dsq_vtime - from_c->tvtime_now));
 }
 
