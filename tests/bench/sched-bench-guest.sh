@@ -161,7 +161,7 @@ summary() {
         }
         function mm(a, n, lo,   i, v) { v = a[1]; for (i = 2; i <= n; i++) if (lo ? a[i] < v : a[i] > v) v = a[i]; return v }
         $1 == "ov" { t[$2, $3, $4] = $5; if (!($3 in seen)) { seen[$3] = 1; wl[++nw] = $3 } if ($2 > nr) nr = $2 }
-        $1 == "lat" { p50[$2, $3, $4] = $5; p99[$2, $3, $4] = $6; n[$3, $4] += $7; if ($2 > nl) nl = $2 }
+        $1 == "lat" { p50[$2, $3, $4] = $5; p99[$2, $3, $4] = $6; n[$3, $4] += $7; cy[$3, $4] += $8; bu[$2, $3, $4] = $9; if ($2 > nl) nl = $2 }
         END {
             for (i = 1; i <= nw; i++) {
                 w = wl[i]; m = 0
@@ -183,19 +183,20 @@ summary() {
                 for (r = 1; r <= nl; r++) if (p50[r, l, "kernel"] > 0 && p50[r, l, "agentcg"] > 0) {
                     m++; k5[m] = p50[r, l, "kernel"]; a5[m] = p50[r, l, "agentcg"]; k9[m] = p99[r, l, "kernel"]; a9[m] = p99[r, l, "agentcg"]
                     q5[m] = a5[m] / k5[m]; q9[m] = a9[m] / k9[m]; c5[m] = q5[m]; c9[m] = q9[m]
+                    kb[m] = bu[r, l, "kernel"]; ab[m] = bu[r, l, "agentcg"]
                 }
                 if (!m) continue
-                printf "BENCH latency %s kernel %d %d %d\n", l, med(k5, m), med(k9, m), n[l, "kernel"]
-                printf "BENCH latency %s agentcg %d %d %d\n", l, med(a5, m), med(a9, m), n[l, "agentcg"]
+                printf "BENCH latency %s kernel %d %d %d %d %d\n", l, med(k5, m), med(k9, m), n[l, "kernel"], cy[l, "kernel"], med(kb, m)
+                printf "BENCH latency %s agentcg %d %d %d %d %d\n", l, med(a5, m), med(a9, m), n[l, "agentcg"], cy[l, "agentcg"], med(ab, m)
                 printf "BENCH latratio %s %.3f %.3f %.3f %.3f %.3f %.3f %d\n", l, med(q5, m), mm(c5, m, 1), mm(c5, m, 0), med(q9, m), mm(c9, m, 1), mm(c9, m, 0), m
                 m = 0
                 for (r = 1; r <= nl; r++) if (p50[r, l, "kernel"] > 0 && p50[r, l, "agentcg"] > 0 && p50[r, l, "floor"] > 0) {
-                    m++; f5[m] = p50[r, l, "floor"]; f9[m] = p99[r, l, "floor"]
+                    m++; f5[m] = p50[r, l, "floor"]; f9[m] = p99[r, l, "floor"]; fb[m] = bu[r, l, "floor"]
                     fk5[m] = f5[m] / p50[r, l, "kernel"]; fk9[m] = f9[m] / p99[r, l, "kernel"]
                     af5[m] = p50[r, l, "agentcg"] / f5[m]; af9[m] = p99[r, l, "agentcg"] / f9[m]
                 }
                 if (!m) continue
-                printf "BENCH latency %s floor %d %d %d\n", l, med(f5, m), med(f9, m), n[l, "floor"]
+                printf "BENCH latency %s floor %d %d %d %d %d\n", l, med(f5, m), med(f9, m), n[l, "floor"], cy[l, "floor"], med(fb, m)
                 printf "BENCH floor_latratio %s %.3f %.3f %.3f %.3f %d\n", l, med(fk5, m), med(fk9, m), med(af5, m), med(af9, m), m
             }
         }' $OVLOG

@@ -13,7 +13,10 @@
 //! - `wakeup SECONDS [WORKERS]`: a message thread wakes WORKERS (default 4)
 //!   worker threads through pipes, every 2 ms; each worker records the delay
 //!   from the write to its wake-up and spins 100 us (schbench's shape);
-//!   prints `p50_us p99_us samples`.
+//!   prints `p50_us p99_us samples cycles burst_p50_us`: the wake-up delay's
+//!   percentiles and count, how many times the message thread woke the
+//!   workers, and the median time from its first write to the last
+//!   worker's reply (what decides how many cycles fit in the run).
 //! - `churn DIR COUNT`: COUNT times, makes the cgroup DIR/cN, moves itself
 //!   into it, back to DIR/park (made if missing) and removes it: cgroups
 //!   born and gone under the scheduler (VM case 39); prints seconds.
@@ -121,7 +124,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn wakeup(seconds: u64, workers: u64) -> std::io::Result<(u64, u64, usize)> {
+/// What `wakeup` measured (see the module doc).
+struct WakeStats {
+    p50_us: u64,
+    p99_us: u64,
+    samples: usize,
+    cycles: usize,
+    burst_p50_us: u64,
+}
+
+fn wakeup(seconds: u64, workers: u64) -> std::io::Result<WakeStats> {
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let (mut ack_r, ack_w) = pipe()?;
@@ -154,12 +166,15 @@ fn wakeup(seconds: u64, workers: u64) -> std::io::Result<(u64, u64, usize)> {
     drop(ack_w);
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut buf = vec![0u8; workers as usize];
+    let mut bursts = Vec::new();
     while Instant::now() < end {
+        let first_write = Instant::now();
         for k in kicks.iter_mut() {
             let now = base.elapsed().as_nanos() as u64;
             k.write_all(&now.to_ne_bytes())?;
         }
         ack_r.read_exact(&mut buf)?;
+        bursts.push(first_write.elapsed().as_micros() as u64);
         std::thread::sleep(Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
@@ -171,7 +186,14 @@ fn wakeup(seconds: u64, workers: u64) -> std::io::Result<(u64, u64, usize)> {
         all.extend(t.join().expect("wakeup worker panicked")?);
     }
     all.sort_unstable();
-    Ok((percentile(&all, 0.5), percentile(&all, 0.99), all.len()))
+    bursts.sort_unstable();
+    Ok(WakeStats {
+        p50_us: percentile(&all, 0.5),
+        p99_us: percentile(&all, 0.99),
+        samples: all.len(),
+        cycles: bursts.len(),
+        burst_p50_us: percentile(&bursts, 0.5),
+    })
 }
 
 fn churn(dir: &std::path::Path, count: u64) -> std::io::Result<f64> {
@@ -213,8 +235,12 @@ fn main() -> ExitCode {
             _ => return usage(),
         },
         Some("wakeup") => match arg(&args, 2) {
-            Some(s) => wakeup(s, arg(&args, 3).unwrap_or(4))
-                .map(|(p50, p99, n)| println!("{p50} {p99} {n}")),
+            Some(s) => wakeup(s, arg(&args, 3).unwrap_or(4)).map(|w| {
+                println!(
+                    "{} {} {} {} {}",
+                    w.p50_us, w.p99_us, w.samples, w.cycles, w.burst_p50_us
+                )
+            }),
             None => return usage(),
         },
         Some("churn") => match (args.get(2), arg(&args, 3)) {
@@ -248,8 +274,11 @@ mod tests {
     fn workloads_run() {
         assert!(pipe_bench(100, None).unwrap() > 0.0);
         assert!(hackbench(1, 5).unwrap() > 0.0);
-        let (p50, p99, n) = wakeup(1, 2).unwrap();
-        assert!(n > 0 && p50 <= p99);
+        let w = wakeup(1, 2).unwrap();
+        assert!(w.samples > 0 && w.p50_us <= w.p99_us);
+        // every cycle wakes both workers once
+        assert!(w.cycles > 0 && w.samples == 2 * w.cycles);
+        assert!(w.burst_p50_us > 0);
     }
 
     /// The pinned-apart ping-pong really runs its threads on the two CPUs.
