@@ -78,7 +78,7 @@ sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; exec agentcg-schedbench wakeup 2 4" >
     fail "wake-up workload failed"
 p1=$(counter preempts)
 n=$(awk '{ print $3 }' /tmp/wake31.txt)
-echo "4 workers woken every 2 ms (p50 p99 samples, us): $(cat /tmp/wake31.txt); preempts ${p0:-?} -> ${p1:-?}"
+echo "4 workers woken every 2 ms (p50 p99 samples cycles burst, us): $(cat /tmp/wake31.txt); preempts ${p0:-?} -> ${p1:-?}"
 [ -n "$p0" ] && [ -n "$p1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
 [ $((p1 - p0)) -ge $((n / 8)) ] || fail "$((p1 - p0)) preemptions for $n wake-ups of a fan-out"
 

@@ -33,7 +33,7 @@ sh -c "echo \$\$ > $CG/t32/wake/cgroup.procs; exec agentcg-schedbench wakeup 2 4
     fail "wake-up workload failed"
 sleep 2
 p1=$(counter /tmp/scx32.log preempts)
-echo "wake-ups among hogs (p50 p99 samples, us): $(cat /tmp/wake32.txt); preempts ${p0:-?} -> ${p1:-?}"
+echo "wake-ups among hogs (p50 p99 samples cycles burst, us): $(cat /tmp/wake32.txt); preempts ${p0:-?} -> ${p1:-?}"
 n=$(awk '{ print $3 }' /tmp/wake32.txt)
 [ -n "$p0" ] && [ -n "$p1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
 [ $((p1 - p0)) -ge $((n / 2)) ] || fail "$((p1 - p0)) preemptions for $n wake-ups among hogs"
