@@ -329,8 +329,8 @@ static void unqueue(struct task_ctx *tctx)
 }
 
 /*
- * Recompute @cgc's and its stale ancestors' hweights top down, each its parent's *
- * weight / the active siblings' sum: quadratic in the depth, each step a lookup.
+ * Recompute @cgc's and its stale ancestors' hweights top down, each its parent's
+ * times weight / the active siblings' sum: quadratic in the depth, each a lookup.
  */
 static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 {
@@ -414,9 +414,9 @@ static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 /* A waking task's vtime: one that slept keeps at most one slice of credit. */
 static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
-	u64 floor = cgc->tvtime_now - slice_ns;
+	u64 oldest = cgc->tvtime_now - slice_ns;
 
-	return vtime_before(p->scx.dsq_vtime, floor) ? floor : p->scx.dsq_vtime;
+	return vtime_before(p->scx.dsq_vtime, oldest) ? oldest : p->scx.dsq_vtime;
 }
 
 /*
