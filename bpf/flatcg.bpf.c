@@ -857,6 +857,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 {
 	struct cand best = {}, local = {};
 	struct task_ctx *tctx, *prev_tctx = NULL;
+	struct agcg_cgrp_ctx *cgc;
 	struct task_struct *head;
 	struct node_slot *slot;
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
@@ -879,11 +880,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	/* the previous task, still runnable: charged up to now */
 	if (prev && (prev->scx.flags & SCX_TASK_QUEUED) &&
-	    (prev_tctx = cand_of(prev, &best, true, now)) && cpuc->run_cgid) {
-		cpuc->run_cvtime = best.cvtime;
-		cpuc->run_tvtime = best.tvtime;
-		cpuc->run_at = now;
-	}
+	    (prev_tctx = cand_of(prev, &best, true, now)) && cpuc->run_cgid &&
+	    (cgc = ctx_at(best.slot, best.cgid)))
+		set_running(cpuc, prev, cgc, best.cvtime, best.tvtime, now);
 
 	/* the head of this CPU's single-CPU tasks */
 	head = __COMPAT_scx_bpf_dsq_peek(PCPU_DSQ(cpu));
