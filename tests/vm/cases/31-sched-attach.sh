@@ -68,15 +68,15 @@ grep -q "hweight_updates=[1-9].* pick_budget=0" /tmp/mon31.log ||
 # or preempt (counter preempts; with no other cgroup running, only this
 # rule preempts), instead of waiting for it to sleep (docs/scheduler.md).
 kill -9 $HOGS; HOGS=
-counter() { # NAME
+monitor_counter() { # NAME: as scx_agentcg --monitor prints it
     scx_agentcg --monitor -i 0.5 >/tmp/wl31.log 2>&1 &
     m=$!; usleep 1500000; kill $m; wait $m 2>/dev/null
     grep -o "$1=[0-9]*" /tmp/wl31.log | tail -n 1 | cut -d= -f2
 }
-p0=$(counter preempts)
+p0=$(monitor_counter preempts)
 sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; exec agentcg-schedbench wakeup 2 4" >/tmp/wake31.txt ||
     fail "wake-up workload failed"
-p1=$(counter preempts)
+p1=$(monitor_counter preempts)
 n=$(awk '{ print $3 }' /tmp/wake31.txt)
 echo "4 workers woken every 2 ms (p50 p99 samples cycles burst, us): $(cat /tmp/wake31.txt); preempts ${p0:-?} -> ${p1:-?}"
 [ -n "$p0" ] && [ -n "$p1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
