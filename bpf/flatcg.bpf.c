@@ -35,7 +35,9 @@
  *
  * Preemption. A waking task is owed a CPU whose running task's cgroup is
  * ahead of its own by over slice / 8 in cvtime (in its own cgroup: in task
- * vtime). From ops.select_cpu() it goes straight to the local DSQ of its
+ * vtime, and at most once per slice / 8 per CPU, so that a producer waking
+ * a consumer with each message keeps its CPU for a batch). From
+ * ops.select_cpu() it goes straight to the local DSQ of its
  * previous CPU or one of the next few, which counts as running it for the
  * rest of the waker's burst (a hint that ops.running() overwrites);
  * ops.enqueue() kicks an owed CPU itself, as the kernel may skip
@@ -92,6 +94,7 @@ struct cpu_ctx {
 	u64 run_tvtime;		/* the running task's vtime when it started */
 	u64 run_weight;		/* ... and its weight */
 	u64 run_at;
+	u64 preempted_at;	/* when a wake-up of the running task's cgroup last preempted it */
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
@@ -421,18 +424,20 @@ static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 
 /*
  * Is waking @p owed @cpu? If its cgroup is behind the running task's by over
- * slice / 8 in cvtime, or, in the same cgroup, @p is as far behind in vtime.
+ * slice / 8 in cvtime, or, in the same cgroup, @p is as far behind in vtime
+ * and no task of that cgroup preempted @cpu in the last slice / 8.
  */
 static bool owed_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
-	u64 ran;
+	u64 now = bpf_ktime_get_ns(), ran;
 
 	if (!cpuc || !cpuc->run_cgid)
 		return false;
-	ran = bpf_ktime_get_ns() - cpuc->run_at;
+	ran = now - cpuc->run_at;
 	if (cpuc->run_cgid == cgc->cgid)
-		return vtime_before(wake_vtime(p, cgc) + slice_ns / 8,
+		return now - cpuc->preempted_at >= slice_ns / 8 &&
+		       vtime_before(wake_vtime(p, cgc) + slice_ns / 8,
 				    cpuc->run_tvtime + scale_by_weight(ran, cpuc->run_weight));
 	return vtime_before(cgc->cvtime + slice_ns / 8, cpuc->run_cvtime +
 			    scale_by_hweight(ran, cpuc->run_hweight));
@@ -450,13 +455,23 @@ static void set_running(struct cpu_ctx *cpuc, struct task_struct *p, struct agcg
 	cpuc->run_at = now;
 }
 
+/* A wake-up of @cgc preempts @cpuc's CPU: within a cgroup, note when. */
+static void note_preempt(struct cpu_ctx *cpuc, struct agcg_cgrp_ctx *cgc, u64 now)
+{
+	if (cpuc->run_cgid == cgc->cgid)
+		cpuc->preempted_at = now;
+}
+
 /* @p preempts @cpu: the rest of the burst compares itself with @p there. */
 static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
+	u64 now = bpf_ktime_get_ns();
 
-	if (cpuc && cgc)	/* cgc: for the verifier, the callers have one */
-		set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), bpf_ktime_get_ns());
+	if (cpuc && cgc) {	/* cgc: for the verifier, the callers have one */
+		note_preempt(cpuc, cgc, now);
+		set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), now);
+	}
 }
 
 /*
@@ -527,6 +542,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
+	struct cpu_ctx *cpuc;
 	s32 cpu;
 
 	if (!tctx)
@@ -565,7 +581,8 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
 		cpu = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
-		if (owed_cpu(cpu, p, cgc)) {
+		if (owed_cpu(cpu, p, cgc) && (cpuc = cpu_ctx(cpu))) {
+			note_preempt(cpuc, cgc, bpf_ktime_get_ns());
 			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 			gstat_inc(AGCG_GS_PREEMPT);
 		}

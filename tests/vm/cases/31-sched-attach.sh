@@ -2,8 +2,9 @@
 # 31-sched-attach: scx_agentcg attaches (state enabled, ops "agentcg", queued
 # wake-ups allowed), its statistics name our cgroups, `scx_agentcg
 # --monitor` reads its counters from its scx_stats socket, a burst of
-# wake-ups is enqueued by the CPU its waker woke, and SIGTERM hands the CPU
-# back to the kernel's own scheduler (state disabled).
+# wake-ups is enqueued by the CPU its waker woke, a producer is not
+# preempted at every message, and SIGTERM hands the CPU back to the
+# kernel's own scheduler (state disabled).
 CG=/sys/fs/cgroup
 SX=/sys/kernel/sched_ext
 SCHED=
@@ -81,6 +82,18 @@ n=$(awk '{ print $3 }' /tmp/wake31.txt)
 echo "4 workers woken every 2 ms (p50 p99 samples cycles burst, us): $(cat /tmp/wake31.txt); preempts ${p0:-?} -> ${p1:-?}"
 [ -n "$p0" ] && [ -n "$p1" ] && [ "${n:-0}" -gt 0 ] || fail "no counters or no wake-ups measured"
 [ $((p1 - p0)) -ge $((n / 8)) ] || fail "$((p1 - p0)) preemptions for $n wake-ups of a fan-out"
+
+# A producer that wakes a consumer of its own cgroup with every message
+# (hackbench: 20000 pipe writes) is preempted for its cgroup at most once per
+# slice / 8 (625 us) on each CPU, not at every message.
+p0=$(monitor_counter preempts)
+t=$(sh -c "echo \$\$ > $CG/t31/a/cgroup.procs; exec agentcg-schedbench hackbench 2 100") ||
+    fail "hackbench workload failed"
+p1=$(monitor_counter preempts)
+max=$(awk -v t="$t" -v n="$(nproc)" 'BEGIN { printf "%d", n * t / 0.000625 + 64 }')
+echo "hackbench, 20000 messages in ${t}s: preempts ${p0:-?} -> ${p1:-?} (at most $max)"
+[ -n "$p0" ] && [ -n "$p1" ] || fail "no counters around hackbench"
+[ $((p1 - p0)) -le "$max" ] || fail "$((p1 - p0)) preemptions in hackbench's ${t}s, more than $max"
 
 kill -TERM $SCHED
 wait $SCHED; rc=$?
