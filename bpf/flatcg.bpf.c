@@ -37,11 +37,11 @@
  * ahead of its own by over slice / 8 in cvtime (in its own cgroup: in task
  * vtime, and at most once per slice / 8 per CPU, so that a producer waking
  * a consumer with each message keeps its CPU for a batch). From
- * ops.select_cpu() it goes straight to the local DSQ of its
- * previous CPU or one of the next few, which counts as running it for the
- * rest of the waker's burst (a hint that ops.running() overwrites);
- * ops.enqueue() kicks an owed CPU itself, as the kernel may skip
- * ops.select_cpu() (queued wake-ups).
+ * ops.select_cpu() it goes straight to the local DSQ of its previous CPU or
+ * one of the next few, which counts as running it for the rest of the
+ * waker's burst (a hint that ops.running() overwrites);
+ * ops.enqueue() claims and kicks an owed CPU itself, as the kernel may
+ * skip ops.select_cpu() (queued wake-ups).
  *
  * Contexts. A cgroup's context sits in an array slot claimed in
  * ops.cgroup_init() and linked to its parent's; a task keeps its cgroup's
@@ -311,10 +311,9 @@ static u64 reserve(u32 slot, u64 cgid, u64 run_ns)
 static u64 expected_run(struct task_struct *p)
 {
 	struct task_ctx *tctx = p ? bpf_task_storage_get(&task_ctxs, p, 0, 0) : NULL;
+	u64 last = tctx ? tctx->last_run_ns : 0;
 
-	if (!tctx || !tctx->last_run_ns || tctx->last_run_ns > slice_ns)
-		return slice_ns;
-	return tctx->last_run_ns;
+	return last && last <= slice_ns ? last : slice_ns;
 }
 
 /* The task left its cgroup's DSQ: it runs, was re-enqueued, or left us. */
@@ -422,11 +421,7 @@ static u64 wake_vtime(struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 	return vtime_before(p->scx.dsq_vtime, oldest) ? oldest : p->scx.dsq_vtime;
 }
 
-/*
- * Is waking @p owed @cpu? If its cgroup is behind the running task's by over
- * slice / 8 in cvtime, or, in the same cgroup, @p is as far behind in vtime
- * and no task of that cgroup preempted @cpu in the last slice / 8.
- */
+/* Is waking @p owed @cpu? (Preemption, in the header) */
 static bool owed_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
@@ -455,23 +450,20 @@ static void set_running(struct cpu_ctx *cpuc, struct task_struct *p, struct agcg
 	cpuc->run_at = now;
 }
 
-/* A wake-up of @cgc preempts @cpuc's CPU: within a cgroup, note when. */
-static void note_preempt(struct cpu_ctx *cpuc, struct agcg_cgrp_ctx *cgc, u64 now)
-{
-	if (cpuc->run_cgid == cgc->cgid)
-		cpuc->preempted_at = now;
-}
-
-/* @p preempts @cpu: the rest of the burst compares itself with @p there. */
+/*
+ * @p preempts @cpu: the rest of the burst compares itself with @p there, and
+ * within a cgroup owed_cpu() counts from now.
+ */
 static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 {
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
 	u64 now = bpf_ktime_get_ns();
 
-	if (cpuc && cgc) {	/* cgc: for the verifier, the callers have one */
-		note_preempt(cpuc, cgc, now);
-		set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), now);
-	}
+	if (!cpuc || !cgc)	/* cgc: for the verifier, the callers have one */
+		return;
+	if (cpuc->run_cgid == cgc->cgid)
+		cpuc->preempted_at = now;
+	set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), now);
 }
 
 /*
@@ -542,7 +534,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	struct cpu_ctx *cpuc;
 	s32 cpu;
 
 	if (!tctx)
@@ -581,8 +572,8 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		gstat_inc(AGCG_GS_KICK);
 	} else if (enq_flags & SCX_ENQ_WAKEUP) {
 		cpu = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
-		if (owed_cpu(cpu, p, cgc) && (cpuc = cpu_ctx(cpu))) {
-			note_preempt(cpuc, cgc, bpf_ktime_get_ns());
+		if (owed_cpu(cpu, p, cgc)) {
+			claim_cpu(cpu, p, cgc);
 			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 			gstat_inc(AGCG_GS_PREEMPT);
 		}
@@ -1072,10 +1063,9 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 		    struct cgroup *from, struct cgroup *to)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	struct agcg_cgrp_ctx *from_c = cgrp_ctx_of(from, NULL), *to_c;
 	u32 to_slot;
+	struct agcg_cgrp_ctx *from_c = cgrp_ctx_of(from, NULL), *to_c = cgrp_ctx_of(to, &to_slot);
 
-	to_c = cgrp_ctx_of(to, &to_slot);
 	if (!tctx || !from_c || !to_c)
 		return;
 	tctx->cgid = to->kn->id;
