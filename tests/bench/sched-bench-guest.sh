@@ -63,7 +63,7 @@ sec_to_ms() { awk '{ printf "%d\n", $1 * 1000 }'; }
 # overhead workloads: print elapsed milliseconds
 wl_forkexec() { t0=$(now_ms); i=0; while [ $i -lt ${FORKS:-500} ]; do /bin/true; i=$((i + 1)); done; echo $(($(now_ms) - t0)); }
 wl_pipe() { $SB pipe ${ROUNDS:-20000} | sec_to_ms; }
-wl_hackbench() { $SB hackbench ${HB_GROUPS:-2} ${HB_LOOPS:-100} | sec_to_ms; }
+wl_hackbench() { $SB hackbench ${HB_GROUPS:-2} ${HB_LOOPS:-400} | sec_to_ms; }
 WORKLOADS="forkexec pipe hackbench"
 # floor: agentcg-schedfloor (bpf/schedfloor.bpf.c), the thinnest sched_ext
 # scheduler, run beside the two when it is there: what sched_ext itself costs
@@ -137,6 +137,7 @@ bpf_totals() { # name run_cnt run_time_ns of each struct_ops program
 }
 bpfcost() { # SCHEDNAME
     command -v bpftool >/dev/null || { echo "bpfcost: no bpftool in the guest: skipped"; return 0; }
+    [ "${COST_S:-2}" != 0 ] || { echo "bpfcost: COST_S=0: skipped"; return 0; }
     switch_to $1
     for load in idle hogs; do
         [ $load = hogs ] && hogs bf/sl $NCPU && sleep 1
