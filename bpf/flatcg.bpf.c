@@ -431,7 +431,7 @@ static bool owed_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 		return false;
 	ran = now - cpuc->run_at;
 	if (cpuc->run_cgid == cgc->cgid)
-		return now - cpuc->preempted_at >= slice_ns / 8 &&
+		return vtime_before(cpuc->preempted_at + slice_ns / 8, now) &&
 		       vtime_before(wake_vtime(p, cgc) + slice_ns / 8,
 				    cpuc->run_tvtime + scale_by_weight(ran, cpuc->run_weight));
 	return vtime_before(cgc->cvtime + slice_ns / 8, cpuc->run_cvtime +
