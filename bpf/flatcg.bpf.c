@@ -28,10 +28,14 @@
  * fans out (woke several tasks between two sleeps) will not sleep next, so
  * a wakee owed the waker's CPU is placed as any other: on an idle CPU, else
  * preempting a CPU it is owed. A per-CPU kthread goes to its local DSQ,
- * another single-CPU task to its CPU's per-CPU DSQ (served first once it
- * waited starve_slices slices: cvtime order alone starves it where a cgroup
- * confined to its CPU stays below its share), the rest to its cgroup's DSQ,
- * from which a CPU takes the first task it may run.
+ * another single-CPU task to its CPU's per-CPU DSQ, the rest to its cgroup's
+ * DSQ, from which a CPU takes the first task it may run.
+ *
+ * Aging. Where every CPU a task may run serves a cgroup confined there and
+ * below its share for good, cvtime order alone starves the task. One that
+ * waited starve_slices slices is served first: on a per-CPU DSQ by its CPU;
+ * at the head of its cgroup's DSQ by a CPU that may not run it, which moves
+ * it to one that may.
  *
  * Preemption. A waking task is owed a CPU whose running task's cgroup is
  * ahead of its own by over slice / 8 in cvtime (in its own cgroup: in task
@@ -52,8 +56,8 @@
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
  * negative and is 0 when the cgroup exits; while it is not 0 the cgroup's
- * node is on the tree or held by a dispatching CPU, else in its stash.
- * A cgroup's reserved cvtime (charged ahead) never goes negative.
+ * node is on the tree or held by a dispatching CPU (maybe parked in its
+ * stash), else in its stash. Reserved cvtime never goes negative.
  */
 #include <scx/common.bpf.h>
 #include "flatcg_intf.h"
@@ -62,8 +66,7 @@ char _license[] SEC("license") = "GPL";
 
 #define PCPU_DSQ(cpu)	((1ULL << AGCG_PCPU_DSQ_SHIFT) | (u64)(cpu))
 #define MAX_PICKS	1024	/* tree nodes one dispatch looks at */
-#define MAX_SKIP	4	/* cgroups a CPU passes over in one dispatch */
-#define MAX_CPUS	1024
+#define MAX_SKIP	4	/* cgroups a CPU passes over in one dispatch (a power of 2) */
 #define MAX_CGRPS	16384	/* cgroups with a cpu controller */
 #define MAX_DEPTH	64	/* levels a walk up the tree covers */
 #define MAX_VICTIMS	4	/* CPUs a wake-up looks at for one to preempt */
@@ -98,8 +101,6 @@ struct cpu_ctx {
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
-	u32 sync_wakes;		/* synchronous wake-ups by the running task */
-	bool fans_out;		/* it woke several tasks before it last slept */
 };
 
 struct {
@@ -160,21 +161,13 @@ struct {
 	__type(value, struct node_slot);
 } cg_stash SEC(".maps");
 
-/* nodes a dispatching CPU passed over, put back before it returns */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_CPUS * MAX_SKIP);
-	__type(key, u32);
-	__type(value, struct node_slot);
-} skipped SEC(".maps");
-
 struct task_ctx {
 	u64 started_at;		/* start of the runtime not charged yet */
 	u64 cgid;		/* its cgroup (init_task, cgroup_move) */
 	u32 slot;		/* ... and that cgroup's slot */
 	u32 queued_slot;	/* slot of queued_cgid */
 	u64 queued_cgid;	/* cgroup whose nr_queued counts it, or 0 */
-	u64 queued_at;		/* when it was put on a per-CPU DSQ */
+	u64 queued_at;		/* when it was put on a per-CPU or its cgroup's DSQ */
 	u64 reserved;		/* cvtime charged ahead for its current run */
 	u64 run_ns;		/* length of its current run so far */
 	u64 last_run_ns;	/* length of its last run: what a dispatch reserves */
@@ -279,10 +272,8 @@ static u64 scale_by_weight(u64 ns, u64 weight)
 }
 
 /* The clock follows what a cgroup has run, not what is charged ahead. */
-static void advance_clock(u32 slot, u64 cgid)
+static void advance_clock(struct agcg_cgrp_ctx *cgc)
 {
-	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
-
 	if (cgc && vtime_before(cvtime_now, cgc->cvtime - cgc->reserved))
 		cvtime_now = cgc->cvtime - cgc->reserved;
 }
@@ -319,15 +310,12 @@ static u64 expected_run(struct task_struct *p)
 /* The task left its cgroup's DSQ: it runs, was re-enqueued, or left us. */
 static void unqueue(struct task_ctx *tctx)
 {
-	u64 cgid = tctx->queued_cgid;
-	struct agcg_cgrp_ctx *cgc;
+	struct agcg_cgrp_ctx *cgc = tctx->queued_cgid ?
+				    ctx_at(tctx->queued_slot, tctx->queued_cgid) : NULL;
 
-	if (!cgid)
-		return;
 	tctx->queued_cgid = 0;
-	cgc = ctx_at(tctx->queued_slot, cgid);
 	if (cgc && __sync_sub_and_fetch(&cgc->nr_queued, 1) < 0)
-		scx_bpf_error("cgroup %llu: nr_queued went negative", cgid);
+		scx_bpf_error("cgroup %llu: nr_queued went negative", cgc->cgid);
 }
 
 /*
@@ -491,21 +479,22 @@ static s32 owed_cpu_near(struct task_struct *p, struct agcg_cgrp_ctx *cgc, s32 p
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	s32 this_cpu = bpf_get_smp_processor_id(), cpu, victim = -1;
-	struct cpu_ctx *cpuc = cpu_ctx(this_cpu);
+	struct task_struct *waker = bpf_get_current_task_btf();
+	struct task_ctx *wctx = bpf_task_storage_get(&task_ctxs, waker, 0, 0);
 	struct agcg_cgrp_ctx *cgc = NULL;
-	bool is_idle, sync, owed_here = false;
+	bool is_idle, sync = false, owed_here = false;
 
-	if (!cpuc || !task_ctxs_of(p, &cgc) || !cgc)
+	if (!task_ctxs_of(p, &cgc) || !cgc)
 		return prev_cpu;
 	if (p->nr_cpus_allowed == 1)
 		cgc = NULL;	/* single-CPU tasks: ops.enqueue() decides */
-	sync = (wake_flags & SCX_WAKE_SYNC) && !(bpf_get_current_task_btf()->flags & PF_EXITING) &&
-	       bpf_cpumask_test_cpu(this_cpu, p->cpus_ptr);
-	if (sync) {
+	/* the waker (current) is one of our tasks */
+	if (wctx && (wake_flags & SCX_WAKE_SYNC) && !(waker->flags & PF_EXITING) &&
+	    bpf_cpumask_test_cpu(this_cpu, p->cpus_ptr)) {
+		sync = true;
 		/* a waker that wakes several tasks does not sleep after the first */
-		owed_here = (cpuc->fans_out || cpuc->sync_wakes) && cgc &&
-			    owed_cpu(this_cpu, p, cgc);
-		cpuc->sync_wakes++;
+		owed_here = (wctx->fans_out || wctx->sync_wakes) && cgc && owed_cpu(this_cpu, p, cgc);
+		wctx->sync_wakes++;
 		/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
 		if (!owed_here && !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
 		    !scx_bpf_dsq_nr_queued(PCPU_DSQ(this_cpu))) {
@@ -549,10 +538,10 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 
 	if (!cgc)
 		return;
+	tctx->queued_at = bpf_ktime_get_ns();
 	if (p->nr_cpus_allowed == 1) {
 		cpu = bpf_cpumask_first(p->cpus_ptr);
 		gstat_inc(AGCG_GS_PCPU);
-		tctx->queued_at = bpf_ktime_get_ns();
 		scx_bpf_dsq_insert(p, PCPU_DSQ(cpu), slice_ns, enq_flags);
 		if (!scx_bpf_test_and_clear_cpu_idle(cpu))
 			cpu = -1;
@@ -605,10 +594,7 @@ static void update_active(struct task_struct *p, bool runnable)
 		struct agcg_cgrp_ctx *pc;
 		bool propagate;
 
-		if (!c->level)
-			break;
-		pc = parent_ctx(c);
-		if (!pc)
+		if (!c->level || !(pc = parent_ctx(c)))
 			break;
 
 		bpf_spin_lock(&cg_tree_lock);
@@ -658,8 +644,6 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	}
 	/* its cvtime as dispatch() will see it: the reservation settles then */
 	set_running(cpuc, p, cgc, cgc->cvtime - tctx->reserved, p->scx.dsq_vtime, now);
-	cpuc->sync_wakes = 0;
-	cpuc->fans_out = tctx->fans_out || tctx->sync_wakes;
 	__sync_fetch_and_add(&cgc->dispatches, 1);
 }
 
@@ -673,8 +657,6 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 		return;
 	cpuc->run_cgid = 0;
 	/* it fans out if it woke several tasks between its last two sleeps */
-	tctx->sync_wakes += cpuc->sync_wakes;
-	cpuc->sync_wakes = 0;
 	if (!runnable && tctx->sync_wakes) {
 		tctx->fans_out = tctx->sync_wakes > 1;
 		tctx->sync_wakes = 0;
@@ -717,12 +699,36 @@ struct cand {
 	u64 tvtime;
 };
 
-/* This CPU's dispatch moved a task of @c that may run @run_ns: reserve it. */
-static void reserve_here(struct cpu_ctx *cpuc, struct cand *c, u64 run_ns)
+/* This CPU's dispatch moved a task of @cgid that may run @run_ns: reserve it. */
+static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
 {
-	cpuc->res_cgid = c->cgid;
-	cpuc->res_slot = c->slot;
-	cpuc->reserved = reserve(c->slot, c->cgid, run_ns);
+	cpuc->res_cgid = cgid;
+	cpuc->res_slot = slot;
+	cpuc->reserved = reserve(slot, cgid, run_ns);
+}
+
+/*
+ * Aging: move the first task of @cgid's DSQ, if it waited starve_slices slices,
+ * to a CPU it may run (the caller may not); true if moved.
+ */
+static bool serve_aged(u64 cgid)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	s32 cpu;
+
+	bpf_for_each(scx_dsq, p, cgid, 0) {
+		tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+		if (!tctx || bpf_ktime_get_ns() - tctx->queued_at <= starve_slices * slice_ns)
+			return false;
+		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
+		if (cpu < 0 || !scx_bpf_dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL_ON | cpu, 0))
+			return false;
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+		gstat_inc(AGCG_GS_SUBSET_AGED);
+		return true;
+	}
+	return false;
 }
 
 enum pick_ret {
@@ -734,17 +740,18 @@ enum pick_ret {
 /*
  * Pop the tree's first cgroup unless @best comes first, and move a task of it this
  * CPU may run to the local DSQ. A stale key is refreshed (requeued, unless alone);
- * a cgroup with no task for this CPU is parked in its skip slots, an empty one
- * retired to its stash.
+ * an empty cgroup's node is retired to its stash, that of a cgroup with no task for
+ * this CPU parked there (still queued; @parked names it) until dispatch() ends.
  */
-static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_skipped)
+static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u64 *parked,
+		    u32 *nr_parked)
 {
 	struct task_struct *head;
 	struct node_slot *slot;
 	struct bpf_rb_node *rb;
 	struct cg_node *node;
 	struct agcg_cgrp_ctx *cgc;
-	u32 idx = cpu * MAX_SKIP + *nr_skipped, cslot;
+	u32 cslot;
 	u64 cgid, key;
 	bool retire, alone;
 
@@ -787,8 +794,12 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		tree_add(node);
 		return PICK_AGAIN;
 	}
-	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	head = __COMPAT_scx_bpf_dsq_peek(cgid);
+	if (head && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) && serve_aged(cgid)) {
+		tree_add(node);
+		return PICK_AGAIN;
+	}
+	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	if (best->cgid && (best->cgid != cgid ? !vtime_before(node->cvtime, best->cvtime) :
 			   !head || !vtime_before(head->scx.dsq_vtime, best->tvtime))) {
 		tree_add(node);
@@ -796,10 +807,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 	}
 
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
-		struct cand picked = { .cgid = cgid, .slot = cslot };
-
-		advance_clock(cslot, cgid);
-		reserve_here(cpuc, &picked, expected_run(head));
+		advance_clock(cgc);
+		reserve_here(cpuc, cslot, cgid, expected_run(head));
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
 		__sync_fetch_and_add(&cgc->picks, 1);
@@ -807,28 +816,17 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		return PICK_DONE;
 	}
 
+	/* tasks queued (or on their way), none for this CPU: park it, if there is room */
 	retire = cgc->nr_queued <= 0;
-	if (!retire) {
-		/* tasks queued (or on their way), none for this CPU: park it */
-		gstat_inc(AGCG_GS_SKIP);
-		slot = *nr_skipped < MAX_SKIP ? bpf_map_lookup_elem(&skipped, &idx) : NULL;
-		if (!slot) {
-			tree_add(node);
-			return PICK_NONE;
-		}
-		(*nr_skipped)++;
-	} else {
-		/*
-		 * Empty: stash the node, then clear queued. An enqueue that sets it
-		 * after takes the node from the stash; one that found it set counted
-		 * its task before, which the check below sees: the node goes back.
-		 */
-		gstat_inc(AGCG_GS_RETIRE);
-		slot = bpf_map_lookup_elem(&cg_stash, &cgid);
-		if (!slot) {
-			bpf_obj_drop(node);
-			return PICK_AGAIN;
-		}
+	if (!retire && *nr_parked >= MAX_SKIP) {
+		tree_add(node);
+		return PICK_NONE;
+	}
+	gstat_inc(retire ? AGCG_GS_RETIRE : AGCG_GS_SKIP);
+	slot = bpf_map_lookup_elem(&cg_stash, &cgid);
+	if (!slot) {
+		bpf_obj_drop(node);
+		return PICK_AGAIN;
 	}
 	node = bpf_kptr_xchg(&slot->node, node);
 	if (node) {
@@ -836,8 +834,15 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u32 *nr_sk
 		bpf_obj_drop(node);
 		return PICK_NONE;
 	}
-	if (!retire)
+	if (!retire) {
+		parked[*nr_parked & (MAX_SKIP - 1)] = cgid;
+		(*nr_parked)++;
 		return PICK_AGAIN;
+	}
+	/*
+	 * Retired: an enqueue that sets queued after takes the node from the stash;
+	 * one that found it set counted its task before: the check below puts it back.
+	 */
 	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
 	if (cgc->nr_queued > 0)
 		cgrp_enqueued(cgc);
@@ -872,7 +877,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct cg_node *node;
 	bool from_local = false;
 	u64 now = bpf_ktime_get_ns();
-	u32 nr_skipped = 0, i, idx;
+	u64 parked[MAX_SKIP] = {};
+	u32 nr_parked = 0, i;
 	int ret = PICK_NONE;
 
 	if (!cpuc) {
@@ -897,7 +903,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	if (head && (tctx = cand_of(head, &local, false, now))) {
 		if (now - tctx->queued_at > starve_slices * slice_ns &&
 		    scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-			reserve_here(cpuc, &local, expected_run(head));
+			reserve_here(cpuc, local.slot, local.cgid, expected_run(head));
 			gstat_inc(AGCG_GS_PCPU_AGED);
 			return;
 		}
@@ -912,7 +918,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* unlocked: a node added just after is missed with the lock too */
 	if (READ_ONCE(nr_on_tree)) {
 		bpf_for(i, 0, MAX_PICKS) {
-			ret = pick_one(cpu, cpuc, &best, &nr_skipped);
+			ret = pick_one(cpu, cpuc, &best, parked, &nr_parked);
 			if (ret != PICK_AGAIN)
 				break;
 		}
@@ -924,21 +930,18 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 
 	/* the cgroups passed over go back (an iterator costs even for none) */
-	for (i = 0; i < nr_skipped && i < MAX_SKIP; i++) {
-		idx = cpu * MAX_SKIP + i;
-		slot = bpf_map_lookup_elem(&skipped, &idx);
-		if (!slot)
-			break;
-		node = bpf_kptr_xchg(&slot->node, NULL);
+	for (i = 0; i < nr_parked && i < MAX_SKIP; i++) {
+		slot = bpf_map_lookup_elem(&cg_stash, &parked[i]);
+		node = slot ? bpf_kptr_xchg(&slot->node, NULL) : NULL;
 		if (node)
 			tree_add(node);
 	}
 
 	if (ret == PICK_DONE || !best.cgid)
 		return;
-	advance_clock(best.slot, best.cgid);
+	advance_clock(ctx_at(best.slot, best.cgid));
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-		reserve_here(cpuc, &best, expected_run(head));
+		reserve_here(cpuc, best.slot, best.cgid, expected_run(head));
 		gstat_inc(AGCG_GS_PICK_PCPU);
 		return;
 	}
@@ -1079,14 +1082,10 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_init)
 {
-	u32 cpu, nr = scx_bpf_nr_cpu_ids();
+	u32 cpu;
 	s32 ret;
 
-	if (nr > MAX_CPUS) {
-		scx_bpf_error("%u CPU ids, at most %d supported", nr, MAX_CPUS);
-		return -E2BIG;
-	}
-	bpf_for(cpu, 0, nr) {
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
 		ret = scx_bpf_create_dsq(PCPU_DSQ(cpu), -1);
 		if (ret)
 			return ret;

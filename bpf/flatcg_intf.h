@@ -40,7 +40,8 @@ enum agcg_gstat {
 	AGCG_GS_CREDIT_CAP,	/* a waking cgroup's idle credit was capped */
 	AGCG_GS_KICK,		/* idle CPU kicked after a queueing */
 	AGCG_GS_PREEMPT,	/* CPU preempted for a waking task behind in cvtime or vtime */
-	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting AGCG_STARVE slices */
+	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting starve_slices slices */
+	AGCG_GS_SUBSET_AGED,	/* task on a subset of the CPUs: the same, from its cgroup's DSQ */
 	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of its pick budget */
 	AGCG_NR_GSTATS,
 };

@@ -117,6 +117,8 @@ global_counters! {
     preempts = agcg_gstat_AGCG_GS_PREEMPT;
     /// Single-CPU tasks served first after waiting 25 slices.
     pcpu_aged = agcg_gstat_AGCG_GS_PCPU_AGED;
+    /// Tasks allowed on a subset of the CPUs, moved to one of them after waiting 25 slices.
+    subset_aged = agcg_gstat_AGCG_GS_SUBSET_AGED;
     /// Anomaly: a dispatch ran out of its pick budget (1024 cgroups).
     pick_budget = agcg_gstat_AGCG_GS_PICK_BUDGET, anomaly;
 }

@@ -1,0 +1,58 @@
+#!/bin/sh
+# vm-env: VM_CPUS=4
+# 30-sched-subset: tasks allowed on a subset of the CPUs (two of four) stay
+# in their cgroup's queue (`subset`), and a CPU that finds none it may run
+# in the first cgroup passes over it (`skips`). Fair is max-min fair, as in
+# case 38 (docs/scheduler.md).
+#  1. high (150) free, low (50) on CPUs 2-3 by cpuset.cpus: 3:1 (low's
+#     share, one CPU, fits in its two).
+#  2. weights swapped: low (150) is capped at its two CPUs, high gets the
+#     other two: 1:1.
+#  3. then a hog of high allowed on CPUs 2-3 only (taskset): low is below
+#     high in cgroup vtime order for good there, so only the subset aging
+#     serves it (`subset_aged`): without it the hog never runs and the
+#     kernel's watchdog ends the scheduler after 30 s.
+# The anomaly counters stay 0 and the scheduler stays attached.
+. /vm/lib/sched.sh
+fail() { echo "FAIL: $*"; dmesg | sed -n '/sched_ext/,$p' | tail -n 80; cleanup; exit 1; }
+ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
+
+[ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
+[ "$(nproc)" -ge 4 ] || fail "needs 4 CPUs (vm-env VM_CPUS=4), has $(nproc)"
+grep -qw cpuset $CG/cgroup.controllers || fail "no cpuset controller"
+echo "+cpu +cpuset" > $CG/cgroup.subtree_control || fail "cannot enable cpu and cpuset"
+mkdir -p $CG/t30 && echo "+cpu +cpuset" > $CG/t30/cgroup.subtree_control
+mkdir -p $CG/t30/high $CG/t30/low
+echo 150 > $CG/t30/high/cpu.weight
+echo 50 > $CG/t30/low/cpu.weight
+echo 2-3 > $CG/t30/low/cpuset.cpus || fail "cannot confine low to CPUs 2-3"
+echo "low: cpuset.cpus.effective $(cat $CG/t30/low/cpuset.cpus.effective)"
+
+start_sched /tmp/scx30.log
+hogs t30/high 4
+hogs t30/low 4
+sleep $WARM
+ratio t30/high t30/low 3 || fail "150:50 with low on two of four CPUs is not 3:1 within 5%"
+subset=$(counter /tmp/scx30.log subset)
+skips=$(counter /tmp/scx30.log skips)
+echo "after part 1: subset $subset, skips $skips"
+[ "${subset:-0}" -gt 0 ] || fail "no task was queued as allowed on a subset of the CPUs"
+[ "${skips:-0}" -gt 0 ] || fail "no CPU passed over low's queue: the test did not reach the path it is for"
+
+echo 50 > $CG/t30/high/cpu.weight
+echo 150 > $CG/t30/low/cpu.weight
+sleep 1
+ratio t30/high t30/low 1 || fail "50:150 with the 150 side capped at two CPUs is not 1:1 within 5%"
+
+aged=$(counter /tmp/scx30.log subset_aged)
+taskset -c 2,3 sh -c "echo \$\$ > $CG/t30/high/cgroup.procs; while :; do :; done" &
+PINNED=$!; HOGS="$HOGS $!"
+t0=$(ticks $PINNED)
+sleep $WINDOW
+t1=$(ticks $PINNED)
+echo "high's hog on CPUs 2-3: $((t1 - t0)) ticks in ${WINDOW}s"
+[ $((t1 - t0)) -gt 0 ] || fail "the hog of high allowed on CPUs 2-3 made no progress"
+[ "$(counter /tmp/scx30.log subset_aged)" -gt "${aged:-0}" ] || fail "subset_aged did not move: the hog got CPU another way"
+no_anomalies /tmp/scx30.log
+cleanup
+echo "PASS 30-sched-subset"
