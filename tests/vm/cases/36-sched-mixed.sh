@@ -1,7 +1,8 @@
 #!/bin/sh
+# vm-env: VM_CPUS=4
 # 36-sched-mixed: 30 s of mixed load under scx_agentcg ends without a stall
-# or an error exit: hogs in weighted cgroups, tasks pinned to each CPU with
-# taskset, fork/exec churn, sleepers, cgroup moves and weight changes. Every
+# or an error exit: hogs in weighted cgroups, tasks pinned to each CPU and
+# to each half of the CPUs (a subset, with four CPUs) with taskset, fork/exec churn, sleepers, cgroup moves and weight changes. Every
 # task made progress, the scheduler is still attached at the end and its
 # anomaly counters are 0.
 . /vm/lib/sched.sh
@@ -30,6 +31,11 @@ while [ $c -lt $NCPU ]; do
     PINNED="$PINNED $!"; HOGS="$HOGS $!"
     c=$((c + 1))
 done
+half=$((NCPU / 2))
+taskset -c 0-$((half - 1)) sh -c "echo \$\$ > $CG/t36/high/cgroup.procs; while :; do :; done" &
+PINNED="$PINNED $!"; HOGS="$HOGS $!"
+taskset -c $half-$((NCPU - 1)) sh -c "echo \$\$ > $CG/t36/low/cgroup.procs; while :; do :; done" &
+PINNED="$PINNED $!"; HOGS="$HOGS $!"
 # fork/exec churn and sleepers
 sh -c "echo \$\$ > $CG/t36/churn/cgroup.procs; while :; do /bin/true; cat /proc/loadavg >/dev/null; done" &
 HOGS="$HOGS $!"
