@@ -20,8 +20,12 @@
  * stale key is refreshed first); this CPU's per-CPU DSQ; the previous task.
  * A dispatch charges its task's last run (at most a slice) ahead, settled
  * by the runtime or refunded, so CPUs deciding at once see each other's
- * choices. A cgroup back from idle keeps at most nr_cpus / 2 slices of
- * credit against the clock: the highest settled cvtime a dispatch chose.
+ * choices.
+ *
+ * Credit. The clock is the highest settled cvtime a dispatch chose. A cgroup
+ * keeps at most nr_cpus / 2 slices of credit against it as it wakes, and
+ * nr_cpus of its own slices (slice / hweight) while active, what one confined
+ * to a few CPUs needs to stay first there: an unusable share is not owed.
  *
  * Placement. A synchronous wake-up (a pipe write) goes to the waker's CPU
  * if nothing waits there, to run when the waker sleeps; but a waker that
@@ -31,21 +35,19 @@
  * another single-CPU task to its CPU's per-CPU DSQ, the rest to its cgroup's
  * DSQ, from which a CPU takes the first task it may run.
  *
- * Aging. Where every CPU a task may run serves a cgroup confined there and
- * below its share for good, cvtime order alone starves the task. One that
- * waited starve_slices slices is served first: on a per-CPU DSQ by its CPU;
- * at the head of its cgroup's DSQ by a CPU that may not run it, which moves
- * it to one that may.
+ * Aging. Cvtime order alone starves a task whose CPUs all serve a cgroup
+ * confined there below its share. One that waited starve_slices slices is
+ * served first: on a per-CPU DSQ by its CPU; at the head of its cgroup's DSQ
+ * by a CPU that may not run it, which moves it to one that may.
  *
  * Preemption. A waking task is owed a CPU whose running task's cgroup is
  * ahead of its own by over slice / 8 in cvtime (in its own cgroup: in task
- * vtime, and at most once per slice / 8 per CPU, so that a producer waking
- * a consumer with each message keeps its CPU for a batch). From
- * ops.select_cpu() it goes straight to the local DSQ of its previous CPU or
- * one of the next few, which counts as running it for the rest of the
- * waker's burst (a hint that ops.running() overwrites);
- * ops.enqueue() claims and kicks an owed CPU itself, as the kernel may
- * skip ops.select_cpu() (queued wake-ups).
+ * vtime, at most once per slice / 8 per CPU, so a producer waking a consumer
+ * per message keeps its CPU for a batch). ops.select_cpu() puts it on the
+ * local DSQ of its previous CPU or one of the next few, which counts as
+ * running it for the rest of the waker's burst (ops.running() overwrites
+ * that); ops.enqueue() claims and kicks an owed CPU itself, as the kernel
+ * may skip ops.select_cpu() (queued wake-ups).
  *
  * Contexts. A cgroup's context sits in an array slot claimed in
  * ops.cgroup_init() and linked to its parent's; a task keeps its cgroup's
@@ -288,16 +290,6 @@ static void add_reserved(struct agcg_cgrp_ctx *cgc, s64 delta)
 		scx_bpf_error("cgroup %llu: cvtime charged ahead went negative", cgc->cgid);
 }
 
-/* Charge @run_ns / hweight ahead to the cgroup a dispatch serves; return it. */
-static u64 reserve(u32 slot, u64 cgid, u64 run_ns)
-{
-	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
-	u64 r = cgc ? scale_by_hweight(run_ns, cgc->hweight) : 0;
-
-	add_reserved(cgc, r);
-	return r;
-}
-
 /* What a dispatch of @p reserves: its last run, at most a slice. */
 static u64 expected_run(struct task_struct *p)
 {
@@ -357,6 +349,17 @@ static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 	}
 }
 
+/* Keep @cgc at most @credit of cvtime behind the clock (Credit, in the header). */
+static void cap_credit(struct agcg_cgrp_ctx *cgc, u64 credit)
+{
+	s64 behind = cvtime_now - credit - (cgc->cvtime - cgc->reserved);
+
+	if (behind > 0) {
+		__sync_fetch_and_add(&cgc->cvtime, behind);
+		gstat_inc(AGCG_GS_CREDIT_CAP);
+	}
+}
+
 /* Charge @p's runtime since its start or last charge to its vtime and cvtime. */
 static void charge(struct task_struct *p, struct task_ctx *tctx,
 		   struct agcg_cgrp_ctx *cgc, u64 now)
@@ -373,6 +376,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 	if (tctx->reserved)
 		add_reserved(cgc, -tctx->reserved);
 	tctx->reserved = 0;
+	cap_credit(cgc, scale_by_hweight(slice_ns * nr_online, cgc->hweight));
 	if (!ran)
 		return;
 
@@ -572,7 +576,6 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 /* Active counts and weight sums up the tree, as @p's cgroup (de)activates. */
 static void update_active(struct task_struct *p, bool runnable)
 {
-	u64 max_credit = slice_ns * nr_online / 2;
 	struct agcg_cgrp_ctx *c, *cgc;
 	int idx;
 
@@ -582,11 +585,8 @@ static void update_active(struct task_struct *p, bool runnable)
 		       __sync_sub_and_fetch(&cgc->nr_runnable, 1))
 		return;
 	gstat_inc(runnable ? AGCG_GS_ACT : AGCG_GS_DEACT);
-	/* back from idle: at most max_credit behind the clock */
-	if (runnable && vtime_before(cgc->cvtime, cvtime_now - max_credit)) {
-		cgc->cvtime = cvtime_now - max_credit;
-		gstat_inc(AGCG_GS_CREDIT_CAP);
-	}
+	if (runnable)
+		cap_credit(cgc, slice_ns * nr_online / 2);
 
 	/* bottom up; each level's context is the next one's child */
 	c = cgc;
@@ -640,7 +640,6 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 	if (cpuc->res_cgid == tctx->cgid) {
 		tctx->reserved += cpuc->reserved;
 		cpuc->reserved = 0;
-		cpuc->res_cgid = 0;
 	}
 	/* its cvtime as dispatch() will see it: the reservation settles then */
 	set_running(cpuc, p, cgc, cgc->cvtime - tctx->reserved, p->scx.dsq_vtime, now);
@@ -699,12 +698,15 @@ struct cand {
 	u64 tvtime;
 };
 
-/* This CPU's dispatch moved a task of @cgid that may run @run_ns: reserve it. */
+/* This CPU's dispatch chose a task of @cgid that may run @run_ns: charge it ahead. */
 static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
 {
+	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
+
 	cpuc->res_cgid = cgid;
 	cpuc->res_slot = slot;
-	cpuc->reserved = reserve(slot, cgid, run_ns);
+	cpuc->reserved = cgc ? scale_by_hweight(run_ns, cgc->hweight) : 0;
+	add_reserved(cgc, cpuc->reserved);
 }
 
 /*
@@ -889,7 +891,6 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	if (cpuc->reserved) {
 		add_reserved(ctx_at(cpuc->res_slot, cpuc->res_cgid), -cpuc->reserved);
 		cpuc->reserved = 0;
-		cpuc->res_cgid = 0;
 	}
 
 	/* the previous task, still runnable: charged up to now */
@@ -948,7 +949,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	if (prev && prev_tctx) {
 		/* nothing dispatched: the kernel keeps running @prev */
 		scx_bpf_task_set_slice(prev, slice_ns);
-		prev_tctx->reserved += reserve(prev_tctx->slot, prev_tctx->cgid, expected_run(prev));
+		reserve_here(cpuc, prev_tctx->slot, prev_tctx->cgid, expected_run(prev));
 		gstat_inc(AGCG_GS_PICK_PREV);
 	}
 }

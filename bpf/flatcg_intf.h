@@ -37,7 +37,7 @@ enum agcg_gstat {
 	AGCG_GS_PICK_PREV,	/* ... kept the previous task running instead */
 	AGCG_GS_RETIRE,		/* a cgroup's queue ran empty: its node left the tree */
 	AGCG_GS_SKIP,		/* a cgroup had queued tasks, none for this CPU */
-	AGCG_GS_CREDIT_CAP,	/* a waking cgroup's idle credit was capped */
+	AGCG_GS_CREDIT_CAP,	/* a cgroup's credit against the clock was capped */
 	AGCG_GS_KICK,		/* idle CPU kicked after a queueing */
 	AGCG_GS_PREEMPT,	/* CPU preempted for a waking task behind in cvtime or vtime */
 	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting starve_slices slices */

@@ -109,7 +109,7 @@ global_counters! {
     retires = agcg_gstat_AGCG_GS_RETIRE;
     /// A CPU passed over a cgroup whose queued tasks it may not run.
     skips = agcg_gstat_AGCG_GS_SKIP;
-    /// A waking cgroup's idle credit was capped.
+    /// A cgroup's credit against the clock was capped (as it woke or was charged).
     credit_caps = agcg_gstat_AGCG_GS_CREDIT_CAP;
     /// Idle CPUs kicked after a queueing.
     idle_kicks = agcg_gstat_AGCG_GS_KICK;

@@ -12,6 +12,8 @@
 #     high in cgroup vtime order for good there, so only the subset aging
 #     serves it (`subset_aged`): without it the hog never runs and the
 #     kernel's watchdog ends the scheduler after 30 s.
+#  4. both sessions on CPUs 2-3 (the pinned hog gone), weights 150:50 again:
+#     weight-fair on the CPUs they share, 3:1, while CPUs 0-1 pass over both.
 # The anomaly counters stay 0 and the scheduler stays attached.
 . /vm/lib/sched.sh
 fail() { echo "FAIL: $*"; dmesg | sed -n '/sched_ext/,$p' | tail -n 80; cleanup; exit 1; }
@@ -53,6 +55,13 @@ t1=$(ticks $PINNED)
 echo "high's hog on CPUs 2-3: $((t1 - t0)) ticks in ${WINDOW}s"
 [ $((t1 - t0)) -gt 0 ] || fail "the hog of high allowed on CPUs 2-3 made no progress"
 [ "$(counter /tmp/scx30.log subset_aged)" -gt "${aged:-0}" ] || fail "subset_aged did not move: the hog got CPU another way"
+
+kill -9 $PINNED
+echo 2-3 > $CG/t30/high/cpuset.cpus || fail "cannot confine high to CPUs 2-3"
+echo 150 > $CG/t30/high/cpu.weight
+echo 50 > $CG/t30/low/cpu.weight
+sleep 1
+ratio t30/high t30/low 3 || fail "150:50 with both on CPUs 2-3 is not 3:1 within 5%"
 no_anomalies /tmp/scx30.log
 cleanup
 echo "PASS 30-sched-subset"

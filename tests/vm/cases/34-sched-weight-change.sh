@@ -1,7 +1,10 @@
 #!/bin/sh
 # 34-sched-weight-change: a runtime cpu.weight change takes effect within a
 # second: 100:100 runs 1:1; after high's weight goes to 300, the window that
-# starts 1 s later runs 3:1 (within 5%).
+# starts 1 s later runs 3:1 (within 5%). Then a share that could not be used
+# is not owed: high (300) with one hog gets one CPU (its share capped by its
+# tasks) for a window; once it has a hog per CPU again, the window that
+# starts 1 s later runs 3:1, not high alone catching up.
 . /vm/lib/sched.sh
 
 
@@ -25,6 +28,18 @@ echo 300 > $CG/t34/high/cpu.weight
 echo "high: cpu.weight 100 -> 300"
 sleep 1
 ratio t34/high t34/low 3 || fail "the 300:100 split (3:1) did not take effect within 1 s"
+
+for p in $HOGS; do kill -9 "$p" 2>/dev/null; done
+HOGS=
+hogs t34/low $NCPU
+hogs t34/high 1
+sleep 1
+ratio t34/high t34/low $(awk -v n=$NCPU 'BEGIN { print 1 / (n - 1) }') ||
+    fail "high with one hog does not get one CPU"
+hogs t34/high $((NCPU - 1))
+echo "high: 1 -> $NCPU hogs"
+sleep 1
+ratio t34/high t34/low 3 || fail "after a window held to one CPU, high does not run 3:1 within 1 s of having the tasks for it"
 kill -0 $SCHED 2>/dev/null || { cat /tmp/scx34.log; fail "scheduler exited"; }
 cleanup
 echo "PASS 34-sched-weight-change"
