@@ -709,6 +709,14 @@ static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
 	add_reserved(cgc, cpuc->reserved);
 }
 
+/* Has @p waited starve_slices slices on a per-CPU or its cgroup's DSQ? */
+static bool waited_long(struct task_struct *p)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+
+	return tctx && bpf_ktime_get_ns() - tctx->queued_at > starve_slices * slice_ns;
+}
+
 /*
  * Aging: move the first task of @cgid's DSQ, if it waited starve_slices slices,
  * to a CPU it may run (the caller may not); true if moved.
@@ -716,12 +724,10 @@ static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
 static bool serve_aged(u64 cgid)
 {
 	struct task_struct *p;
-	struct task_ctx *tctx;
 	s32 cpu;
 
 	bpf_for_each(scx_dsq, p, cgid, 0) {
-		tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-		if (!tctx || bpf_ktime_get_ns() - tctx->queued_at <= starve_slices * slice_ns)
+		if (!waited_long(p))
 			return false;
 		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
 		if (cpu < 0 || !scx_bpf_dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL_ON | cpu, 0))
@@ -733,6 +739,23 @@ static bool serve_aged(u64 cgid)
 	return false;
 }
 
+/*
+ * What one dispatch passed over, handled after its picks (outside their loop); per
+ * CPU in a map, as indexed writes to the stack would multiply the verifier's states.
+ */
+struct passed {
+	u64 parked[MAX_SKIP];	/* cgroups parked in their stash */
+	u32 nr_parked;
+	u64 aged;		/* a cgroup whose first task is old, and not for this CPU */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, u32);
+	__type(value, struct passed);
+	__uint(max_entries, 1);
+} passed_bufs SEC(".maps");
+
 enum pick_ret {
 	PICK_DONE,	/* a task of the tree's first cgroup is on the local DSQ */
 	PICK_NONE,	/* stop: the tree is empty or @best comes first */
@@ -743,10 +766,9 @@ enum pick_ret {
  * Pop the tree's first cgroup unless @best comes first, and move a task of it this
  * CPU may run to the local DSQ. A stale key is refreshed (requeued, unless alone);
  * an empty cgroup's node is retired to its stash, that of a cgroup with no task for
- * this CPU parked there (still queued; @parked names it) until dispatch() ends.
+ * this CPU parked there (still queued; @ps names it) until dispatch() ends.
  */
-static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u64 *parked,
-		    u32 *nr_parked)
+static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct passed *ps)
 {
 	struct task_struct *head;
 	struct node_slot *slot;
@@ -797,10 +819,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u64 *parke
 		return PICK_AGAIN;
 	}
 	head = __COMPAT_scx_bpf_dsq_peek(cgid);
-	if (head && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) && serve_aged(cgid)) {
-		tree_add(node);
-		return PICK_AGAIN;
-	}
+	if (head && !ps->aged && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) && waited_long(head))
+		ps->aged = cgid;
 	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	if (best->cgid && (best->cgid != cgid ? !vtime_before(node->cvtime, best->cvtime) :
 			   !head || !vtime_before(head->scx.dsq_vtime, best->tvtime))) {
@@ -820,7 +840,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u64 *parke
 
 	/* tasks queued (or on their way), none for this CPU: park it, if there is room */
 	retire = cgc->nr_queued <= 0;
-	if (!retire && *nr_parked >= MAX_SKIP) {
+	if (!retire && ps->nr_parked >= MAX_SKIP) {
 		tree_add(node);
 		return PICK_NONE;
 	}
@@ -837,8 +857,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, u64 *parke
 		return PICK_NONE;
 	}
 	if (!retire) {
-		parked[*nr_parked & (MAX_SKIP - 1)] = cgid;
-		(*nr_parked)++;
+		ps->parked[ps->nr_parked & (MAX_SKIP - 1)] = cgid;
+		ps->nr_parked++;
 		return PICK_AGAIN;
 	}
 	/*
@@ -879,14 +899,16 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct cg_node *node;
 	bool from_local = false;
 	u64 now = bpf_ktime_get_ns();
-	u64 parked[MAX_SKIP] = {};
-	u32 nr_parked = 0, i;
+	struct passed *ps = bpf_map_lookup_elem(&passed_bufs, &(u32){ 0 });
+	u32 i;
 	int ret = PICK_NONE;
 
-	if (!cpuc) {
+	if (!cpuc || !ps) {
 		scx_bpf_error("no CPU context");
 		return;
 	}
+	ps->nr_parked = 0;
+	ps->aged = 0;
 	/* the last dispatch's reservation that no task used */
 	if (cpuc->reserved) {
 		add_reserved(ctx_at(cpuc->res_slot, cpuc->res_cgid), -cpuc->reserved);
@@ -919,7 +941,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* unlocked: a node added just after is missed with the lock too */
 	if (READ_ONCE(nr_on_tree)) {
 		bpf_for(i, 0, MAX_PICKS) {
-			ret = pick_one(cpu, cpuc, &best, parked, &nr_parked);
+			ret = pick_one(cpu, cpuc, &best, ps);
 			if (ret != PICK_AGAIN)
 				break;
 		}
@@ -931,12 +953,14 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 
 	/* the cgroups passed over go back (an iterator costs even for none) */
-	for (i = 0; i < nr_parked && i < MAX_SKIP; i++) {
-		slot = bpf_map_lookup_elem(&cg_stash, &parked[i]);
+	for (i = 0; i < ps->nr_parked && i < MAX_SKIP; i++) {
+		slot = bpf_map_lookup_elem(&cg_stash, &ps->parked[i]);
 		node = slot ? bpf_kptr_xchg(&slot->node, NULL) : NULL;
 		if (node)
 			tree_add(node);
 	}
+	if (ps->aged)
+		serve_aged(ps->aged);
 
 	if (ret == PICK_DONE || !best.cgid)
 		return;

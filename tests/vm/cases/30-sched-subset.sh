@@ -17,18 +17,9 @@
 # The anomaly counters stay 0 and the scheduler stays attached.
 . /vm/lib/sched.sh
 fail() { echo "FAIL: $*"; dmesg | sed -n '/sched_ext/,$p' | tail -n 80; cleanup; exit 1; }
-ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
 
-[ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
 [ "$(nproc)" -ge 4 ] || fail "needs 4 CPUs (vm-env VM_CPUS=4), has $(nproc)"
-grep -qw cpuset $CG/cgroup.controllers || fail "no cpuset controller"
-echo "+cpu +cpuset" > $CG/cgroup.subtree_control || fail "cannot enable cpu and cpuset"
-mkdir -p $CG/t30 && echo "+cpu +cpuset" > $CG/t30/cgroup.subtree_control
-mkdir -p $CG/t30/high $CG/t30/low
-echo 150 > $CG/t30/high/cpu.weight
-echo 50 > $CG/t30/low/cpu.weight
-echo 2-3 > $CG/t30/low/cpuset.cpus || fail "cannot confine low to CPUs 2-3"
-echo "low: cpuset.cpus.effective $(cat $CG/t30/low/cpuset.cpus.effective)"
+cpuset_sessions t30 2-3
 
 start_sched /tmp/scx30.log
 hogs t30/high 4

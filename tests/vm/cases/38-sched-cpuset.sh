@@ -11,18 +11,9 @@
 #     serves it: the test that shows the aging is needed).
 # The anomaly counters stay 0 and the scheduler stays attached.
 . /vm/lib/sched.sh
-ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
 
-[ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
 [ "$(nproc)" -ge 2 ] || fail "needs 2 CPUs"
-grep -qw cpuset $CG/cgroup.controllers || fail "no cpuset controller"
-echo "+cpu +cpuset" > $CG/cgroup.subtree_control || fail "cannot enable cpu and cpuset"
-mkdir -p $CG/t38 && echo "+cpu +cpuset" > $CG/t38/cgroup.subtree_control
-mkdir -p $CG/t38/high $CG/t38/low
-echo 150 > $CG/t38/high/cpu.weight
-echo 50 > $CG/t38/low/cpu.weight
-echo 1 > $CG/t38/low/cpuset.cpus || fail "cannot confine low to CPU 1"
-echo "low: cpuset.cpus.effective $(cat $CG/t38/low/cpuset.cpus.effective)"
+cpuset_sessions t38 1
 
 start_sched /tmp/scx38.log
 hogs t38/high 2

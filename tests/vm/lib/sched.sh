@@ -47,6 +47,21 @@ leaf() {
     done
 }
 usage() { awk '$1 == "usage_usec" { print $2 }' $CG/$1/cpu.stat; }
+# ticks PID: user + system clock ticks PID has run (0 once it is gone)
+ticks() { awk '{ print $14 + $15 }' /proc/$1/stat 2>/dev/null || echo 0; }
+# cpuset_sessions T CPUS: $CG/T/high (150) and $CG/T/low (50) with cpu and
+# cpuset enabled, low confined to CPUS by cpuset.cpus (cases 30 and 38)
+cpuset_sessions() {
+    [ "$(cat $SX/state 2>/dev/null)" = disabled ] || fail "sched_ext not available/disabled: $(cat $SX/state 2>&1)"
+    grep -qw cpuset $CG/cgroup.controllers || fail "no cpuset controller"
+    echo "+cpu +cpuset" > $CG/cgroup.subtree_control || fail "cannot enable cpu and cpuset"
+    mkdir -p $CG/$1 && echo "+cpu +cpuset" > $CG/$1/cgroup.subtree_control
+    mkdir -p $CG/$1/high $CG/$1/low
+    echo 150 > $CG/$1/high/cpu.weight
+    echo 50 > $CG/$1/low/cpu.weight
+    echo $2 > $CG/$1/low/cpuset.cpus || fail "cannot confine low to CPUs $2"
+    echo "low: cpuset.cpus.effective $(cat $CG/$1/low/cpuset.cpus.effective)"
+}
 # ratio A B TARGET: measure A:B usage over WINDOW s, check within TOL of TARGET
 ratio() {
     a0=$(usage $1); b0=$(usage $2)
