@@ -709,34 +709,31 @@ static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
 	add_reserved(cgc, cpuc->reserved);
 }
 
-/* Has @p waited starve_slices slices on a per-CPU or its cgroup's DSQ? */
-static bool waited_long(struct task_struct *p)
+/* Has the task of @tctx waited starve_slices slices on a per-CPU or a cgroup DSQ? */
+static bool waited_long(struct task_ctx *tctx, u64 now)
 {
-	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-
-	return tctx && bpf_ktime_get_ns() - tctx->queued_at > starve_slices * slice_ns;
+	return tctx && now - tctx->queued_at > starve_slices * slice_ns;
 }
 
 /*
  * Aging: move the first task of @cgid's DSQ, if it waited starve_slices slices,
- * to a CPU it may run (the caller may not); true if moved.
+ * to a CPU it may run (the caller may not).
  */
-static bool serve_aged(u64 cgid)
+static void serve_aged(u64 cgid, u64 now)
 {
 	struct task_struct *p;
 	s32 cpu;
 
 	bpf_for_each(scx_dsq, p, cgid, 0) {
-		if (!waited_long(p))
-			return false;
+		if (!waited_long(bpf_task_storage_get(&task_ctxs, p, 0, 0), now))
+			return;
 		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
-		if (cpu < 0 || !scx_bpf_dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL_ON | cpu, 0))
-			return false;
-		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
-		gstat_inc(AGCG_GS_SUBSET_AGED);
-		return true;
+		if (cpu >= 0 && scx_bpf_dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL_ON | cpu, 0)) {
+			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+			gstat_inc(AGCG_GS_SUBSET_AGED);
+		}
+		return;
 	}
-	return false;
 }
 
 /*
@@ -819,7 +816,8 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct pas
 		return PICK_AGAIN;
 	}
 	head = __COMPAT_scx_bpf_dsq_peek(cgid);
-	if (head && !ps->aged && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) && waited_long(head))
+	if (head && !ps->aged && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) &&
+	    waited_long(bpf_task_storage_get(&task_ctxs, head, 0, 0), bpf_ktime_get_ns()))
 		ps->aged = cgid;
 	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	if (best->cgid && (best->cgid != cgid ? !vtime_before(node->cvtime, best->cvtime) :
@@ -924,7 +922,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* the head of this CPU's single-CPU tasks */
 	head = __COMPAT_scx_bpf_dsq_peek(PCPU_DSQ(cpu));
 	if (head && (tctx = cand_of(head, &local, false, now))) {
-		if (now - tctx->queued_at > starve_slices * slice_ns &&
+		if (waited_long(tctx, now) &&
 		    scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
 			reserve_here(cpuc, local.slot, local.cgid, expected_run(head));
 			gstat_inc(AGCG_GS_PCPU_AGED);
@@ -960,7 +958,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 			tree_add(node);
 	}
 	if (ps->aged)
-		serve_aged(ps->aged);
+		serve_aged(ps->aged, now);
 
 	if (ret == PICK_DONE || !best.cgid)
 		return;

@@ -1,9 +1,8 @@
 #!/bin/sh
 # 36-sched-mixed: 30 s of mixed load under scx_agentcg ends without a stall
 # or an error exit: hogs in weighted cgroups, tasks pinned to each CPU and
-# to each half of the CPUs with taskset (a subset with VM_CPUS=4: run it so
-# by hand; four vCPUs under load beside another boot gave the guest an RCU
-# stall in CI, 2026-11-25), fork/exec churn, sleepers, cgroup moves and weight changes. Every
+# to each half of the CPUs with taskset (a subset with VM_CPUS=4, run by
+# hand: tests/vm/README.md), fork/exec churn, sleepers, cgroup moves and weight changes. Every
 # task made progress, the scheduler is still attached at the end and its
 # anomaly counters are 0.
 . /vm/lib/sched.sh
