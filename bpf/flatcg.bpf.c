@@ -27,13 +27,13 @@
  * nr_cpus of its own slices (slice / hweight) while active, what one confined
  * to a few CPUs needs to stay first there: an unusable share is not owed.
  *
- * Placement. A synchronous wake-up (a pipe write) goes to the waker's CPU
- * if nothing waits there, to run when the waker sleeps; but a waker that
- * fans out (woke several tasks between two sleeps) will not sleep next, so
- * a wakee owed the waker's CPU is placed as any other: on an idle CPU, else
- * preempting a CPU it is owed. A per-CPU kthread goes to its local DSQ,
- * another single-CPU task to its CPU's per-CPU DSQ, the rest to its cgroup's
- * DSQ, from which a CPU takes the first task it may run.
+ * Placement. A per-CPU kthread goes to its local DSQ, another single-CPU task
+ * to its CPU's per-CPU DSQ, the rest to its cgroup's DSQ, from which a CPU
+ * takes the first task it may run. A synchronous wake-up (a pipe write) goes
+ * to the waker's CPU if nothing waits there, to run when the waker sleeps;
+ * unless the waker fans out (woke several tasks between two sleeps): then a
+ * wakee owed its CPU is placed as any other, on an idle CPU, else preempting
+ * a CPU it is owed.
  *
  * Aging. Cvtime order alone starves a task whose CPUs all serve a cgroup
  * confined there below its share. One that waited starve_slices slices is
@@ -115,9 +115,7 @@ struct {
 /* @cpu's context (a branch on @cpu here would make the victim loop's cpu precise) */
 static struct cpu_ctx *cpu_ctx(s32 cpu)
 {
-	u32 zero = 0;
-
-	return bpf_map_lookup_percpu_elem(&cpu_ctxs, &zero, cpu);
+	return bpf_map_lookup_percpu_elem(&cpu_ctxs, &(u32){ 0 }, cpu);
 }
 
 /* cgroup contexts by slot (see Contexts above; flatcg_intf.h) */
@@ -186,8 +184,7 @@ struct {
 
 static void gstat_inc(enum agcg_gstat idx)
 {
-	u32 key = idx;
-	u64 *cnt = bpf_map_lookup_elem(&gstats, &key);
+	u64 *cnt = bpf_map_lookup_elem(&gstats, &(u32){ idx });
 
 	if (cnt)
 		(*cnt)++;
@@ -311,42 +308,29 @@ static void unqueue(struct task_ctx *tctx)
 }
 
 /*
- * Recompute @cgc's and its stale ancestors' hweights top down, each its parent's
- * times weight / the active siblings' sum: quadratic in the depth, each a lookup.
+ * Recompute @cgc's hweight if stale: the product up the tree of each level's weight
+ * over its active siblings' sum. A change during the walk bumps the generation again.
  */
 static void refresh_hweight(struct agcg_cgrp_ctx *cgc)
 {
-	u64 gen = hweight_gen;
-	u32 i, j;
+	struct agcg_cgrp_ctx *c = cgc, *pc;
+	u64 gen = hweight_gen, hw = AGCG_HWEIGHT_ONE, sum;
+	u32 i;
 
 	if (!cgc->level || !cgc->nr_active || cgc->hweight_gen == gen)
 		return;
-
 	gstat_inc(AGCG_GS_HWT_UPDATE);
 	bpf_for(i, 0, MAX_DEPTH) {
-		struct agcg_cgrp_ctx *c = cgc, *pc = parent_ctx(cgc);
-		bool active;
-
-		/* the highest stale level: its parent is the root or up to date */
-		bpf_for(j, 0, MAX_DEPTH) {
-			if (!pc || !pc->level || pc->hweight_gen == gen)
-				break;
-			c = pc;
-			pc = parent_ctx(c);
-		}
-		if (!pc)
-			return;
+		if (!c->level || !(pc = parent_ctx(c)))
+			break;
 		bpf_spin_lock(&cg_tree_lock);
-		active = c->nr_active;
-		if (active) {
-			c->hweight_gen = gen;
-			c->hweight = div_round_up(pc->hweight * c->weight,
-						  pc->child_weight_sum ?: 1);
-		}
+		sum = pc->child_weight_sum;	/* without c's weight if c just went idle */
+		hw = div_round_up(hw * c->weight, sum > c->weight ? sum : c->weight);
 		bpf_spin_unlock(&cg_tree_lock);
-		if (!active || c->cgid == cgc->cgid)
-			return;
+		c = pc;
 	}
+	cgc->hweight = hw;
+	cgc->hweight_gen = gen;
 }
 
 /* Keep @cgc at most @credit of cvtime behind the clock (Credit, in the header). */
@@ -715,10 +699,7 @@ static bool waited_long(struct task_ctx *tctx, u64 now)
 	return tctx && now - tctx->queued_at > starve_slices * slice_ns;
 }
 
-/*
- * Aging: move the first task of @cgid's DSQ, if it waited starve_slices slices,
- * to a CPU it may run (the caller may not).
- */
+/* Aging: move @cgid's first task, if it waited long, to a CPU it may run. */
 static void serve_aged(u64 cgid, u64 now)
 {
 	struct task_struct *p;
@@ -855,8 +836,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct pas
 		return PICK_NONE;
 	}
 	if (!retire) {
-		ps->parked[ps->nr_parked & (MAX_SKIP - 1)] = cgid;
-		ps->nr_parked++;
+		ps->parked[ps->nr_parked++ & (MAX_SKIP - 1)] = cgid;
 		return PICK_AGAIN;
 	}
 	/*
@@ -879,10 +859,8 @@ static struct task_ctx *cand_of(struct task_struct *p, struct cand *c, bool char
 		return NULL;
 	if (charge_now)
 		charge(p, tctx, cgc, now);
-	c->cgid = tctx->cgid;
-	c->slot = tctx->slot;
-	c->cvtime = cgc->cvtime;
-	c->tvtime = p->scx.dsq_vtime;
+	*c = (struct cand){ .cgid = tctx->cgid, .slot = tctx->slot,
+			    .cvtime = cgc->cvtime, .tvtime = p->scx.dsq_vtime };
 	return tctx;
 }
 
@@ -902,7 +880,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	int ret = PICK_NONE;
 
 	if (!cpuc || !ps) {
-		scx_bpf_error("no CPU context");
+		scx_bpf_error("no per-CPU context or pass buffer");
 		return;
 	}
 	ps->nr_parked = 0;

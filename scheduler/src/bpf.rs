@@ -38,9 +38,6 @@ use skel::{FlatcgSkel, FlatcgSkelBuilder};
 /// suffix, e.g. `agentcg_1.1.4_...`; the kernel shows the full name).
 pub const OPS_NAME: &str = "agentcg";
 
-/// `AGCG_HWEIGHT_ONE`: the fixed-point 1.0 of hierarchical weights.
-pub const HWEIGHT_ONE: u32 = intf::agcg_consts_AGCG_HWEIGHT_ONE;
-
 /// Number of global counters in the BPF `gstats` array.
 pub(crate) const NR_GSTATS: u32 = intf::agcg_gstat_AGCG_NR_GSTATS;
 
@@ -207,7 +204,10 @@ impl<'obj> Scheduler<'obj> {
                 return out;
             }
         };
-        for (_, val) in batch.take(hw as usize) {
+        for (key, val) in batch.take(hw as usize) {
+            let Some(slot) = key.get(..4).and_then(|k| k.try_into().ok()) else {
+                continue;
+            };
             if val.len() < std::mem::size_of::<intf::agcg_cgrp_ctx>() {
                 continue;
             }
@@ -222,8 +222,11 @@ impl<'obj> Scheduler<'obj> {
                 dispatches: c.dispatches,
                 picks: c.picks,
                 weight: c.weight,
-                hweight: u32::try_from(c.hweight).unwrap_or(u32::MAX),
                 level: c.level,
+                slot: u32::from_ne_bytes(slot),
+                parent: c.parent,
+                active: c.nr_active > 0,
+                child_weight_sum: c.child_weight_sum,
             });
         }
         out

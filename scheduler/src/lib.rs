@@ -15,7 +15,7 @@ pub mod bpf;
 pub mod stats;
 pub mod supervisor;
 
-pub use bpf::{HWEIGHT_ONE, OPS_NAME};
+pub use bpf::OPS_NAME;
 pub use stats::{CgroupStats, GlobalStats};
 pub use supervisor::{
     classify_exit, Backoff, ExitAction, ExitSummary, Paths, SchedState, Status, Supervisor,

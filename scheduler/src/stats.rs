@@ -15,9 +15,14 @@ pub struct RawCgroupStats {
     pub dispatches: u64,
     pub picks: u64,
     pub weight: u32,
-    /// Fixed point, [`crate::HWEIGHT_ONE`] = 1.0.
-    pub hweight: u32,
     pub level: u32,
+    /// Its slot in the BPF context array, and its parent's (the root: its own).
+    pub slot: u32,
+    pub parent: u32,
+    /// Has runnable tasks, itself or below.
+    pub active: bool,
+    /// Sum of its active children's weights.
+    pub child_weight_sum: u64,
 }
 
 /// Declares [`GlobalCounters`]: one line per counter of the BPF `gstats`
@@ -139,8 +144,8 @@ pub struct CgroupStats {
     pub picks: u64,
     /// cpu.weight as the scheduler sees it.
     pub weight: u32,
-    /// Hierarchical weight as a fraction of the machine (0..=1), as last
-    /// computed while it was active.
+    /// Hierarchical weight: its share of the machine now (0..=1), 0 while
+    /// neither it nor a cgroup below it has runnable tasks.
     pub hweight: f64,
     /// Depth below the root cgroup.
     pub level: u32,
@@ -233,6 +238,7 @@ impl CgroupPaths {
 /// Turn raw counters into status rows, sorted by path. Unknown ids show as
 /// `cgroup:<id>`.
 pub fn cgroup_rows(raw: &[RawCgroupStats], paths: &CgroupPaths) -> Vec<CgroupStats> {
+    let by_slot: HashMap<u32, &RawCgroupStats> = raw.iter().map(|r| (r.slot, r)).collect();
     let mut rows: Vec<CgroupStats> = raw
         .iter()
         .map(|r| CgroupStats {
@@ -245,7 +251,7 @@ pub fn cgroup_rows(raw: &[RawCgroupStats], paths: &CgroupPaths) -> Vec<CgroupSta
             dispatches: r.dispatches,
             picks: r.picks,
             weight: r.weight,
-            hweight: hweight_fraction(r.hweight),
+            hweight: share_now(r, &by_slot),
             level: r.level,
         })
         .collect();
@@ -253,10 +259,30 @@ pub fn cgroup_rows(raw: &[RawCgroupStats], paths: &CgroupPaths) -> Vec<CgroupSta
     rows
 }
 
-/// Fixed-point hweight to a fraction.
-pub fn hweight_fraction(hw: u32) -> f64 {
-    f64::from(hw) / f64::from(crate::HWEIGHT_ONE)
+/// A cgroup's hweight now, from the tree the BPF side keeps: the product up
+/// to the root of each level's weight over its active siblings' sum. The BPF
+/// side computes it only for cgroups whose tasks run, and only when they do.
+fn share_now(r: &RawCgroupStats, by_slot: &HashMap<u32, &RawCgroupStats>) -> f64 {
+    let mut share = 1.0;
+    let mut c = r;
+    for _ in 0..=MAX_LEVELS {
+        if !c.active {
+            return 0.0;
+        }
+        if c.level == 0 {
+            return share;
+        }
+        let Some(p) = by_slot.get(&c.parent) else {
+            return 0.0;
+        };
+        share *= f64::from(c.weight) / p.child_weight_sum.max(u64::from(c.weight)) as f64;
+        c = p;
+    }
+    0.0
 }
+
+/// Levels below the root the BPF side accepts (its `MAX_DEPTH`).
+const MAX_LEVELS: usize = 64;
 
 /// A node of a weight tree for [`flatten`]: `(weight, active, children)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -376,10 +402,47 @@ mod tests {
         assert!((share(&f, "busy") - 1.0).abs() < 1e-12);
     }
 
+    /// A context row as the BPF side keeps it.
+    fn ctx(cgid: u64, slot: u32, parent: u32, level: u32, weight: u32) -> RawCgroupStats {
+        RawCgroupStats {
+            cgid,
+            slot,
+            parent,
+            level,
+            weight,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn hweight_fixed_point() {
-        assert_eq!(hweight_fraction(crate::HWEIGHT_ONE), 1.0);
-        assert_eq!(hweight_fraction(crate::HWEIGHT_ONE / 4), 0.25);
+    fn hweight_now_from_the_tree() {
+        // root { t(100) { a(200) { x(100), y(300) }, b(100) }, idle(500) }
+        let mut raw = vec![
+            ctx(1, 0, 0, 0, 100),
+            ctx(2, 1, 0, 1, 100),
+            ctx(3, 2, 1, 2, 200),
+            ctx(4, 3, 2, 3, 100),
+            ctx(5, 4, 2, 3, 300),
+            ctx(6, 5, 1, 2, 100),
+            ctx(7, 6, 0, 1, 500),
+        ];
+        for (slot, sum) in [(0, 100), (1, 300), (2, 400), (3, 0), (4, 0), (5, 0)] {
+            raw[slot].active = true;
+            raw[slot].child_weight_sum = sum;
+        }
+        let names = ["/", "/t", "/t/a", "/t/a/x", "/t/a/y", "/t/b", "/idle"];
+        let paths = CgroupPaths {
+            by_id: (1..).zip(names.map(String::from)).collect(),
+        };
+        let rows = cgroup_rows(&raw, &paths);
+        let hw = |p: &str| rows.iter().find(|r| r.path == p).unwrap().hweight;
+        assert_eq!(hw("/"), 1.0);
+        assert_eq!(hw("/t"), 1.0);
+        assert!((hw("/t/a") - 2.0 / 3.0).abs() < 1e-12);
+        assert!((hw("/t/a/x") - 1.0 / 6.0).abs() < 1e-12);
+        assert!((hw("/t/a/y") - 0.5).abs() < 1e-12);
+        assert!((hw("/t/b") - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(hw("/idle"), 0.0);
     }
 
     #[test]
@@ -404,7 +467,6 @@ mod tests {
         let raw = [
             RawCgroupStats {
                 cgid: ino("agentcg/session_low"),
-                hweight: crate::HWEIGHT_ONE / 4,
                 weight: 50,
                 ..Default::default()
             },
@@ -415,7 +477,7 @@ mod tests {
         ];
         let rows = cgroup_rows(&raw, &paths);
         assert_eq!(rows[0].path, "/agentcg/session_low");
-        assert_eq!(rows[0].hweight, 0.25);
+        assert_eq!(rows[0].hweight, 0.0);
         assert_eq!(rows[1].path, "cgroup:999999999");
     }
 

@@ -2,10 +2,10 @@
 # 37-sched-daemon: agentcgd loads the scheduler (state enabled, ops agentcg,
 # `agentcgd status` says so), CPU hogs written into a leaf of session_high
 # and one of session_low (made as the daemon makes an agent's leaf: the
-# sessions hold only leaves) split 3:1 (cpu.weight 150:50) within 5%,
-# sysrq-S is reported
-# and recovered from (restart, last exit sysrq), and SIGTERM leaves the
-# kernel on its own scheduler (state disabled).
+# sessions hold only leaves) split 3:1 (cpu.weight 150:50) within 5% and
+# status shows their hweights 3:1, sysrq-S is reported and recovered from
+# (restart, last exit sysrq), and SIGTERM leaves the kernel on its own
+# scheduler (state disabled).
 . /vm/lib/sched.sh
 
 ROOT=$CG/agentcg
@@ -36,6 +36,14 @@ hogs agentcg/session_high/t37 $NCPU
 hogs agentcg/session_low/t37 $NCPU
 sleep $WARM
 ratio agentcg/session_high agentcg/session_low 3 || fail "session_high:session_low is not 3:1 within 5%"
+# status shows each session's share now, from the scheduler's tree: 3:1 of agentcg's
+shares=$(agentcgd status | awk '$1 ~ /^\/agentcg(\/session_(high|low))?$/ { sub("hweight=", "", $3); h[$1] = $3 }
+    END { a = h["/agentcg"]; hi = h["/agentcg/session_high"]; lo = h["/agentcg/session_low"]
+        printf "agentcg %s high %s low %s", a, hi, lo
+        dh = hi - 0.75 * a; dl = lo - 0.25 * a
+        exit (lo > 0 && dh < 0.001 && -dh < 0.001 && dl < 0.001 && -dl < 0.001) ? 0 : 1 }') ||
+    fail "status hweights not 3:1 of agentcg's: $shares"
+echo "status hweights: $shares"
 
 echo S > /proc/sysrq-trigger
 wait_state disabled 10 || fail "state $(cat $SX/state) after sysrq-S"
