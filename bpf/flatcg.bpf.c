@@ -32,8 +32,8 @@
  * takes the first task it may run. A synchronous wake-up (a pipe write) goes
  * to the waker's CPU if nothing waits there, to run when the waker sleeps;
  * unless the waker fans out (woke several tasks between two sleeps): then a
- * wakee owed its CPU is placed as any other, on an idle CPU, else preempting
- * a CPU it is owed.
+ * wakee owed the waker's CPU is placed as any other, on an idle CPU, else
+ * preempting a CPU it is owed.
  *
  * Aging. Cvtime order alone starves a task whose CPUs all serve a cgroup
  * confined there below its share. One that waited starve_slices slices is
