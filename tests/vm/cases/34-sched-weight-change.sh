@@ -3,8 +3,9 @@
 # second: 100:100 runs 1:1; after high's weight goes to 300, the window that
 # starts 1 s later runs 3:1 (within 5%). Then a share that could not be used
 # is not owed: high (300) with one hog gets one CPU (its share capped by its
-# tasks) for a window; once it has a hog per CPU again, the window that
-# starts 1 s later runs 3:1, not high alone catching up.
+# tasks) for a window; once it has a hog per CPU again, it runs 3:1 from
+# that moment, not high alone catching up (which, without the active credit
+# cap, took both CPUs for about 8 s).
 . /vm/lib/sched.sh
 
 
@@ -36,10 +37,13 @@ hogs t34/high 1
 sleep 1
 ratio t34/high t34/low $(awk -v n=$NCPU 'BEGIN { print 1 / (n - 1) }') ||
     fail "high with one hog does not get one CPU"
+# counted from before the new hogs: a catch-up would take both CPUs, the
+# shell running this case too, so a window started after it would miss it
+h0=$(usage t34/high); l0=$(usage t34/low)
 hogs t34/high $((NCPU - 1))
 echo "high: 1 -> $NCPU hogs"
-sleep 1
-ratio t34/high t34/low 3 || fail "after a window held to one CPU, high does not run 3:1 within 1 s of having the tasks for it"
+ratio_since t34/high t34/low 3 $h0 $l0 ||
+    fail "after a window held to one CPU, high does not run 3:1 from the moment it has the tasks for it"
 kill -0 $SCHED 2>/dev/null || { cat /tmp/scx34.log; fail "scheduler exited"; }
 cleanup
 echo "PASS 34-sched-weight-change"

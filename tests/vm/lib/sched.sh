@@ -63,11 +63,14 @@ cpuset_sessions() {
     echo "low: cpuset.cpus.effective $(cat $CG/$1/low/cpuset.cpus.effective)"
 }
 # ratio A B TARGET: measure A:B usage over WINDOW s, check within TOL of TARGET
-ratio() {
-    a0=$(usage $1); b0=$(usage $2)
+ratio() { ratio_since $1 $2 $3 $(usage $1) $(usage $2); }
+# ratio_since A B TARGET A0 B0: the same from usages A0 and B0 read earlier,
+# WINDOW s from now (what ran in between counts: a catch-up that starves
+# the shell running the case is not missed)
+ratio_since() {
     sleep $WINDOW
     a1=$(usage $1); b1=$(usage $2)
-    awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v t=$3 -v tol=$TOL -v n="$1:$2" 'BEGIN {
+    awk -v a=$((a1 - $4)) -v b=$((b1 - $5)) -v t=$3 -v tol=$TOL -v n="$1:$2" 'BEGIN {
         if (b <= 0) { printf "%s: no CPU time for the second cgroup\n", n; exit 1 }
         r = a / b; dev = (r - t) / t; if (dev < 0) dev = -dev
         printf "%-28s cpu_ms %d:%d ratio %.3f target %.3f deviation %.2f%%\n", n, a / 1000, b / 1000, r, t, dev * 100
