@@ -103,6 +103,13 @@ struct cpu_ctx {
 	u64 res_cgid;		/* cgroup of the last dispatch's reservation */
 	u32 res_slot;
 	u64 reserved;		/* cvtime reserved, until a task of it runs here */
+	/*
+	 * What one dispatch passed over, handled after its picks (outside their loop);
+	 * here, as indexed writes to the stack would multiply the verifier's states.
+	 */
+	u64 parked[MAX_SKIP];	/* cgroups parked in their stash */
+	u32 nr_parked;
+	u64 aged;		/* a cgroup whose first task is old, and not for this CPU */
 };
 
 struct {
@@ -287,15 +294,6 @@ static void add_reserved(struct agcg_cgrp_ctx *cgc, s64 delta)
 		scx_bpf_error("cgroup %llu: cvtime charged ahead went negative", cgc->cgid);
 }
 
-/* What a dispatch of @p reserves: its last run, at most a slice. */
-static u64 expected_run(struct task_struct *p)
-{
-	struct task_ctx *tctx = p ? bpf_task_storage_get(&task_ctxs, p, 0, 0) : NULL;
-	u64 last = tctx ? tctx->last_run_ns : 0;
-
-	return last && last <= slice_ns ? last : slice_ns;
-}
-
 /* The task left its cgroup's DSQ: it runs, was re-enqueued, or left us. */
 static void unqueue(struct task_ctx *tctx)
 {
@@ -440,6 +438,7 @@ static void claim_cpu(s32 cpu, struct task_struct *p, struct agcg_cgrp_ctx *cgc)
 	if (cpuc->run_cgid == cgc->cgid)
 		cpuc->preempted_at = now;
 	set_running(cpuc, p, cgc, cgc->cvtime, wake_vtime(p, cgc), now);
+	gstat_inc(AGCG_GS_PREEMPT);
 }
 
 /*
@@ -466,11 +465,11 @@ static s32 owed_cpu_near(struct task_struct *p, struct agcg_cgrp_ctx *cgc, s32 p
 
 s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
-	s32 this_cpu = bpf_get_smp_processor_id(), cpu, victim = -1;
+	s32 this_cpu = bpf_get_smp_processor_id(), cpu = this_cpu, victim = -1;
 	struct task_struct *waker = bpf_get_current_task_btf();
 	struct task_ctx *wctx = bpf_task_storage_get(&task_ctxs, waker, 0, 0);
 	struct agcg_cgrp_ctx *cgc = NULL;
-	bool is_idle, sync = false, owed_here = false;
+	bool direct, sync = false, owed_here = false;
 
 	if (!task_ctxs_of(p, &cgc) || !cgc)
 		return prev_cpu;
@@ -483,25 +482,23 @@ s32 BPF_STRUCT_OPS(agcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wak
 		/* a waker that wakes several tasks does not sleep after the first */
 		owed_here = (wctx->fans_out || wctx->sync_wakes) && cgc && owed_cpu(this_cpu, p, cgc);
 		wctx->sync_wakes++;
-		/* a synchronous wake-up (e.g. a pipe write) runs when the waker sleeps */
-		if (!owed_here && !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
-		    !scx_bpf_dsq_nr_queued(PCPU_DSQ(this_cpu))) {
-			gstat_inc(AGCG_GS_LOCAL);
-			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-			return this_cpu;
-		}
 	}
-	/* an idle CPU; without the sync hint where the waker would be preempted */
-	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, owed_here ? wake_flags & ~SCX_WAKE_SYNC : wake_flags,
-				     &is_idle);
-	if (is_idle) {
+	/*
+	 * A synchronous wake-up (a pipe write) runs here when the waker sleeps; another
+	 * takes an idle CPU, without the sync hint where the waker would be preempted.
+	 */
+	direct = sync && !owed_here && !scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL) &&
+		 !scx_bpf_dsq_nr_queued(PCPU_DSQ(this_cpu));
+	if (!direct)
+		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, owed_here ? wake_flags & ~SCX_WAKE_SYNC :
+					     wake_flags, &direct);
+	if (direct) {
 		gstat_inc(AGCG_GS_LOCAL);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	} else if ((cgc && (victim = owed_cpu_near(p, cgc, cpu, sync ? this_cpu : -1)) >= 0) || owed_here) {
 		/* what a kick and a dispatch would pick, without the round trip */
 		cpu = victim >= 0 ? victim : this_cpu;
 		claim_cpu(cpu, p, cgc);
-		gstat_inc(AGCG_GS_PREEMPT);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, SCX_ENQ_PREEMPT);
 	}
 	return cpu;
@@ -511,7 +508,7 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	s32 cpu;
+	s32 home, idle;
 
 	if (!tctx)
 		return;
@@ -527,12 +524,12 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 	if (!cgc)
 		return;
 	tctx->queued_at = bpf_ktime_get_ns();
+	/* the CPU a waking task would preempt: its only one, or where it woke */
+	home = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
 	if (p->nr_cpus_allowed == 1) {
-		cpu = bpf_cpumask_first(p->cpus_ptr);
 		gstat_inc(AGCG_GS_PCPU);
-		scx_bpf_dsq_insert(p, PCPU_DSQ(cpu), slice_ns, enq_flags);
-		if (!scx_bpf_test_and_clear_cpu_idle(cpu))
-			cpu = -1;
+		scx_bpf_dsq_insert(p, PCPU_DSQ(home), slice_ns, enq_flags);
+		idle = scx_bpf_test_and_clear_cpu_idle(home) ? home : -1;
 	} else {
 		/* counted before the insertion, which the kernel completes later */
 		__sync_fetch_and_add(&cgc->nr_queued, 1);
@@ -541,26 +538,23 @@ void BPF_STRUCT_OPS(agcg_enqueue, struct task_struct *p, u64 enq_flags)
 		scx_bpf_dsq_insert_vtime(p, tctx->cgid, slice_ns, wake_vtime(p, cgc), enq_flags);
 		gstat_inc(p->nr_cpus_allowed < nr_online ? AGCG_GS_SUBSET : AGCG_GS_CGROUP);
 		cgrp_enqueued(cgc);
-		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+		idle = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	}
 
-	if (cpu >= 0) {
-		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	if (idle >= 0) {
+		scx_bpf_kick_cpu(idle, SCX_KICK_IDLE);
 		gstat_inc(AGCG_GS_KICK);
-	} else if (enq_flags & SCX_ENQ_WAKEUP) {
-		cpu = p->nr_cpus_allowed == 1 ? bpf_cpumask_first(p->cpus_ptr) : scx_bpf_task_cpu(p);
-		if (owed_cpu(cpu, p, cgc)) {
-			claim_cpu(cpu, p, cgc);
-			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
-			gstat_inc(AGCG_GS_PREEMPT);
-		}
+	} else if ((enq_flags & SCX_ENQ_WAKEUP) && owed_cpu(home, p, cgc)) {
+		claim_cpu(home, p, cgc);
+		scx_bpf_kick_cpu(home, SCX_KICK_PREEMPT);
 	}
 }
 
 /* Active counts and weight sums up the tree, as @p's cgroup (de)activates. */
 static void update_active(struct task_struct *p, bool runnable)
 {
-	struct agcg_cgrp_ctx *c, *cgc;
+	struct agcg_cgrp_ctx *c, *cgc, *pc;
+	bool propagate;
 	int idx;
 
 	if (!task_ctxs_of(p, &cgc) || !cgc)
@@ -575,9 +569,6 @@ static void update_active(struct task_struct *p, bool runnable)
 	/* bottom up; each level's context is the next one's child */
 	c = cgc;
 	bpf_for(idx, 0, MAX_DEPTH) {
-		struct agcg_cgrp_ctx *pc;
-		bool propagate;
-
 		if (!c->level || !(pc = parent_ctx(c)))
 			break;
 
@@ -682,15 +673,23 @@ struct cand {
 	u64 tvtime;
 };
 
-/* This CPU's dispatch chose a task of @cgid that may run @run_ns: charge it ahead. */
-static void reserve_here(struct cpu_ctx *cpuc, u32 slot, u64 cgid, u64 run_ns)
+/*
+ * This CPU's dispatch chose @p of @cgid (@why counts how): charge its last run, at most
+ * a slice, ahead to @cgid, until @p runs here (ops.running()) or the next dispatch.
+ */
+static void dispatched(struct cpu_ctx *cpuc, u32 slot, u64 cgid, struct task_struct *p,
+		       enum agcg_gstat why)
 {
 	struct agcg_cgrp_ctx *cgc = ctx_at(slot, cgid);
+	struct task_ctx *tctx = p ? bpf_task_storage_get(&task_ctxs, p, 0, 0) : NULL;
+	u64 last = tctx ? tctx->last_run_ns : 0;
 
 	cpuc->res_cgid = cgid;
 	cpuc->res_slot = slot;
-	cpuc->reserved = cgc ? scale_by_hweight(run_ns, cgc->hweight) : 0;
+	cpuc->reserved = cgc ? scale_by_hweight(last && last <= slice_ns ? last : slice_ns,
+						cgc->hweight) : 0;
 	add_reserved(cgc, cpuc->reserved);
+	gstat_inc(why);
 }
 
 /* Has the task of @tctx waited starve_slices slices on a per-CPU or a cgroup DSQ? */
@@ -717,23 +716,6 @@ static void serve_aged(u64 cgid, u64 now)
 	}
 }
 
-/*
- * What one dispatch passed over, handled after its picks (outside their loop); per
- * CPU in a map, as indexed writes to the stack would multiply the verifier's states.
- */
-struct passed {
-	u64 parked[MAX_SKIP];	/* cgroups parked in their stash */
-	u32 nr_parked;
-	u64 aged;		/* a cgroup whose first task is old, and not for this CPU */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, u32);
-	__type(value, struct passed);
-	__uint(max_entries, 1);
-} passed_bufs SEC(".maps");
-
 enum pick_ret {
 	PICK_DONE,	/* a task of the tree's first cgroup is on the local DSQ */
 	PICK_NONE,	/* stop: the tree is empty or @best comes first */
@@ -746,7 +728,7 @@ enum pick_ret {
  * an empty cgroup's node is retired to its stash, that of a cgroup with no task for
  * this CPU parked there (still queued; @ps names it) until dispatch() ends.
  */
-static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct passed *ps)
+static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best)
 {
 	struct task_struct *head;
 	struct node_slot *slot;
@@ -797,9 +779,9 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct pas
 		return PICK_AGAIN;
 	}
 	head = __COMPAT_scx_bpf_dsq_peek(cgid);
-	if (head && !ps->aged && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) &&
+	if (head && !cpuc->aged && !bpf_cpumask_test_cpu(cpu, head->cpus_ptr) &&
 	    waited_long(bpf_task_storage_get(&task_ctxs, head, 0, 0), bpf_ktime_get_ns()))
-		ps->aged = cgid;
+		cpuc->aged = cgid;
 	/* @best comes first: of another cgroup, the lower cvtime; of this one, task vtime */
 	if (best->cgid && (best->cgid != cgid ? !vtime_before(node->cvtime, best->cvtime) :
 			   !head || !vtime_before(head->scx.dsq_vtime, best->tvtime))) {
@@ -809,17 +791,16 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct pas
 
 	if (scx_bpf_dsq_move_to_local(cgid, 0)) {
 		advance_clock(cgc);
-		reserve_here(cpuc, cslot, cgid, expected_run(head));
+		dispatched(cpuc, cslot, cgid, head, AGCG_GS_PICK);
 		node->cvtime = cgc->cvtime;
 		tree_add(node);
 		__sync_fetch_and_add(&cgc->picks, 1);
-		gstat_inc(AGCG_GS_PICK);
 		return PICK_DONE;
 	}
 
 	/* tasks queued (or on their way), none for this CPU: park it, if there is room */
 	retire = cgc->nr_queued <= 0;
-	if (!retire && ps->nr_parked >= MAX_SKIP) {
+	if (!retire && cpuc->nr_parked >= MAX_SKIP) {
 		tree_add(node);
 		return PICK_NONE;
 	}
@@ -836,7 +817,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best, struct pas
 		return PICK_NONE;
 	}
 	if (!retire) {
-		ps->parked[ps->nr_parked++ & (MAX_SKIP - 1)] = cgid;
+		cpuc->parked[cpuc->nr_parked++ & (MAX_SKIP - 1)] = cgid;
 		return PICK_AGAIN;
 	}
 	/*
@@ -875,16 +856,15 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct cg_node *node;
 	bool from_local = false;
 	u64 now = bpf_ktime_get_ns();
-	struct passed *ps = bpf_map_lookup_elem(&passed_bufs, &(u32){ 0 });
 	u32 i;
 	int ret = PICK_NONE;
 
-	if (!cpuc || !ps) {
-		scx_bpf_error("no per-CPU context or pass buffer");
+	if (!cpuc) {
+		scx_bpf_error("no context for CPU %d", cpu);
 		return;
 	}
-	ps->nr_parked = 0;
-	ps->aged = 0;
+	cpuc->nr_parked = 0;
+	cpuc->aged = 0;
 	/* the last dispatch's reservation that no task used */
 	if (cpuc->reserved) {
 		add_reserved(ctx_at(cpuc->res_slot, cpuc->res_cgid), -cpuc->reserved);
@@ -900,10 +880,8 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* the head of this CPU's single-CPU tasks */
 	head = __COMPAT_scx_bpf_dsq_peek(PCPU_DSQ(cpu));
 	if (head && (tctx = cand_of(head, &local, false, now))) {
-		if (waited_long(tctx, now) &&
-		    scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-			reserve_here(cpuc, local.slot, local.cgid, expected_run(head));
-			gstat_inc(AGCG_GS_PCPU_AGED);
+		if (waited_long(tctx, now) && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
+			dispatched(cpuc, local.slot, local.cgid, head, AGCG_GS_PCPU_AGED);
 			return;
 		}
 		if (!best.cgid || (best.cgid != local.cgid ?
@@ -917,7 +895,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	/* unlocked: a node added just after is missed with the lock too */
 	if (READ_ONCE(nr_on_tree)) {
 		bpf_for(i, 0, MAX_PICKS) {
-			ret = pick_one(cpu, cpuc, &best, ps);
+			ret = pick_one(cpu, cpuc, &best);
 			if (ret != PICK_AGAIN)
 				break;
 		}
@@ -929,28 +907,26 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	}
 
 	/* the cgroups passed over go back (an iterator costs even for none) */
-	for (i = 0; i < ps->nr_parked && i < MAX_SKIP; i++) {
-		slot = bpf_map_lookup_elem(&cg_stash, &ps->parked[i]);
+	for (i = 0; i < cpuc->nr_parked && i < MAX_SKIP; i++) {
+		slot = bpf_map_lookup_elem(&cg_stash, &cpuc->parked[i]);
 		node = slot ? bpf_kptr_xchg(&slot->node, NULL) : NULL;
 		if (node)
 			tree_add(node);
 	}
-	if (ps->aged)
-		serve_aged(ps->aged, now);
+	if (cpuc->aged)
+		serve_aged(cpuc->aged, now);
 
 	if (ret == PICK_DONE || !best.cgid)
 		return;
 	advance_clock(ctx_at(best.slot, best.cgid));
 	if (from_local && scx_bpf_dsq_move_to_local(PCPU_DSQ(cpu), 0)) {
-		reserve_here(cpuc, best.slot, best.cgid, expected_run(head));
-		gstat_inc(AGCG_GS_PICK_PCPU);
+		dispatched(cpuc, best.slot, best.cgid, head, AGCG_GS_PICK_PCPU);
 		return;
 	}
 	if (prev && prev_tctx) {
 		/* nothing dispatched: the kernel keeps running @prev */
 		scx_bpf_task_set_slice(prev, slice_ns);
-		reserve_here(cpuc, prev_tctx->slot, prev_tctx->cgid, expected_run(prev));
-		gstat_inc(AGCG_GS_PICK_PREV);
+		dispatched(cpuc, prev_tctx->slot, prev_tctx->cgid, prev, AGCG_GS_PICK_PREV);
 	}
 }
 
@@ -990,8 +966,8 @@ static struct agcg_cgrp_ctx *alloc_slot(u64 cgid, u32 *slotp)
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 			     struct scx_cgroup_init_args *args)
 {
-	struct node_slot empty = {}, *stash = NULL;
-	struct cg_node *node = NULL;
+	struct node_slot empty = {}, *stash;
+	struct cg_node *node;
 	struct agcg_cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
 	u32 *slotp, parent = 0;
@@ -1024,10 +1000,8 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	if (ret)
 		goto err_slot;
 	ret = bpf_map_update_elem(&cg_stash, &cgid, &empty, BPF_NOEXIST);
-	if (!ret)
-		stash = bpf_map_lookup_elem(&cg_stash, &cgid);
-	if (stash)
-		node = bpf_obj_new(struct cg_node);
+	stash = ret ? NULL : bpf_map_lookup_elem(&cg_stash, &cgid);
+	node = stash ? bpf_obj_new(struct cg_node) : NULL;
 	if (!node) {
 		bpf_map_delete_elem(&cg_stash, &cgid);
 		scx_bpf_destroy_dsq(cgid);
