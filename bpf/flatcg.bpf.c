@@ -53,13 +53,14 @@
  * ops.cgroup_init() and linked to its parent's; a task keeps its cgroup's
  * id and slot, so the hot callbacks walk the hierarchy by array lookups.
  * What can outlive a cgroup (a tree node, a reservation, a queued count)
- * holds its slot and id, checked against the slot's owner.
+ * holds its slot and id, checked against the slot's owner. A node's home,
+ * where it waits off the tree, is the cgroup's own storage, found by id.
  *
  * Invariants (scx_bpf_error()): nr_queued counts a cgroup's DSQ tasks from
  * before the insertion (completed after ops.enqueue returns), never goes
  * negative and is 0 when the cgroup exits; while it is not 0 the cgroup's
  * node is on the tree or held by a dispatching CPU (maybe parked in its
- * stash), else in its stash. Reserved cvtime never goes negative.
+ * home). A node is in one place. Reserved cvtime never goes negative.
  */
 #include <scx/common.bpf.h>
 #include "flatcg_intf.h"
@@ -68,7 +69,7 @@ char _license[] SEC("license") = "GPL";
 
 #define PCPU_DSQ(cpu)	((1ULL << AGCG_PCPU_DSQ_SHIFT) | (u64)(cpu))
 #define MAX_PICKS	1024	/* tree nodes one dispatch looks at */
-#define MAX_SKIP	4	/* cgroups a CPU passes over in one dispatch (a power of 2) */
+#define MAX_SKIP	16	/* cgroups a CPU passes over in one dispatch (a power of 2) */
 #define MAX_CGRPS	16384	/* cgroups with a cpu controller */
 #define MAX_DEPTH	64	/* levels a walk up the tree covers */
 #define MAX_VICTIMS	4	/* CPUs a wake-up looks at for one to preempt */
@@ -107,7 +108,7 @@ struct cpu_ctx {
 	 * What one dispatch passed over, handled after its picks (outside their loop);
 	 * here, as indexed writes to the stack would multiply the verifier's states.
 	 */
-	u64 parked[MAX_SKIP];	/* cgroups parked in their stash */
+	u64 parked[MAX_SKIP];	/* cgroups parked in their home */
 	u32 nr_parked;
 	u64 aged;		/* a cgroup whose first task is old, and not for this CPU */
 };
@@ -136,15 +137,7 @@ struct {
 /* one past the highest slot ever claimed: what the loader reads */
 u32 slot_hw;
 
-/* a cgroup's slot, for the callbacks that are handed the cgroup */
-struct {
-	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, u32);
-} cgrp_slots SEC(".maps");
-
-/* one node per cgroup: on the tree while queued, in its stash otherwise */
+/* one node per cgroup: on the tree while queued, in its home (below) otherwise */
 struct cg_node {
 	struct bpf_rb_node rb_node;
 	u64 cvtime;		/* key: the cgroup's cvtime when (re)queued */
@@ -152,21 +145,27 @@ struct cg_node {
 	u32 slot;
 };
 
+/*
+ * A cgroup's own storage: its slot, for the callbacks that are handed the cgroup,
+ * and its node's home. The kernel frees it with the cgroup, never reuses it for
+ * another, so a node stashed by a CPU that raced the cgroup's exit goes with it.
+ */
+struct cgrp_home {
+	struct cg_node __kptr *node;
+	u32 slot;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cgrp_home);
+} cgrp_homes SEC(".maps");
+
 private(AGCG_TREE) struct bpf_spin_lock cg_tree_lock;
 private(AGCG_TREE) struct bpf_rb_root cg_tree __contains(cg_node, rb_node);
 /* nodes on the tree, changed under the lock: dispatch skips an empty tree */
 u32 nr_on_tree;
-
-struct node_slot {
-	struct cg_node __kptr *node;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_CGRPS);
-	__type(key, u64);
-	__type(value, struct node_slot);
-} cg_stash SEC(".maps");
 
 struct task_ctx {
 	u64 started_at;		/* start of the runtime not charged yet */
@@ -245,14 +244,31 @@ static struct task_ctx *task_ctxs_of(struct task_struct *p, struct agcg_cgrp_ctx
 /* The context of a cgroup the kernel hands us; its slot in *@slotp. */
 static struct agcg_cgrp_ctx *cgrp_ctx_of(struct cgroup *cgrp, u32 *slotp)
 {
-	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
-	struct agcg_cgrp_ctx *cgc = slot ? ctx_at(*slot, cgrp->kn->id) : NULL;
+	struct cgrp_home *home = bpf_cgrp_storage_get(&cgrp_homes, cgrp, 0, 0);
+	struct agcg_cgrp_ctx *cgc = home ? ctx_at(home->slot, cgrp->kn->id) : NULL;
 
 	if (!cgc)
 		scx_bpf_error("no context for cgroup %llu", cgrp->kn->id);
-	else if (slot && slotp)
-		*slotp = *slot;
+	else if (home && slotp)
+		*slotp = home->slot;
 	return cgc;
+}
+
+/*
+ * Swap @node (NULL: take it out) with what @cgid's home holds. When the cgroup is gone
+ * @node comes back and *@gone is set: the caller drops it.
+ */
+static struct cg_node *swap_home(u64 cgid, struct cg_node *node, bool *gone)
+{
+	struct cgroup *cgrp = bpf_cgroup_from_id(cgid);
+	struct cgrp_home *home = cgrp ? bpf_cgrp_storage_get(&cgrp_homes, cgrp, 0, 0) : NULL;
+
+	*gone = !home;
+	if (home)
+		node = bpf_kptr_xchg(&home->node, node);
+	if (cgrp)
+		bpf_cgroup_release(cgrp);
+	return node;
 }
 
 /* A parent outlives its children: its slot is always its own. */
@@ -369,18 +385,17 @@ static void charge(struct task_struct *p, struct task_ctx *tctx,
 /* Put @cgc's node on the tree if it is not there (or held) already. */
 static void cgrp_enqueued(struct agcg_cgrp_ctx *cgc)
 {
-	struct node_slot *stash;
 	struct cg_node *node;
 	u64 cgid = cgc->cgid;
+	bool gone;
 
-	/* paired with the retirement in pick_one() */
-	if (__sync_val_compare_and_swap(&cgc->queued, 0, 1))
+	/* paired with the retirement in pick_one(); the owner's id, as the slot is reused */
+	if (__sync_val_compare_and_swap(&cgc->queued, 0, cgid))
 		return;
 
-	stash = bpf_map_lookup_elem(&cg_stash, &cgid);
-	node = stash ? bpf_kptr_xchg(&stash->node, NULL) : NULL;
+	node = swap_home(cgid, NULL, &gone);
 	if (!node) {
-		scx_bpf_error("cgroup %llu: node lost (neither queued nor stashed)", cgid);
+		scx_bpf_error("cgroup %llu: node lost (neither queued nor home)", cgid);
 		return;
 	}
 	node->cvtime = cgc->cvtime;
@@ -600,7 +615,8 @@ void BPF_STRUCT_OPS(agcg_running, struct task_struct *p)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	struct cpu_ctx *cpuc = cpu_ctx(bpf_get_smp_processor_id());
+	/* its CPU: a property change of a running task calls this from another */
+	struct cpu_ctx *cpuc = cpu_ctx(scx_bpf_task_cpu(p));
 	u64 now = bpf_ktime_get_ns();
 
 	if (!tctx || !cgc || !cpuc)
@@ -625,7 +641,7 @@ void BPF_STRUCT_OPS(agcg_stopping, struct task_struct *p, bool runnable)
 {
 	struct agcg_cgrp_ctx *cgc;
 	struct task_ctx *tctx = task_ctxs_of(p, &cgc);
-	struct cpu_ctx *cpuc = cpu_ctx(bpf_get_smp_processor_id());
+	struct cpu_ctx *cpuc = cpu_ctx(scx_bpf_task_cpu(p));	/* as in agcg_running() */
 
 	if (!tctx || !cgc || !cpuc)
 		return;
@@ -725,19 +741,18 @@ enum pick_ret {
 /*
  * Pop the tree's first cgroup unless @best comes first, and move a task of it this
  * CPU may run to the local DSQ. A stale key is refreshed (requeued, unless alone);
- * an empty cgroup's node is retired to its stash, that of a cgroup with no task for
- * this CPU parked there (still queued; @ps names it) until dispatch() ends.
+ * an empty cgroup's node is retired to its home, that of a cgroup with no task for
+ * this CPU parked there (still queued; @cpuc names it) until dispatch() ends.
  */
 static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best)
 {
 	struct task_struct *head;
-	struct node_slot *slot;
 	struct bpf_rb_node *rb;
 	struct cg_node *node;
 	struct agcg_cgrp_ctx *cgc;
 	u32 cslot;
 	u64 cgid, key;
-	bool retire, alone;
+	bool retire, alone, gone;
 
 	bpf_spin_lock(&cg_tree_lock);
 	rb = bpf_rbtree_first(&cg_tree);
@@ -802,29 +817,26 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best)
 	retire = cgc->nr_queued <= 0;
 	if (!retire && cpuc->nr_parked >= MAX_SKIP) {
 		tree_add(node);
+		gstat_inc(AGCG_GS_PICK_BUDGET);
 		return PICK_NONE;
 	}
 	gstat_inc(retire ? AGCG_GS_RETIRE : AGCG_GS_SKIP);
-	slot = bpf_map_lookup_elem(&cg_stash, &cgid);
-	if (!slot) {
-		bpf_obj_drop(node);
-		return PICK_AGAIN;
-	}
-	node = bpf_kptr_xchg(&slot->node, node);
+	node = swap_home(cgid, node, &gone);
 	if (node) {
-		scx_bpf_error("cgroup %llu: its node is in two places", cgid);
+		if (!gone)
+			scx_bpf_error("cgroup %llu: its node is in two places", cgid);
 		bpf_obj_drop(node);
-		return PICK_NONE;
+		return gone ? PICK_AGAIN : PICK_NONE;
 	}
 	if (!retire) {
 		cpuc->parked[cpuc->nr_parked++ & (MAX_SKIP - 1)] = cgid;
 		return PICK_AGAIN;
 	}
 	/*
-	 * Retired: an enqueue that sets queued after takes the node from the stash;
+	 * Retired: an enqueue that sets queued after takes the node from its home;
 	 * one that found it set counted its task before: the check below puts it back.
 	 */
-	__sync_val_compare_and_swap(&cgc->queued, 1, 0);
+	__sync_val_compare_and_swap(&cgc->queued, cgid, 0);
 	if (cgc->nr_queued > 0)
 		cgrp_enqueued(cgc);
 	return PICK_AGAIN;
@@ -851,10 +863,9 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 	struct task_ctx *tctx, *prev_tctx = NULL;
 	struct agcg_cgrp_ctx *cgc;
 	struct task_struct *head;
-	struct node_slot *slot;
 	struct cpu_ctx *cpuc = cpu_ctx(cpu);
 	struct cg_node *node;
-	bool from_local = false;
+	bool from_local = false, gone;
 	u64 now = bpf_ktime_get_ns();
 	u32 i;
 	int ret = PICK_NONE;
@@ -908,8 +919,7 @@ void BPF_STRUCT_OPS(agcg_dispatch, s32 cpu, struct task_struct *prev)
 
 	/* the cgroups passed over go back (an iterator costs even for none) */
 	for (i = 0; i < cpuc->nr_parked && i < MAX_SKIP; i++) {
-		slot = bpf_map_lookup_elem(&cg_stash, &cpuc->parked[i]);
-		node = slot ? bpf_kptr_xchg(&slot->node, NULL) : NULL;
+		node = swap_home(cpuc->parked[i], NULL, &gone);
 		if (node)
 			tree_add(node);
 	}
@@ -966,11 +976,11 @@ static struct agcg_cgrp_ctx *alloc_slot(u64 cgid, u32 *slotp)
 s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 			     struct scx_cgroup_init_args *args)
 {
-	struct node_slot empty = {}, *stash;
+	struct cgrp_home *home;
 	struct cg_node *node;
 	struct agcg_cgrp_ctx *cgc;
 	u64 cgid = cgrp->kn->id;
-	u32 *slotp, parent = 0;
+	u32 parent = 0;
 	s32 ret;
 
 	/* the walks up the tree are bounded; cgroups this deep are refused */
@@ -985,13 +995,13 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 		if (!cgc)
 			return -ENOENT;
 	}
-	slotp = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!slotp)
+	home = bpf_cgrp_storage_get(&cgrp_homes, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!home)
 		return -ENOMEM;
-	cgc = alloc_slot(cgid, slotp);
+	cgc = alloc_slot(cgid, &home->slot);
 	if (!cgc)
 		return -ENOSPC;
-	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : *slotp,
+	*cgc = (struct agcg_cgrp_ctx){ .cgid = cgid, .parent = cgrp->level ? parent : home->slot,
 				  .level = cgrp->level, .weight = args->weight,
 				  .nr_active = !cgrp->level, .hweight = AGCG_HWEIGHT_ONE,
 				  .cvtime = cvtime_now };
@@ -999,20 +1009,16 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	ret = scx_bpf_create_dsq(cgid, -1);
 	if (ret)
 		goto err_slot;
-	ret = bpf_map_update_elem(&cg_stash, &cgid, &empty, BPF_NOEXIST);
-	stash = ret ? NULL : bpf_map_lookup_elem(&cg_stash, &cgid);
-	node = stash ? bpf_obj_new(struct cg_node) : NULL;
+	node = bpf_obj_new(struct cg_node);
 	if (!node) {
-		bpf_map_delete_elem(&cg_stash, &cgid);
 		scx_bpf_destroy_dsq(cgid);
-		ret = ret ?: -ENOMEM;
+		ret = -ENOMEM;
 		goto err_slot;
 	}
 	node->cgid = cgid;
-	node->slot = *slotp;
-	/* a gone cgroup's node, retired into its freed, reused element */
-	node = bpf_kptr_xchg(&stash->node, node);
-	if (node)
+	node->slot = home->slot;
+	node = bpf_kptr_xchg(&home->node, node);
+	if (node)	/* none: the storage is new */
 		bpf_obj_drop(node);
 	return 0;
 
@@ -1023,14 +1029,16 @@ err_slot:
 
 void BPF_STRUCT_OPS(agcg_cgroup_exit, struct cgroup *cgrp)
 {
-	u32 *slot = bpf_cgrp_storage_get(&cgrp_slots, cgrp, 0, 0);
+	struct cgrp_home *home = bpf_cgrp_storage_get(&cgrp_homes, cgrp, 0, 0);
 	u64 cgid = cgrp->kn->id;
-	struct agcg_cgrp_ctx *cgc = slot ? ctx_at(*slot, cgid) : NULL;
+	struct agcg_cgrp_ctx *cgc = home ? ctx_at(home->slot, cgid) : NULL;
+	struct cg_node *node = home ? bpf_kptr_xchg(&home->node, NULL) : NULL;
 
 	if (cgc && cgc->nr_queued)
 		scx_bpf_error("cgroup %llu exits with nr_queued %lld", cgid, cgc->nr_queued);
-	/* a node still on the tree is dropped when a CPU pops it */
-	bpf_map_delete_elem(&cg_stash, &cgid);
+	/* one on the tree is dropped when a CPU pops it, one stashed later with the storage */
+	if (node)
+		bpf_obj_drop(node);
 	scx_bpf_destroy_dsq(cgid);
 	/* last: the slot is free for the next cgroup */
 	if (cgc)
@@ -1046,6 +1054,7 @@ void BPF_STRUCT_OPS(agcg_cgroup_move, struct task_struct *p,
 
 	if (!tctx || !from_c || !to_c)
 		return;
+	unqueue(tctx);	/* it is on no DSQ now: the next ops.enqueue() counts it */
 	tctx->cgid = to->kn->id;
 	tctx->slot = to_slot;
 

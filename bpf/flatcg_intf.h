@@ -42,7 +42,7 @@ enum agcg_gstat {
 	AGCG_GS_PREEMPT,	/* CPU preempted for a waking task behind in cvtime or vtime */
 	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting starve_slices slices */
 	AGCG_GS_SUBSET_AGED,	/* task on a subset of the CPUs: the same, from its cgroup's DSQ */
-	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of its pick budget */
+	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of picks (1024) or of room to pass over (16) */
 	AGCG_NR_GSTATS,
 };
 
@@ -58,8 +58,8 @@ struct agcg_cgrp_ctx {
 	u32 weight;		/* cpu.weight as last seen by the scheduler */
 	u32 nr_active;		/* active children, or 1 for an active leaf */
 	u32 nr_runnable;	/* runnable tasks directly in this cgroup */
-	u32 queued;		/* node on the tree or held by a dispatching CPU */
 	s64 nr_queued;		/* tasks on its DSQ or being inserted */
+	u64 queued;		/* cgid while its node is on the tree or held by a CPU, else 0 */
 	u64 child_weight_sum;	/* sum of the weights of active children */
 	u64 hweight;		/* hierarchical weight, AGCG_HWEIGHT_ONE = 1.0 */
 	u64 hweight_gen;

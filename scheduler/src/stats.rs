@@ -124,7 +124,7 @@ global_counters! {
     pcpu_aged = agcg_gstat_AGCG_GS_PCPU_AGED;
     /// Tasks allowed on a subset of the CPUs, moved to one of them after waiting 25 slices.
     subset_aged = agcg_gstat_AGCG_GS_SUBSET_AGED;
-    /// Anomaly: a dispatch ran out of its pick budget (1024 cgroups).
+    /// Anomaly: a dispatch ran out of picks (1024 cgroups) or of room to pass over (16).
     pick_budget = agcg_gstat_AGCG_GS_PICK_BUDGET, anomaly;
 }
 

@@ -14,6 +14,12 @@
 #     kernel's watchdog ends the scheduler after 30 s.
 #  4. both sessions on CPUs 2-3 (the pinned hog gone), weights 150:50 again:
 #     weight-fair on the CPUs they share, 3:1, while CPUs 0-1 pass over both.
+#  5. low (150) split into 6 agent leaves with a hog each, still on CPUs 2-3,
+#     high (50) free with 4 hogs: low is capped at its two CPUs, so its
+#     leaves often lead the tree, and CPUs 0-1 pass over all 6 to reach
+#     high: 1:1, and every hog of high runs. A dispatch that runs out of room
+#     to pass over cgroups counts an anomaly (`pick_budget`): with room for
+#     4 this part counted 4 in 8 s.
 # The anomaly counters stay 0 and the scheduler stays attached.
 . /vm/lib/sched.sh
 fail() { echo "FAIL: $*"; dmesg | sed -n '/sched_ext/,$p' | tail -n 80; cleanup; exit 1; }
@@ -53,6 +59,27 @@ echo 150 > $CG/t30/high/cpu.weight
 echo 50 > $CG/t30/low/cpu.weight
 sleep 1
 ratio t30/high t30/low 3 || fail "150:50 with both on CPUs 2-3 is not 3:1 within 5%"
+
+for p in $HOGS; do kill -9 "$p" 2>/dev/null; done
+HOGS=
+sleep 1
+echo 0-3 > $CG/t30/high/cpuset.cpus || fail "cannot free high"
+echo 50 > $CG/t30/high/cpu.weight
+echo 150 > $CG/t30/low/cpu.weight
+echo +cpu > $CG/t30/low/cgroup.subtree_control || fail "cannot enable cpu in low for its leaves"
+for i in 1 2 3 4 5 6; do leaf t30/low/a$i; hogs t30/low/a$i 1; done
+LOW_HOGS=$HOGS
+hogs t30/high 4
+HIGH_HOGS=${HOGS#"$LOW_HOGS"}
+sleep $WARM
+for p in $HIGH_HOGS; do eval "t0_$p=$(ticks $p)"; done
+ratio t30/high t30/low 1 || fail "high (50) free and low (150) in 6 leaves on CPUs 2-3 is not 1:1 within 5%"
+# each of high's hogs: half a CPU, 50 ticks a second; a fifth of that is the floor
+for p in $HIGH_HOGS; do
+    eval "t0=\$t0_$p"; t=$(($(ticks $p) - t0))
+    echo "high's hog $p: $t ticks in ${WINDOW}s"
+    [ $t -gt $((WINDOW * 10)) ] || fail "a hog of high got $t ticks in ${WINDOW}s, under a fifth of its share"
+done
 no_anomalies /tmp/scx30.log
 cleanup
 echo "PASS 30-sched-subset"
