@@ -1018,7 +1018,7 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agcg_cgroup_init, struct cgroup *cgrp,
 	node->cgid = cgid;
 	node->slot = home->slot;
 	node = bpf_kptr_xchg(&home->node, node);
-	if (node)	/* none: the storage is new */
+	if (node)	/* a re-init (cpu controller off and on): the old one's */
 		bpf_obj_drop(node);
 	return 0;
 
