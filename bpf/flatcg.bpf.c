@@ -817,7 +817,7 @@ static int pick_one(s32 cpu, struct cpu_ctx *cpuc, struct cand *best)
 	retire = cgc->nr_queued <= 0;
 	if (!retire && cpuc->nr_parked >= MAX_SKIP) {
 		tree_add(node);
-		gstat_inc(AGCG_GS_PICK_BUDGET);
+		gstat_inc(AGCG_GS_SKIP_BUDGET);
 		return PICK_NONE;
 	}
 	gstat_inc(retire ? AGCG_GS_RETIRE : AGCG_GS_SKIP);

@@ -42,7 +42,8 @@ enum agcg_gstat {
 	AGCG_GS_PREEMPT,	/* CPU preempted for a waking task behind in cvtime or vtime */
 	AGCG_GS_PCPU_AGED,	/* single-CPU task served after waiting starve_slices slices */
 	AGCG_GS_SUBSET_AGED,	/* task on a subset of the CPUs: the same, from its cgroup's DSQ */
-	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of picks (1024) or of room to pass over (16) */
+	AGCG_GS_PICK_BUDGET,	/* anomaly: dispatch ran out of its pick budget */
+	AGCG_GS_SKIP_BUDGET,	/* anomaly: dispatch had no room to pass over one more cgroup */
 	AGCG_NR_GSTATS,
 };
 

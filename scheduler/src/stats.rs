@@ -124,8 +124,10 @@ global_counters! {
     pcpu_aged = agcg_gstat_AGCG_GS_PCPU_AGED;
     /// Tasks allowed on a subset of the CPUs, moved to one of them after waiting 25 slices.
     subset_aged = agcg_gstat_AGCG_GS_SUBSET_AGED;
-    /// Anomaly: a dispatch ran out of picks (1024 cgroups) or of room to pass over (16).
+    /// Anomaly: a dispatch ran out of its pick budget (1024 cgroups).
     pick_budget = agcg_gstat_AGCG_GS_PICK_BUDGET, anomaly;
+    /// Anomaly: a dispatch had no room to pass over a 17th cgroup it may not serve.
+    skip_budget = agcg_gstat_AGCG_GS_SKIP_BUDGET, anomaly;
 }
 
 /// Per-cgroup statistics in `status`.
@@ -488,12 +490,16 @@ mod tests {
             pcpu: 4,
             local: 1,
             pick_budget: 2,
+            skip_budget: 1,
             ..Default::default()
         });
         assert_eq!(g.fallbacks, 7);
         assert_eq!(g.local_dispatches, 1);
-        assert_eq!(g.anomalies, 2);
-        assert_eq!(g.counters.anomalies(), vec![("pick_budget", 2)]);
+        assert_eq!(g.anomalies, 3);
+        assert_eq!(
+            g.counters.anomalies(),
+            vec![("pick_budget", 2), ("skip_budget", 1)]
+        );
         assert_eq!(g.counters.named().len(), crate::bpf::NR_GSTATS as usize);
     }
 

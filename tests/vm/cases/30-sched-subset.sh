@@ -18,7 +18,7 @@
 #     high (50) free with 4 hogs: low is capped at its two CPUs, so its
 #     leaves often lead the tree, and CPUs 0-1 pass over all 6 to reach
 #     high: 1:1, and every hog of high runs. A dispatch that runs out of room
-#     to pass over cgroups counts an anomaly (`pick_budget`): with room for
+#     to pass over cgroups counts an anomaly (`skip_budget`): with room for
 #     4 this part counted 4 in 8 s.
 # The anomaly counters stay 0 and the scheduler stays attached.
 . /vm/lib/sched.sh
